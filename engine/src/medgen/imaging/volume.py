@@ -1,0 +1,88 @@
+"""The one in-memory form of a scan: stored values, geometry, and what is needed to write it back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+
+class SourceFormat(str, Enum):
+    DICOM = "dicom"
+    NIFTI = "nifti"
+    NRRD = "nrrd"
+    PNG = "png"
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """How stored values are encoded, so written values can use exactly the source's encoding."""
+
+    bits_allocated: int
+    bits_stored: int
+    signed: bool  # PixelRepresentation == 1
+    photometric: str  # as in the source file, e.g. MONOCHROME2, MONOCHROME1, RGB
+    samples_per_pixel: int = 1
+
+    @property
+    def stored_min(self) -> int:
+        return -(1 << (self.bits_stored - 1)) if self.signed else 0
+
+    @property
+    def stored_max(self) -> int:
+        return (1 << (self.bits_stored - 1)) - 1 if self.signed else (1 << self.bits_stored) - 1
+
+
+@dataclass
+class Volume:
+    """A stack of slices in stored values.
+
+    ``pixels`` has shape (slices, rows, columns) for grayscale and (slices, rows, columns, 3) for
+    colour sources; its dtype is the source's (for DICOM the dtype pydicom decodes to). Slice ``k``
+    is the k-th position along the slice axis (sorted by position for a classic DICOM series, frame
+    order for a multi-frame instance, the last ITK axis for NIfTI/NRRD).
+    """
+
+    pixels: np.ndarray
+    # (slice, row, column) spacing in millimetres
+    spacing: tuple[float, float, float]
+    # 4x4 matrix taking (column i, row j, slice k, 1) to patient LPS millimetres
+    ijk_to_lps: np.ndarray
+    modality: str  # DICOM Modality, "OT" when unknown
+    pixel_format: PixelFormat | None  # None for NIfTI/NRRD/PNG: values are kept in the array's dtype
+    # per slice: modality value = stored * slope + intercept (ones / zeros where absent)
+    rescale_slope: np.ndarray
+    rescale_intercept: np.ndarray
+    source_format: SourceFormat
+    source_paths: list[Path]
+    # DICOM only: one dataset per slice for a classic series; for a multi-frame instance the single
+    # dataset, with ``frame_numbers`` giving the 1-based frame of each slice
+    datasets: list = field(default_factory=list)
+    frame_numbers: list[int] | None = None
+    # window stored in the source (center, width) in modality values, if any
+    source_window: tuple[float, float] | None = None
+    # the original image object for NIfTI/NRRD (a SimpleITK image) so it can be written back alike
+    itk_image: object | None = None
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def shape2d(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
+
+    @property
+    def is_color(self) -> bool:
+        return self.pixels.ndim == 4
+
+    @property
+    def is_multiframe(self) -> bool:
+        return self.frame_numbers is not None
+
+    def modality_values(self, k: int) -> np.ndarray:
+        """Slice k in modality units (HU for CT): the input to windowing."""
+        stored = self.pixels[k].astype(np.float64)
+        return stored * float(self.rescale_slope[k]) + float(self.rescale_intercept[k])

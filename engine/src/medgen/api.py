@@ -1,0 +1,343 @@
+"""The Python API: one request in, synthetic series out. The CLI and the server both call this."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medgen import __version__
+from medgen.errors import InputError, OutputError
+from medgen.imaging.crop import dilate_mask, feather_weights, mask_crop_box, paste_generated
+from medgen.imaging.crop import resize_image, resize_mask
+from medgen.imaging.intensity import IntensityMap, choose_window
+from medgen.imaging.masks import read_mask, select_slices
+from medgen.imaging.preview import write_preview
+from medgen.imaging.read import read_volume
+from medgen.imaging.volume import SourceFormat, Volume
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class InpaintRequest:
+    """Everything one inpainting run needs; the names follow diffusers where one exists."""
+
+    input: Path
+    mask: Path
+    prompt: str
+    out: Path
+    negative_prompt: str | None = None
+    segment: str | None = None
+    label: int | None = None
+    slices: list[int] | None = None
+    all_slices: bool = False
+    num_variants: int = 1
+    seed: int | None = None
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 1.0
+    mask_dilate_mm: float = 2.0
+    mask_blur_px: float = 4.0
+    crop_padding_px: int = 32
+    window: str | None = None
+    window_center: float | None = None
+    window_width: float | None = None
+    only_modified: bool = False
+    write_dicom: bool = False
+
+    def __post_init__(self) -> None:
+        self.input = Path(self.input)
+        self.mask = Path(self.mask)
+        self.out = Path(self.out)
+
+
+@dataclass
+class InpaintResult:
+    """Where a run wrote its output and what it did."""
+
+    out: Path
+    variant_dirs: list[Path]
+    provenance_path: Path
+    preview_path: Path
+    slices: list[int]
+    seeds: list[int]
+    files: list[Path] = field(default_factory=list)
+
+
+def check_request(request: InpaintRequest) -> None:
+    """Check every number before any file is read, so a typo fails in milliseconds."""
+    if not request.prompt or not request.prompt.strip():
+        raise InputError(None, "--prompt must not be empty")
+    if request.num_variants < 1 or request.num_variants > 99:
+        raise InputError(None, f"--variants must be in [1, 99], got {request.num_variants}")
+    if request.num_inference_steps < 1:
+        raise InputError(None, f"--steps must be at least 1, got {request.num_inference_steps}")
+    if not 0.0 < request.strength <= 1.0:
+        raise InputError(None, f"--strength must be in (0, 1], got {request.strength}")
+    if request.guidance_scale < 0:
+        raise InputError(None, f"--guidance must be >= 0, got {request.guidance_scale}")
+    if request.mask_dilate_mm < 0:
+        raise InputError(None, f"--mask-dilate must be >= 0 mm, got {request.mask_dilate_mm}")
+    if request.mask_blur_px < 0:
+        raise InputError(None, f"--mask-blur must be >= 0 px, got {request.mask_blur_px}")
+    if request.crop_padding_px < 0:
+        raise InputError(None, f"--crop-padding must be >= 0 px, got {request.crop_padding_px}")
+    if request.segment is not None and request.label is not None:
+        raise InputError(None, "give --segment or --label, not both")
+    if request.slices and request.all_slices:
+        raise InputError(None, "give --slice or --all-slices, not both")
+    if request.seed is not None and not 0 <= request.seed < 2**63:
+        raise InputError(None, f"--seed must be in [0, 2**63), got {request.seed}")
+
+
+def check_output_dir(out: Path) -> None:
+    """Fail before generating if the output cannot be created, and never overwrite a result."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(out, "already exists and is not empty; choose a new --out directory")
+    parent = out.parent if out.parent != Path("") else Path(".")
+    if not parent.is_dir():
+        raise OutputError(out, f"parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(out, f"parent directory {parent} is not writable")
+
+
+@dataclass
+class _SliceJob:
+    """What paste-back needs to remember about one slice between cropping and generation."""
+
+    index: int
+    source_model: np.ndarray
+    mask: np.ndarray
+    dilated: np.ndarray
+    weights: np.ndarray
+    box: object
+
+
+class Inpainter:
+    """Holds a loaded model so several requests (a batch job, the server) share one load."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str | None = None,
+        scheduler: str | None = None,
+        config: str | Path | None = None,
+    ):
+        from medgen.generate.models import load_model
+
+        self.model_path = Path(model_path)
+        self.model = load_model(model_path, device=device, dtype=dtype, scheduler=scheduler, config=config)
+
+    def __call__(self, request: InpaintRequest, progress: ProgressCallback | None = None) -> InpaintResult:
+        # 1. Check inputs and the output location before any heavy work
+        check_request(request)
+        check_output_dir(request.out)
+
+        # 2. Read the source and the mask on the same grid; pick the slices
+        volume = read_volume(request.input)
+        mask = read_mask(request.mask, volume, segment=request.segment, label=request.label)
+        slice_indices = select_slices(mask, request.slices, request.all_slices, volume)
+
+        # 3. Map stored values to model space with one window for the whole request
+        window = choose_window(
+            volume,
+            slice_indices,
+            preset=request.window,
+            center=request.window_center,
+            width=request.window_width,
+        )
+        intensity = IntensityMap(volume, window)
+
+        # 4. Crop a box around each slice's dilated mask and resize it to the model's resolution
+        jobs = [self._prepare_slice(volume, intensity, mask[k], k, request) for k in slice_indices]
+        resolution = self.model.resolution
+        crops = np.stack([resize_image(job.source_model[job.box.slices], (resolution,) * 2) for job in jobs])
+        crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], (resolution,) * 2) for job in jobs])
+
+        # 5. Generate every variant of every slice
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        seeds = [seed + v for v in range(request.num_variants)]
+        generated = self.model.inpaint(
+            crops.astype(np.float32),
+            crop_masks.astype(np.float32),
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            num_variants=request.num_variants,
+            seeds=seeds,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            strength=request.strength,
+            callback=progress,
+        )
+
+        # 6. Paste back into stored values; outside the dilated mask the source is kept as is
+        variant_pixels = [
+            self._paste_variant(volume, intensity, jobs, generated[:, v]) for v in range(request.num_variants)
+        ]
+
+        # 7. Write everything into a staging folder, then move it into place in one rename
+        provenance = self._provenance(request, volume, window, slice_indices, seeds)
+        return self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds)
+
+    def _prepare_slice(
+        self, volume: Volume, intensity: IntensityMap, mask2d: np.ndarray, k: int, request: InpaintRequest
+    ) -> _SliceJob:
+        pixel_spacing = (volume.spacing[1], volume.spacing[2])
+        dilated = dilate_mask(mask2d, request.mask_dilate_mm, pixel_spacing)
+        weights = feather_weights(mask2d, dilated, request.mask_blur_px)
+        box = mask_crop_box(dilated, request.crop_padding_px)
+        return _SliceJob(k, intensity.to_model(k), mask2d, dilated, weights, box)
+
+    @staticmethod
+    def _paste_variant(
+        volume: Volume, intensity: IntensityMap, jobs: list[_SliceJob], generated: np.ndarray
+    ) -> np.ndarray:
+        pixels = volume.pixels.copy()
+        for job, crop in zip(jobs, generated):
+            crop_back = resize_image(crop, job.box.shape)
+            blended = paste_generated(job.source_model, crop_back, job.box, job.weights)
+            source_stored = volume.pixels[job.index]
+            converted = intensity.from_model(blended, job.index, source_stored)
+            keep = job.weights > 0
+            if converted.ndim == 3:  # colour: one decision per pixel for all samples
+                keep = keep[..., None]
+            pixels[job.index] = np.where(keep, converted, source_stored)
+            outside = ~job.dilated
+            if not np.array_equal(pixels[job.index][outside], source_stored[outside]):
+                raise RuntimeError(f"slice {job.index}: paste-back changed pixels outside the dilated mask")
+        return pixels
+
+    def _provenance(self, request, volume, window, slice_indices, seeds) -> dict:
+        from medgen.dicom.provenance import build_provenance
+
+        parameters = {
+            key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(request).items()
+        }
+        parameters.update(
+            {
+                "window_center": window.center,
+                "window_width": window.width,
+                "slices_inpainted": slice_indices,
+                "seeds": seeds,
+                "scheduler": self.model.scheduler_name,
+                "resolution": self.model.resolution,
+            }
+        )
+        return build_provenance(
+            input_paths=volume.source_paths + [request.mask],
+            model_path=self.model_path,
+            parameters=parameters,
+            seeds=seeds,
+            device=str(self.model.device),
+            dtype=str(self.model.dtype),
+        )
+
+    def _write_outputs(self, request, volume, intensity, jobs, variant_pixels, provenance, seeds) -> InpaintResult:
+        from medgen.dicom.provenance import write_provenance_json
+
+        out = request.out
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            files: list[Path] = []
+            variant_dirs = []
+            for v, pixels in enumerate(variant_pixels):
+                name = f"variant-{v + 1:02d}"
+                files += self._write_variant(request, volume, pixels, staging / name, provenance, seeds[v], jobs)
+                variant_dirs.append(out / name)
+            write_provenance_json(staging / "provenance.json", provenance)
+            write_preview(
+                staging / "preview.png",
+                slice_indices=[job.index for job in jobs],
+                sources=[job.source_model for job in jobs],
+                masks=[job.mask for job in jobs],
+                variants=[[intensity.to_model_array(p[job.index], job.index) for job in jobs] for p in variant_pixels],
+            )
+            if out.exists():
+                out.rmdir()  # checked empty above
+            os.replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return InpaintResult(
+            out=out,
+            variant_dirs=variant_dirs,
+            provenance_path=out / "provenance.json",
+            preview_path=out / "preview.png",
+            slices=[job.index for job in jobs],
+            seeds=seeds,
+            files=[out / f.relative_to(staging) for f in files],
+        )
+
+    def _write_variant(self, request, volume, pixels, variant_dir, provenance, seed, jobs) -> list[Path]:
+        from medgen.dicom.writer import SyntheticSeriesWriter, write_secondary_capture
+        from medgen.imaging.write import write_like_source
+
+        modified = [job.index for job in jobs]
+        description = derivation_description(request, self.model_path.name, seed)
+        if volume.source_format is SourceFormat.DICOM:
+            writer = SyntheticSeriesWriter(
+                volume,
+                series_description=f"SYNTHETIC {request.prompt}",
+                derivation_description=description,
+                provenance={**provenance, "variant_seed": seed},
+                software_version=__version__,
+                model_name=self.model_path.name,
+            )
+            return writer.write(pixels, variant_dir, modified_slices=modified, only_modified=request.only_modified)
+        written = write_like_source(volume, pixels, variant_dir)
+        if request.write_dicom:
+            written += write_secondary_capture(
+                volume,
+                pixels,
+                variant_dir / "dicom",
+                series_description=f"SYNTHETIC {request.prompt}",
+                derivation_description=description,
+                provenance={**provenance, "variant_seed": seed},
+                software_version=__version__,
+                model_name=self.model_path.name,
+            )
+        return written
+
+
+def derivation_description(request: InpaintRequest, model_name: str, seed: int) -> str:
+    """The human-readable sentence that goes into DerivationDescription."""
+    text = f"Synthetic inpainting by MedGenSlicer {__version__}; prompt: {request.prompt!r}"
+    if request.negative_prompt:
+        text += f"; negative prompt: {request.negative_prompt!r}"
+    text += f"; model: {model_name}; adapters: none; seed: {seed}"
+    return text
+
+
+def inpaint(
+    input: str | Path,
+    mask: str | Path,
+    *,
+    prompt: str,
+    model: str | Path,
+    out: str | Path,
+    device: str = "auto",
+    dtype: str | None = None,
+    scheduler: str | None = None,
+    progress: ProgressCallback | None = None,
+    **options,
+) -> InpaintResult:
+    """One call for batch scripts: load the model, run one request, return where it wrote.
+
+    ``options`` are the fields of :class:`InpaintRequest`; an unknown name is an error.
+    """
+    request = InpaintRequest(input=Path(input), mask=Path(mask), prompt=prompt, out=Path(out), **options)
+    check_request(request)
+    check_output_dir(request.out)
+    return Inpainter(model, device=device, dtype=dtype, scheduler=scheduler)(request, progress)

@@ -1,0 +1,206 @@
+"""The `medgen` command: parse arguments, call the engine, print progress and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from medgen.errors import MedgenError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_inpaint_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "inpaint",
+        help="inpaint a lesion under a mask and write synthetic series",
+        description="Inpaint the masked region of INPUT from a prompt and write each variant as a synthetic series.",
+    )
+    p.add_argument("input", type=Path, help="DICOM file, folder holding one series, NIfTI/NRRD volume or PNG")
+    p.add_argument("--mask", type=Path, required=True, help=".seg.nrrd, NIfTI/NRRD labelmap, DICOM SEG or PNG")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--segment", help="segment name (.seg.nrrd) or segment label (DICOM SEG)")
+    which.add_argument("--label", type=int, help="label value (labelmap) or segment number (DICOM SEG)")
+    slices = p.add_mutually_exclusive_group()
+    slices.add_argument("--slice", type=int, nargs="+", dest="slices", metavar="K", help="0-based slice indices")
+    slices.add_argument("--all-slices", action="store_true", help="every slice the mask touches")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--model", type=Path, required=True, help="diffusers folder or single-file .safetensors")
+    p.add_argument("--model-config", type=Path, help="local diffusers folder giving a single-file model's layout")
+    p.add_argument("--variants", type=int, default=1, dest="num_variants")
+    p.add_argument("--seed", type=int, help="seed of the first variant (variant v uses seed + v); random if omitted")
+    p.add_argument("--steps", type=int, default=30, dest="num_inference_steps")
+    p.add_argument("--guidance", type=float, default=7.5, dest="guidance_scale")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "unipc"])
+    p.add_argument("--mask-dilate", type=float, default=2.0, dest="mask_dilate_mm", metavar="MM")
+    p.add_argument("--mask-blur", type=float, default=4.0, dest="mask_blur_px", metavar="PX")
+    p.add_argument("--crop-padding", type=int, default=32, dest="crop_padding_px", metavar="PX")
+    p.add_argument("--window", help="CT window preset: soft_tissue, lung, bone, brain, liver, mediastinum")
+    p.add_argument("--window-center", type=float)
+    p.add_argument("--window-width", type=float)
+    p.add_argument("--only-modified", action="store_true", help="write just the inpainted slices")
+    p.add_argument("--dicom", action="store_true", dest="write_dicom", help="NIfTI/NRRD/PNG input: also write DICOM")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_run_inpaint)
+
+
+def _run_inpaint(args: argparse.Namespace) -> int:
+    from medgen.api import Inpainter, InpaintRequest, check_output_dir, check_request
+
+    request = InpaintRequest(
+        input=args.input,
+        mask=args.mask,
+        prompt=args.prompt,
+        out=args.out,
+        negative_prompt=args.negative_prompt,
+        segment=args.segment,
+        label=args.label,
+        slices=args.slices,
+        all_slices=args.all_slices,
+        num_variants=args.num_variants,
+        seed=args.seed,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        strength=args.strength,
+        mask_dilate_mm=args.mask_dilate_mm,
+        mask_blur_px=args.mask_blur_px,
+        crop_padding_px=args.crop_padding_px,
+        window=args.window,
+        window_center=args.window_center,
+        window_width=args.window_width,
+        only_modified=args.only_modified,
+        write_dicom=args.write_dicom,
+    )
+    check_request(request)
+    check_output_dir(request.out)
+    inpainter = Inpainter(
+        args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config
+    )
+    with _ProgressBar("inpainting") as bar:
+        result = inpainter(request, progress=bar.update)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    print(f"wrote {len(result.variant_dirs)} variant(s) of slice(s) {result.slices} (seeds {result.seeds}):")
+    for directory in result.variant_dirs:
+        print(f"  {directory}")
+    print(f"  {result.provenance_path}")
+    print(f"  {result.preview_path}")
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr driven by the engine's (steps done, total) callback."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit="step", file=sys.stderr)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+def _add_model_parser(subparsers) -> None:
+    p = subparsers.add_parser("model", help="make or inspect models")
+    model_commands = p.add_subparsers(dest="model_command", required=True)
+    tiny = model_commands.add_parser(
+        "create-tiny", help="write a tiny random-weight SD inpainting model (for plumbing tests; its output is noise)"
+    )
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--kind", choices=["inpaint", "base"], default="inpaint", help="9-channel or 4-channel UNet")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_run_create_tiny)
+
+
+def _run_create_tiny(args: argparse.Namespace) -> int:
+    from medgen.generate.tiny import create_tiny_model
+
+    path = create_tiny_model(args.dir, kind=args.kind, seed=args.seed)
+    print(f"wrote a tiny random-weight {args.kind} model to {path} (its output is noise: use it for plumbing only)")
+    return 0
+
+
+def _add_bench_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks")
+    bench_commands = p.add_subparsers(dest="bench_command", required=True)
+    speed = bench_commands.add_parser("speed", help="engine path vs plain diffusers, same process", add_help=False)
+    speed.add_argument("rest", nargs=argparse.REMAINDER)
+    speed.set_defaults(handler=_run_bench_speed)
+
+
+def _run_bench_speed(args: argparse.Namespace) -> int:
+    from medgen.bench.speed import main as speed_main
+
+    return speed_main(args.rest) or 0
+
+
+def _add_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="run the whole path once on built-in data")
+    p.add_argument("--out", type=Path, default=Path("medgen-demo"))
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from medgen.demo import run_demo
+
+    with _ProgressBar("demo") as bar:
+        result = run_demo(args.out, device=args.device, progress=bar.update)
+    _print_result(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medgen", description="Inpaint synthetic pathology into real scans and write clearly synthetic DICOM."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show informational messages")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_inpaint_parser(subparsers)
+    _add_model_parser(subparsers)
+    _add_bench_parser(subparsers)
+    _add_demo_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk; never reach for a hub
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="medgen: %(levelname)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except MedgenError as error:
+        print(f"medgen: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("medgen: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -135,10 +135,18 @@ class Inpainter:
         scheduler: str | None = None,
         config: str | Path | None = None,
     ):
-        from medgen.generate.models import load_model
-
         self.model_path = Path(model_path)
-        self.model = load_model(model_path, device=device, dtype=dtype, scheduler=scheduler, config=config)
+        self._load_options = {"device": device, "dtype": dtype, "scheduler": scheduler, "config": config}
+        self._model = None
+
+    @property
+    def model(self):
+        """The loaded model; loaded on first use so bad input fails before a slow load."""
+        if self._model is None:
+            from medgen.generate.models import load_model
+
+            self._model = load_model(self.model_path, **self._load_options)
+        return self._model
 
     def __call__(self, request: InpaintRequest, progress: ProgressCallback | None = None) -> InpaintResult:
         # 1. Check inputs and the output location before any heavy work
@@ -163,7 +171,10 @@ class Inpainter:
         # 4. Crop a box around each slice's dilated mask and resize it to the model's resolution
         jobs = [self._prepare_slice(volume, intensity, mask[k], k, request) for k in slice_indices]
         resolution = self.model.resolution
-        crops = np.stack([resize_image(job.source_model[job.box.slices], (resolution,) * 2) for job in jobs])
+        # bicubic resampling overshoots slightly at sharp edges; the model takes [-1, 1] only
+        crops = np.stack(
+            [np.clip(resize_image(job.source_model[job.box.slices], (resolution,) * 2), -1, 1) for job in jobs]
+        )
         crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], (resolution,) * 2) for job in jobs])
 
         # 5. Generate every variant of every slice

@@ -11,6 +11,7 @@ from pathlib import Path
 from medgen.errors import MedgenError
 
 EXIT_BAD_INPUT = 2
+MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve"}
 
 
 def _add_inpaint_parser(subparsers) -> None:
@@ -185,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress_bars() -> None:
+    """Loading bars from diffusers/transformers would bury the one-line errors; ours is the only bar."""
+    try:
+        import diffusers.utils.logging
+        import transformers.utils.logging
+    except ImportError:
+        return
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk; never reach for a hub
     args = build_parser().parse_args(argv)
@@ -192,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="medgen: %(levelname)s: %(message)s",
     )
+    if args.command in MODEL_LOADING_COMMANDS:
+        _quiet_library_progress_bars()
     try:
         return args.handler(args)
     except MedgenError as error:

@@ -1,0 +1,251 @@
+"""Write the inpainted region as a DICOM Segmentation that references the synthetic instances.
+
+A synthetic series plus this SEG is a ready training pair: the segment, labelled from the prompt,
+marks exactly where the pathology was asked for, on the images that now show it. The SEG carries
+the same synthetic marks as the images it describes (Synthetic Data YES, a "SYNTHETIC" Series
+Description, the Synthesizing Equipment item and the provenance block), so it can never be taken
+for a reading of a real scan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from medgen.dicom import codes
+from medgen.dicom.codes import MedgenCode
+from medgen.errors import InputError, OutputError
+from medgen.imaging.volume import SourceFormat, Volume
+
+logger = logging.getLogger(__name__)
+
+# PS3.16 CID 7150 "Segmentation Property Categories" and CID 7159 "Lesion Segmentation Types".
+MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
+LESION = Code("52988006", "SCT", "Lesion")
+CONTENT_LABEL = "INPAINTED"  # CS, at most 16 characters
+SEGMENT_LABEL_MAX = 64  # LO
+# Where the mask came from: the user painted it, and the generator filled it.
+ALGORITHM_TYPE = hd.seg.SegmentAlgorithmTypeValues.MANUAL
+
+SourceFrame = tuple[str, "int | None"]  # (source SOP Instance UID, 1-based frame or None for single-frame)
+
+
+def masks_by_source_frame(volume: Volume, masks_per_slice: Mapping[int, np.ndarray]) -> dict[SourceFrame, np.ndarray]:
+    """Key each slice's mask by the source instance (and frame) it lies on, as the images reference them."""
+    keyed: dict[SourceFrame, np.ndarray] = {}
+    for k, mask in masks_per_slice.items():
+        k = int(k)
+        if not 0 <= k < volume.num_slices:
+            raise ValueError(f"slice index {k} is out of range [0, {volume.num_slices})")
+        mask = np.asarray(mask)
+        if mask.shape != volume.shape2d:
+            raise ValueError(f"the mask of slice {k} has shape {mask.shape}, expected {volume.shape2d}")
+        if volume.is_multiframe:
+            key = (str(volume.datasets[0].SOPInstanceUID), int(volume.frame_numbers[k]))
+        else:
+            key = (str(volume.datasets[k].SOPInstanceUID), None)
+        keyed[key] = mask.astype(bool)
+    return keyed
+
+
+def seg_refusal(volume: Volume, slices_written: int) -> str | None:
+    """Why no SEG can be written over ``slices_written`` synthetic slices of ``volume``, or None.
+
+    Call it before generating, so a run asked for ``--seg`` fails in milliseconds, not after
+    the diffusion: highdicom needs patient geometry to place more than one frame.
+    """
+    from highdicom.spatial import get_image_coordinate_system
+
+    if volume.source_format != SourceFormat.DICOM or not volume.datasets:
+        return "a DICOM SEG needs a DICOM source (its frames reference the synthetic DICOM instances)"
+    if slices_written > 1 and get_image_coordinate_system(volume.datasets[0]) is None:
+        return (f"a DICOM SEG over {slices_written} slices needs patient geometry (Frame of Reference and "
+                "positions), which this source lacks; inpaint one slice, or omit --seg")
+    return None
+
+
+def write_inpaint_seg(
+    synthetic_files: Sequence[str | Path],
+    masks_per_slice: Mapping[int, np.ndarray],
+    out_path: str | Path,
+    segment_label: str,
+    *,
+    source_volume: Volume,
+    software_version: str,
+    model_name: str,
+    series_number: int | None = None,
+) -> Path:
+    """Write one binary SEG of ``masks_per_slice`` over the synthetic instances; return its path.
+
+    ``masks_per_slice`` maps a slice index of ``source_volume`` (the scan that was inpainted) to
+    that slice's 2D mask; the masks reach the right synthetic frames through the Source Image
+    references the writer put in every synthetic instance, so this works for whole series,
+    ``only_modified`` series and multi-frame instances alike.
+    """
+    # 1. Check inputs before reading anything
+    if not synthetic_files:
+        raise ValueError("synthetic_files must list the written instances, got none")
+    if not isinstance(segment_label, str) or not segment_label.strip():
+        raise ValueError(f"segment_label must be a non-empty string, got {segment_label!r}")
+    for name, value in (("software_version", software_version), ("model_name", model_name)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if not masks_per_slice or not any(np.asarray(m).any() for m in masks_per_slice.values()):
+        raise ValueError("masks_per_slice holds no masked pixel: there is no region to segment")
+    keyed = masks_by_source_frame(source_volume, masks_per_slice)
+    out_path = Path(out_path)
+
+    # 2. Read the synthetic instances and give every frame its mask (empty where nothing was inpainted)
+    images = [_read(Path(p)) for p in synthetic_files]
+    if len({str(ds.SeriesInstanceUID) for ds in images}) != 1:
+        raise ValueError("synthetic_files must belong to one series")
+    if len(images) > 1 and any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in images):
+        raise ValueError("give either one multi-frame instance or single-frame instances, not a mix")
+    has_geometry = "FrameOfReferenceUID" in images[0]
+    frames = []
+    for ds in images:
+        for key in _source_frames(ds):
+            mask = keyed.get(key)
+            frames.append(mask if mask is not None else np.zeros((ds.Rows, ds.Columns), dtype=bool))
+    pixel_array = np.stack(frames).astype(np.uint8)
+    if not pixel_array.any():
+        raise ValueError("none of the masked slices is among the synthetic instances")
+
+    # 3. Describe the segment and build the SEG with highdicom
+    label = _single_line(segment_label)[:SEGMENT_LABEL_MAX]
+    now = dt.datetime.now().astimezone()
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=label,
+        segmented_property_category=MORPHOLOGICALLY_ALTERED_STRUCTURE,
+        segmented_property_type=LESION,
+        algorithm_type=ALGORITHM_TYPE,
+    )
+    equipment = hd.ContributingEquipment(
+        manufacturer=codes.MANUFACTURER,
+        purpose_of_reference=MedgenCode.SYNTHESIZING_EQUIPMENT.code,
+        manufacturer_model_name=_single_line(model_name)[:64],
+        software_versions=_single_line(software_version)[:64],
+        contribution_datetime=now,
+        contribution_description=codes.CONTRIBUTION_DESCRIPTION,
+    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=images,
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=codes.new_uid(),
+            series_number=series_number if series_number is not None else _series_number(images[0]),
+            sop_instance_uid=codes.new_uid(),
+            instance_number=1,
+            manufacturer=codes.MANUFACTURER,
+            manufacturer_model_name=_single_line(model_name)[:64],
+            software_versions=_single_line(software_version)[:64],
+            device_serial_number=codes.MANUFACTURER,
+            content_label=CONTENT_LABEL,
+            content_description=f"Region inpainted from the prompt: {label}"[:64],
+            contributing_equipment=[equipment],
+            series_description=_series_description(label),
+            omit_empty_frames=True,
+            pixel_measures=None if has_geometry else _pixel_measures(images[0], source_volume),
+        )
+    except ValueError as exc:  # highdicom's refusals name what the images lack
+        raise InputError(synthetic_files[0], f"cannot build a DICOM SEG over these images: {exc}") from exc
+
+    # 4. The synthetic marks highdicom does not know about, and the provenance of the images
+    seg.SyntheticData = codes.SYNTHETIC_DATA
+    if not has_geometry:
+        # General Image, Type 2C where there is no plane orientation: the images' own letters, or empty
+        seg.PatientOrientation = images[0].get("PatientOrientation", "")
+    _copy_provenance(images[0], seg)
+
+    # 5. Write atomically: a reader never sees half a SEG
+    return _save_atomically(seg, out_path)
+
+
+def _pixel_measures(image: Dataset, volume: Volume) -> hd.PixelMeasuresSequence:
+    """Spacing for images without geometry (CR, US): the image's own, else the volume's reading of it.
+
+    Left to itself highdicom writes a zero spacing there, which is invalid (PS3.3 C.7.6.2.1.1).
+    """
+    for candidate in (image.get("PixelSpacing"), image.get("ImagerPixelSpacing"), volume.spacing[1:], (1.0, 1.0)):
+        if candidate is not None and len(candidate) == 2 and all(float(v) > 0 for v in candidate):
+            rows_cols = [float(v) for v in candidate]
+            break
+    thickness = float(volume.spacing[0]) if float(volume.spacing[0]) > 0 else 1.0
+    return hd.PixelMeasuresSequence(pixel_spacing=rows_cols, slice_thickness=thickness)
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many kinds on damaged files
+        raise InputError(path, f"cannot read the synthetic instance: {exc}") from exc
+    if ds.get("SyntheticData") != codes.SYNTHETIC_DATA:
+        raise InputError(path, "is not a synthetic instance (Synthetic Data is not YES)")
+    return ds
+
+
+def _source_frames(ds: Dataset) -> list[SourceFrame]:
+    """For each frame of a synthetic instance, the source instance and frame it was derived from."""
+    from medgen.dicom.validate import source_frames
+
+    try:
+        return source_frames(ds)
+    except (AttributeError, IndexError, KeyError) as exc:
+        raise InputError(None, f"synthetic instance {ds.SOPInstanceUID} has no usable Source Image reference") from exc
+
+
+def _copy_provenance(image: Dataset, seg: Dataset) -> None:
+    try:
+        block = image.private_block(codes.PRIVATE_GROUP, codes.PRIVATE_CREATOR)
+        element = block[codes.PRIVATE_PROVENANCE_OFFSET]
+    except KeyError:
+        return
+    target = seg.private_block(codes.PRIVATE_GROUP, codes.PRIVATE_CREATOR, create=True)
+    target.add_new(codes.PRIVATE_PROVENANCE_OFFSET, "UT", element.value)
+
+
+def _series_description(label: str) -> str:
+    text = f"{codes.SERIES_DESCRIPTION_PREFIX} SEG {label}"
+    return text[:64].rstrip()
+
+
+def _series_number(image: Dataset) -> int:
+    """One above the synthetic series, so viewers list the SEG right after its images."""
+    try:
+        return min(int(image.get("SeriesNumber") or 0) + 1, 2**31 - 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _single_line(text: str) -> str:
+    """LO-safe text: no backslash (the value separator) and no control characters."""
+    return "".join(c if c.isprintable() else " " for c in text.replace("\\", "/")).strip()
+
+
+def _save_atomically(ds: Dataset, out_path: Path) -> Path:
+    tmp_name = None
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent)
+        os.close(fd)
+        ds.save_as(tmp_name, enforce_file_format=True)
+        os.replace(tmp_name, out_path)
+    except OSError as exc:
+        if tmp_name and os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise OutputError(out_path, f"cannot write the SEG: {exc.strerror or exc}") from exc
+    logger.info("wrote SEG %s", out_path)
+    return out_path

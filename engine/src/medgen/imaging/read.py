@@ -1,0 +1,470 @@
+"""Read a scan (DICOM file or series folder, NIfTI, NRRD, PNG/JPEG) into a :class:`Volume`.
+
+Every problem with the input becomes an :class:`InputError` naming the file, so the CLI and the
+server can show it as one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from PIL import Image, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import MediaStorageDirectoryStorage, SegmentationStorage, UID
+
+from medgen.errors import InputError
+from medgen.imaging.volume import PixelFormat, SourceFormat, Volume
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# Photometric interpretations of *decoded* pixels that the intensity mapping understands.
+SUPPORTED_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB")
+
+# Label Map Segmentation Storage is newer than pydicom 3.0's UID table.
+_MASK_SOP_CLASSES = (SegmentationStorage, UID("1.2.840.10008.5.1.4.1.1.66.7"))
+
+# Two slice positions closer than this (mm, along the normal) are the same position.
+_SAME_POSITION_MM = 1e-3
+_ORIENTATION_ATOL = 1e-4
+
+
+def read_volume(path: str | Path) -> Volume:
+    """Read a DICOM file, a folder holding one DICOM series, a NIfTI/NRRD volume or a PNG/JPEG image."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    if path.is_dir():
+        return _read_dicom_folder(path)
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return _read_itk_volume(path, SourceFormat.NIFTI)
+    if name.endswith(NRRD_SUFFIXES):
+        return _read_itk_volume(path, SourceFormat.NRRD)
+    if name.endswith(PLAIN_IMAGE_SUFFIXES):
+        return _read_plain_image(path)
+    return _read_dicom_series([path], source=path)
+
+
+# --- DICOM -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SliceInfo:
+    """The per-slice (or per-frame) attributes that decide order, geometry and rescale."""
+
+    position: np.ndarray | None
+    orientation: np.ndarray | None  # 6 values: row direction, column direction
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns)
+    slice_spacing: float | None  # SpacingBetweenSlices, else SliceThickness
+    slope: float
+    intercept: float
+    window: tuple[float, float] | None
+    instance_number: int | None
+
+
+def _read_dicom_folder(folder: Path) -> Volume:
+    """Pick the one image series in ``folder`` (not recursive) and read it."""
+    series: dict[str, list[Path]] = {}
+    descriptions: dict[str, str] = {}
+    skipped_non_images: list[str] = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if file.name.upper() == "DICOMDIR":
+            continue
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+        except InvalidDicomError:
+            logger.debug("skipping %s: not DICOM", file)
+            continue
+        except Exception as exc:  # a broken file inside the series must not be skipped silently
+            raise InputError(file, f"cannot read DICOM header: {exc}") from exc
+        if header.get("SOPClassUID") == MediaStorageDirectoryStorage:
+            continue
+        if "Rows" not in header:
+            skipped_non_images.append(f"{file.name} ({_sop_class_name(header)})")
+            continue
+        uid = str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
+        series.setdefault(uid, []).append(file)
+        descriptions.setdefault(uid, str(header.get("SeriesDescription", "")))
+
+    if not series:
+        if skipped_non_images:
+            raise InputError(folder, f"holds no DICOM images, only {', '.join(skipped_non_images[:5])}")
+        raise InputError(folder, "holds no DICOM files")
+    if len(series) > 1:
+        listing = "; ".join(
+            f"{uid} '{descriptions[uid]}' ({len(files)} files)" for uid, files in series.items()
+        )
+        raise InputError(folder, f"holds {len(series)} series, pass a folder with one: {listing}")
+    if skipped_non_images:
+        logger.info("%s: ignoring non-image files %s", folder, ", ".join(skipped_non_images))
+    (files,) = series.values()
+    return _read_dicom_series(files, source=folder)
+
+
+def _read_dicom_series(paths: list[Path], *, source: Path) -> Volume:
+    """Read the files of one series: a single multi-frame instance or single-frame slices."""
+    datasets = [_read_dataset(path) for path in paths]
+    if len(datasets) == 1 and _is_multiframe(datasets[0]):
+        return _multiframe_volume(datasets[0], paths[0])
+    if any(_is_multiframe(ds) for ds in datasets):
+        raise InputError(source, "mixes multi-frame instances with other files; pass one multi-frame file")
+
+    decoded = [_decode_pixels(ds, path) for ds, path in zip(datasets, paths)]
+    first_pixels, first_format = decoded[0]
+    for (pixels, pixel_format), path in zip(decoded[1:], paths[1:]):
+        if pixels.shape != first_pixels.shape or pixel_format != first_format:
+            raise InputError(
+                path,
+                f"slice differs from {paths[0].name}: {pixels.shape} {pixel_format} vs "
+                f"{first_pixels.shape} {first_format}",
+            )
+
+    infos = [_slice_info(ds, frame_index=None) for ds in datasets]
+    order, ijk_to_lps, spacing = _stack_geometry(infos, source)
+    return Volume(
+        pixels=np.concatenate([decoded[i][0] for i in order]),
+        spacing=spacing,
+        ijk_to_lps=ijk_to_lps,
+        modality=str(datasets[0].get("Modality", "OT") or "OT"),
+        pixel_format=first_format,
+        rescale_slope=np.array([infos[i].slope for i in order], dtype=np.float64),
+        rescale_intercept=np.array([infos[i].intercept for i in order], dtype=np.float64),
+        source_format=SourceFormat.DICOM,
+        source_paths=[paths[i] for i in order],
+        datasets=[datasets[i] for i in order],
+        frame_numbers=None,
+        source_window=infos[order[0]].window,
+    )
+
+
+def _multiframe_volume(ds: pydicom.Dataset, path: Path) -> Volume:
+    """Enhanced (or older) multi-frame instance: frames sorted by position, one dataset kept."""
+    frames, pixel_format = _decode_pixels(ds, path)
+    num_frames = frames.shape[0]
+    infos = [_slice_info(ds, frame_index=i) for i in range(num_frames)]
+    if infos[0].position is None:
+        logger.warning("%s: frames carry no position; keeping frame order and 1 mm spacing defaults", path)
+    order, ijk_to_lps, spacing = _stack_geometry(infos, path)
+    return Volume(
+        pixels=frames[order],
+        spacing=spacing,
+        ijk_to_lps=ijk_to_lps,
+        modality=str(ds.get("Modality", "OT") or "OT"),
+        pixel_format=pixel_format,
+        rescale_slope=np.array([infos[i].slope for i in order], dtype=np.float64),
+        rescale_intercept=np.array([infos[i].intercept for i in order], dtype=np.float64),
+        source_format=SourceFormat.DICOM,
+        source_paths=[path],
+        datasets=[ds],
+        frame_numbers=[int(i) + 1 for i in order],
+        source_window=infos[order[0]].window,
+    )
+
+
+def _read_dataset(path: Path) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise InputError(
+            path,
+            "not a DICOM file (no DICM preamble), and not NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr) "
+            "or PNG/JPEG by its name",
+        ) from exc
+    except Exception as exc:  # pydicom raises many kinds on damaged files
+        raise InputError(path, f"cannot read DICOM file (damaged or truncated?): {exc}") from exc
+
+
+def _is_multiframe(ds: pydicom.Dataset) -> bool:
+    """Multi-frame means more than one frame, or an enhanced IOD whose geometry sits in functional groups."""
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _sop_class_name(ds: pydicom.Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    return getattr(uid, "name", None) or str(uid or "unknown SOP class")
+
+
+def _decode_pixels(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, PixelFormat]:
+    """Decode all frames; the PixelFormat records the photometric of the decoded array (YBR → RGB)."""
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise InputError(path, "float pixel data (parametric map) is not supported")
+        if "Rows" in ds:
+            raise InputError(path, "has image attributes but no pixel data (is the file truncated?)")
+        raise InputError(path, f"has no pixel data: {_sop_class_name(ds)} is not an image")
+
+    if ds.get("SOPClassUID") in _MASK_SOP_CLASSES:
+        raise InputError(path, f"is a {_sop_class_name(ds)} object, not an image; pass it as the mask")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric == "PALETTE COLOR":
+        raise InputError(path, "palette colour (PALETTE COLOR) is not supported; convert to grayscale or RGB first")
+
+    file_meta = getattr(ds, "file_meta", None)
+    transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    syntax_name = getattr(transfer_syntax, "name", str(transfer_syntax))
+    try:
+        decoder = get_decoder(transfer_syntax)
+        # as_rgb=True converts YBR_FULL / YBR_FULL_422 to RGB; meta says what the array really holds.
+        pixels, meta = decoder.as_array(ds, as_rgb=True)
+    except Exception as exc:
+        raise InputError(path, f"cannot decode pixel data (transfer syntax {syntax_name}): {exc}") from exc
+
+    decoded_photometric = str(meta.get("photometric_interpretation", photometric))
+    if decoded_photometric not in SUPPORTED_PHOTOMETRICS:
+        raise InputError(
+            path,
+            f"photometric interpretation {decoded_photometric} (decoded from {photometric}) is not "
+            f"supported; convert to grayscale or RGB first",
+        )
+    samples = int(meta.get("samples_per_pixel", ds.get("SamplesPerPixel", 1)))
+    if (samples == 3) != (decoded_photometric == "RGB"):
+        raise InputError(path, f"{samples} samples per pixel do not fit photometric {decoded_photometric}")
+    pixel_format = PixelFormat(
+        bits_allocated=int(meta.get("bits_allocated", ds.BitsAllocated)),
+        bits_stored=int(meta.get("bits_stored", ds.get("BitsStored", ds.BitsAllocated))),
+        signed=int(meta.get("pixel_representation", ds.get("PixelRepresentation", 0))) == 1,
+        photometric=decoded_photometric,
+        samples_per_pixel=samples,
+    )
+    single_frame_ndim = 2 if samples == 1 else 3
+    if pixels.ndim == single_frame_ndim:
+        pixels = pixels[np.newaxis]
+    return pixels, pixel_format
+
+
+def _functional_value(ds: pydicom.Dataset, frame_index: int | None, sequence: str, keyword: str):
+    """An attribute from the frame's functional group, else the shared one, else the top level."""
+    if frame_index is not None:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        candidates = []
+        if per_frame and frame_index < len(per_frame):
+            candidates.append(per_frame[frame_index])
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared:
+            candidates.append(shared[0])
+        for group in candidates:
+            items = group.get(sequence)
+            if items and keyword in items[0]:
+                return items[0][keyword].value
+    return ds.get(keyword)
+
+
+def _first_float(value) -> float | None:
+    """DICOM DS values may be multi-valued (WindowCenter) or empty; take the first number."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return float(value[0]) if len(value) else None
+    return float(value)
+
+
+def _positive_pair(value) -> tuple[float, float] | None:
+    """A (row, column) spacing, or None when absent or zero (some CR files store 0\\0)."""
+    if not value or len(value) != 2:
+        return None
+    pair = (float(value[0]), float(value[1]))
+    return pair if pair[0] > 0 and pair[1] > 0 else None
+
+
+def _slice_info(ds: pydicom.Dataset, frame_index: int | None) -> _SliceInfo:
+    def value(sequence: str, keyword: str):
+        return _functional_value(ds, frame_index, sequence, keyword)
+
+    position = value("PlanePositionSequence", "ImagePositionPatient")
+    orientation = value("PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = _positive_pair(value("PixelMeasuresSequence", "PixelSpacing"))
+    if spacing is None:  # projection radiographs often carry only the detector spacing
+        spacing = _positive_pair(ds.get("ImagerPixelSpacing"))
+    slice_spacing = _first_float(value("PixelMeasuresSequence", "SpacingBetweenSlices"))
+    if not slice_spacing:
+        slice_spacing = _first_float(value("PixelMeasuresSequence", "SliceThickness"))
+    slope = _first_float(value("PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _first_float(value("PixelValueTransformationSequence", "RescaleIntercept"))
+    center = _first_float(value("FrameVOILUTSequence", "WindowCenter"))
+    width = _first_float(value("FrameVOILUTSequence", "WindowWidth"))
+    instance_number = ds.get("InstanceNumber")
+    return _SliceInfo(
+        position=np.array([float(v) for v in position]) if position and len(position) == 3 else None,
+        orientation=np.array([float(v) for v in orientation]) if orientation and len(orientation) == 6 else None,
+        pixel_spacing=spacing,
+        slice_spacing=abs(slice_spacing) if slice_spacing else None,
+        slope=1.0 if slope is None else slope,
+        intercept=0.0 if intercept is None else intercept,
+        window=(center, width) if center is not None and width else None,
+        instance_number=int(instance_number) if instance_number not in (None, "") else None,
+    )
+
+
+def _stack_geometry(
+    infos: list[_SliceInfo], source: Path
+) -> tuple[list[int], np.ndarray, tuple[float, float, float]]:
+    """Slice order and the ijk→LPS matrix: sort along the normal, else by InstanceNumber."""
+    if any(info.slope == 0 for info in infos):
+        raise InputError(source, "RescaleSlope is 0; stored values cannot be mapped to modality values")
+
+    orientations = [info.orientation for info in infos if info.orientation is not None]
+    if orientations and len(orientations) == len(infos):
+        if any(not np.allclose(o, orientations[0], atol=_ORIENTATION_ATOL) for o in orientations):
+            raise InputError(source, "slices have different orientations (ImageOrientationPatient); not one volume")
+        row_direction, column_direction = orientations[0][:3], orientations[0][3:]
+    else:
+        row_direction, column_direction = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    normal = np.cross(row_direction, column_direction)
+
+    default_step = infos[0].slice_spacing or 1.0
+    have_positions = orientations and all(info.position is not None for info in infos)
+    if have_positions:
+        distances = np.array([info.position @ normal for info in infos])
+        order = [int(i) for i in np.argsort(distances, kind="stable")]
+        sorted_distances = distances[order]
+        gaps = np.diff(sorted_distances)
+        if np.any(gaps < _SAME_POSITION_MM):
+            k = int(np.argmin(gaps))
+            raise InputError(
+                source,
+                f"{int(np.sum(gaps < _SAME_POSITION_MM)) + 1} slices share a position "
+                f"({sorted_distances[k]:.3f} mm along the normal); a multi-echo, dynamic or "
+                f"multi-stack series is not one volume",
+            )
+        origin = infos[order[0]].position
+        if len(infos) > 1:
+            step = (infos[order[-1]].position - origin) / (len(infos) - 1)
+            if gaps.max() - gaps.min() > 0.01 * max(float(gaps.mean()), 1e-6):
+                logger.warning("%s: slice spacing is irregular (%.3f to %.3f mm)", source, gaps.min(), gaps.max())
+        else:
+            step = normal * default_step
+    else:
+        keys = [(info.instance_number if info.instance_number is not None else index, index)
+                for index, info in enumerate(infos)]
+        order = [index for _, index in sorted(keys)]
+        origin = infos[order[0]].position if infos[order[0]].position is not None else np.zeros(3)
+        step = normal * default_step
+
+    row_spacing, column_spacing = infos[order[0]].pixel_spacing or (1.0, 1.0)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, 0] = row_direction * column_spacing
+    ijk_to_lps[:3, 1] = column_direction * row_spacing
+    ijk_to_lps[:3, 2] = step
+    ijk_to_lps[:3, 3] = origin
+    spacing = (float(np.linalg.norm(step)), float(row_spacing), float(column_spacing))
+    return order, ijk_to_lps, spacing
+
+
+# --- NIfTI / NRRD ------------------------------------------------------------------------------
+
+
+def itk_ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    """4x4 (i, j, k) → LPS matrix of a SimpleITK image (ITK already works in LPS); 2-D gets a unit k."""
+    dimension = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
+    matrix = np.eye(4)
+    matrix[:dimension, :dimension] = direction @ np.diag(image.GetSpacing())
+    matrix[:dimension, 3] = image.GetOrigin()
+    return matrix
+
+
+def itk_error_message(exc: Exception) -> str:
+    """SimpleITK errors span many lines of C++ context; keep the sentence that says what went wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Description:" in line:
+            return line.split("Description:", 1)[1].strip()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def read_itk_image(path: Path, what: str) -> sitk.Image:
+    """Read a NIfTI/NRRD file with SimpleITK, turning its errors into an InputError."""
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot read {what}: {itk_error_message(exc)}") from exc
+
+
+def is_slicer_segmentation(path: Path) -> bool:
+    """True for a .seg.nrrd-style NRRD (Segment0_* header fields), which is a mask, not an image."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return any(key.startswith("Segment0_") for key in reader.GetMetaDataKeys())
+
+
+def _read_itk_volume(path: Path, source_format: SourceFormat) -> Volume:
+    what = "NIfTI image" if source_format is SourceFormat.NIFTI else "NRRD image"
+    if source_format is SourceFormat.NRRD and is_slicer_segmentation(path):
+        raise InputError(path, "is a Slicer segmentation (.seg.nrrd), not an image; pass it as the mask")
+    image = read_itk_image(path, what)
+    if image.GetDimension() not in (2, 3):
+        raise InputError(path, f"{image.GetDimension()}-D images are not supported; extract one 3-D volume first")
+    if image.GetNumberOfComponentsPerPixel() not in (1, 3):
+        raise InputError(path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel are not supported")
+
+    pixels = sitk.GetArrayFromImage(image)  # (k, j, i[, c])
+    if image.GetDimension() == 2:
+        pixels = pixels[np.newaxis]
+    ijk_to_lps = itk_ijk_to_lps(image)
+    spacing = tuple(float(np.linalg.norm(ijk_to_lps[:3, axis])) for axis in (2, 1, 0))
+    count = pixels.shape[0]
+    return Volume(
+        pixels=pixels,
+        spacing=spacing,
+        ijk_to_lps=ijk_to_lps,
+        modality=_itk_modality(image),
+        pixel_format=None,
+        rescale_slope=np.ones(count),
+        rescale_intercept=np.zeros(count),
+        source_format=source_format,
+        source_paths=[path],
+        itk_image=image,
+    )
+
+
+def _itk_modality(image: sitk.Image) -> str:
+    """A Modality entry in the header (some converters write one), else OT."""
+    for key in image.GetMetaDataKeys():
+        if key.lower() == "modality":
+            value = image.GetMetaData(key).strip().upper()
+            if value.isalpha() and 1 < len(value) <= 4:
+                return value
+    return "OT"
+
+
+# --- PNG / JPEG --------------------------------------------------------------------------------
+
+
+def _read_plain_image(path: Path) -> Volume:
+    """A 2-D image as one grayscale slice; colour is reduced to BT.601 luma (Pillow's 'L')."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "L", "F"):
+                pixels = np.array(image)
+            else:
+                pixels = np.array(image.convert("L"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(path, f"cannot read image: {exc}") from exc
+    if pixels.dtype == np.int32 and pixels.min() >= 0 and pixels.max() <= np.iinfo(np.uint16).max:
+        pixels = pixels.astype(np.uint16)  # 16-bit PNGs open as mode 'I' on some Pillow versions
+    return Volume(
+        pixels=pixels[np.newaxis],
+        spacing=(1.0, 1.0, 1.0),
+        ijk_to_lps=np.eye(4),
+        modality="OT",
+        pixel_format=None,
+        rescale_slope=np.ones(1),
+        rescale_intercept=np.zeros(1),
+        source_format=SourceFormat.PNG,
+        source_paths=[path],
+    )

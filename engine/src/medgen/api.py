@@ -54,6 +54,7 @@ class InpaintRequest:
     window_width: float | None = None
     only_modified: bool = False
     write_dicom: bool = False
+    write_seg: bool = False
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -157,6 +158,13 @@ class Inpainter:
         volume = read_volume(request.input)
         mask = read_mask(request.mask, volume, segment=request.segment, label=request.label)
         slice_indices = select_slices(mask, request.slices, request.all_slices, volume)
+        if request.write_seg:
+            from medgen.dicom.seg import seg_refusal
+
+            written = len(slice_indices) if request.only_modified else volume.num_slices
+            reason = seg_refusal(volume, written)
+            if reason:
+                raise InputError(request.input, reason)
 
         # 3. Map stored values to model space with one window for the whole request
         window = choose_window(
@@ -257,6 +265,7 @@ class Inpainter:
 
     def _write_outputs(self, request, volume, intensity, jobs, variant_pixels, provenance, seeds) -> InpaintResult:
         from medgen.dicom.provenance import write_provenance_json
+        from medgen.dicom.writer import default_series_number
 
         out = request.out
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -265,7 +274,10 @@ class Inpainter:
             variant_dirs = []
             for v, pixels in enumerate(variant_pixels):
                 name = f"variant-{v + 1:02d}"
-                files += self._write_variant(request, volume, pixels, staging / name, provenance, seeds[v], jobs)
+                series_number = default_series_number(volume, v)
+                files += self._write_variant(
+                    request, volume, pixels, staging / name, provenance, seeds[v], jobs, series_number
+                )
                 variant_dirs.append(out / name)
             write_provenance_json(staging / "provenance.json", provenance)
             write_preview(
@@ -291,12 +303,17 @@ class Inpainter:
             files=[out / f.relative_to(staging) for f in files],
         )
 
-    def _write_variant(self, request, volume, pixels, variant_dir, provenance, seed, jobs) -> list[Path]:
+    def _write_variant(
+        self, request, volume, pixels, variant_dir, provenance, seed, jobs, series_number
+    ) -> list[Path]:
+        from medgen.dicom.provenance import format_derivation_description
         from medgen.dicom.writer import SyntheticSeriesWriter, write_secondary_capture
         from medgen.imaging.write import write_like_source
 
         modified = [job.index for job in jobs]
-        description = derivation_description(request, self.model_path.name, seed)
+        description = format_derivation_description(
+            prompt=request.prompt, model_name=self.model_path.name, seed=seed, negative_prompt=request.negative_prompt
+        )
         if volume.source_format is SourceFormat.DICOM:
             writer = SyntheticSeriesWriter(
                 volume,
@@ -305,8 +322,25 @@ class Inpainter:
                 provenance={**provenance, "variant_seed": seed},
                 software_version=__version__,
                 model_name=self.model_path.name,
+                series_number=series_number,
             )
-            return writer.write(pixels, variant_dir, modified_slices=modified, only_modified=request.only_modified)
+            files = writer.write(pixels, variant_dir, modified_slices=modified, only_modified=request.only_modified)
+            if request.write_seg:
+                from medgen.dicom.seg import write_inpaint_seg
+
+                files.append(
+                    write_inpaint_seg(
+                        [f for f in files if f.suffix == ".dcm"],
+                        {job.index: job.mask for job in jobs},
+                        variant_dir.parent / f"{variant_dir.name}-seg" / "SEG.dcm",
+                        request.prompt,
+                        source_volume=volume,
+                        software_version=__version__,
+                        model_name=self.model_path.name,
+                        series_number=series_number + 500,
+                    )
+                )
+            return files
         written = write_like_source(volume, pixels, variant_dir)
         if request.write_dicom:
             written += write_secondary_capture(
@@ -320,15 +354,6 @@ class Inpainter:
                 model_name=self.model_path.name,
             )
         return written
-
-
-def derivation_description(request: InpaintRequest, model_name: str, seed: int) -> str:
-    """The human-readable sentence that goes into DerivationDescription."""
-    text = f"Synthetic inpainting by MedGenSlicer {__version__}; prompt: {request.prompt!r}"
-    if request.negative_prompt:
-        text += f"; negative prompt: {request.negative_prompt!r}"
-    text += f"; model: {model_name}; adapters: none; seed: {seed}"
-    return text
 
 
 def inpaint(

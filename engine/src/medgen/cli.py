@@ -45,6 +45,7 @@ def _add_inpaint_parser(subparsers) -> None:
     p.add_argument("--window-center", type=float)
     p.add_argument("--window-width", type=float)
     p.add_argument("--only-modified", action="store_true", help="write just the inpainted slices")
+    p.add_argument("--seg", action="store_true", dest="write_seg", help="also write a DICOM SEG of the inpainted region")
     p.add_argument("--dicom", action="store_true", dest="write_dicom", help="NIfTI/NRRD/PNG input: also write DICOM")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
@@ -78,6 +79,7 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         window_width=args.window_width,
         only_modified=args.only_modified,
         write_dicom=args.write_dicom,
+        write_seg=args.write_seg,
     )
     check_request(request)
     check_output_dir(request.out)
@@ -173,6 +175,22 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_validate_parser(subparsers) -> None:
+    from medgen.dicom import validate
+
+    p = subparsers.add_parser("validate", help="check DICOM files against the synthetic-DICOM rules (and dciodvfy)")
+    validate.build_parser(p)
+    p.set_defaults(handler=validate.run_validate)
+
+
+def _add_export_parser(subparsers) -> None:
+    from medgen.dicom import export
+
+    p = subparsers.add_parser("export", help="send synthetic series to a PACS (DICOM C-STORE or DICOMweb STOW-RS)")
+    export.build_parser(p)
+    p.set_defaults(handler=export.run_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen", description="Inpaint synthetic pathology into real scans and write clearly synthetic DICOM."
@@ -183,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_parser(subparsers)
     _add_bench_parser(subparsers)
     _add_demo_parser(subparsers)
+    _add_validate_parser(subparsers)
+    _add_export_parser(subparsers)
     return parser
 
 

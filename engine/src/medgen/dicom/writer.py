@@ -150,7 +150,7 @@ class SyntheticSeriesWriter:
         self.software_version = _fit(_single_line(software_version), _LO_MAX)
         self.model_name = _fit(_single_line(model_name), _LO_MAX)
         self.burn_in_label = bool(burn_in_label)
-        self.series_number = int(series_number) if series_number is not None else _default_series_number(source)
+        self.series_number = int(series_number) if series_number is not None else default_series_number(source)
 
     # ------------------------------------------------------------------ public
 
@@ -777,13 +777,13 @@ def _series_description(description: str) -> str:
     return text if len(text) <= _LO_MAX else text[:_LO_MAX].rstrip()
 
 
-def _default_series_number(source: Volume) -> int:
-    """Source series number + 1000, the usual convention for a derived series (0 + 1000 if absent)."""
+def default_series_number(source: Volume, variant_index: int = 0) -> int:
+    """Source series number + 1000 (+ the variant's index), the usual convention for a derived series."""
     try:
         number = int(source.datasets[0].get("SeriesNumber") or 0)
     except (TypeError, ValueError):
         number = 0
-    return min(number + 1000, 2**31 - 1)
+    return min(number + 1000 + variant_index, 2**31 - 1)
 
 
 def _patient_orientation(ijk_to_lps: np.ndarray) -> list[str]:

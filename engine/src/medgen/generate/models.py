@@ -70,6 +70,23 @@ class InpaintModel:
     """How many (slice, variant) pairs go through the UNet together (twice that with guidance)."""
     _scheduler_config: dict = field(default_factory=dict, repr=False)
 
+    _fast_runner: object = field(default=None, repr=False)
+
+    @property
+    def fast_runner(self):
+        """The engine's own denoising loop for 9-channel UNets (compiled and graph-captured on CUDA).
+
+        None for 4-channel UNets, which keep diffusers' latent-blending loop. Built on first use and
+        reused, so compiled graphs survive across requests.
+        """
+        if self.in_channels != 9:
+            return None
+        if self._fast_runner is None:
+            from medgen.generate.fast import FastInpaintRunner
+
+            self._fast_runner = FastInpaintRunner(self.pipe)
+        return self._fast_runner
+
     @property
     def model_id(self) -> str:
         return str(self.path)

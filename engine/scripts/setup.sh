@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the engine on a fresh Debian/Ubuntu machine: system tools, then the Python package.
 #   bash engine/scripts/setup.sh          # the engine and the `medgen` command
-#   bash engine/scripts/setup.sh --test   # also the test tools: dciodvfy, Orthanc, pytest, pydicom-data
+#   bash engine/scripts/setup.sh --test   # also the test tools: dciodvfy, Orthanc (+ DICOMweb), pytest, pydicom-data
 # Installs the CPU build of PyTorch. On a CUDA workstation install a CUDA build of torch first;
 # pip keeps an installed torch that satisfies the engine's requirement.
 set -euo pipefail
@@ -10,12 +10,13 @@ extras=""
 if [[ "${1:-}" == "--test" ]]; then
     extras="[test]"
     if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == "0" ]]; then
-        if ! command -v dciodvfy >/dev/null 2>&1; then
+        if ! command -v dciodvfy >/dev/null 2>&1 || ! command -v Orthanc >/dev/null 2>&1 \
+            || ! ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1; then
             apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools orthanc orthanc-dicomweb >/dev/null
         fi
     else
-        echo "setup: not root or no apt-get; install dicom3tools yourself for the dciodvfy tests" >&2
+        echo "setup: not root or no apt-get; install dicom3tools, orthanc and orthanc-dicomweb yourself" >&2
     fi
 fi
 python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>/dev/null \

@@ -780,7 +780,7 @@ def _series_description(description: str) -> str:
 def default_series_number(source: Volume, variant_index: int = 0) -> int:
     """Source series number + 1000 (+ the variant's index), the usual convention for a derived series."""
     try:
-        number = int(source.datasets[0].get("SeriesNumber") or 0)
+        number = int(source.datasets[0].get("SeriesNumber") or 0) if source.datasets else 0
     except (TypeError, ValueError):
         number = 0
     return min(number + 1000 + variant_index, 2**31 - 1)

@@ -105,11 +105,15 @@ def check_output_dir(out: Path) -> None:
     """Fail before generating if the output cannot be created, and never overwrite a result."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(out, "already exists and is not empty; choose a new --out directory")
-    parent = out.parent if out.parent != Path("") else Path(".")
-    if not parent.is_dir():
-        raise OutputError(out, f"parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(out, f"parent directory {parent} is not writable")
+    # missing parents are created at write time (like mkdir -p); the nearest existing one must be a
+    # writable directory
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(out, f"{ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(out, f"directory {ancestor} is not writable")
 
 
 @dataclass
@@ -268,6 +272,7 @@ class Inpainter:
         from medgen.dicom.writer import default_series_number
 
         out = request.out
+        out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
             files: list[Path] = []

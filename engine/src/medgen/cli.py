@@ -215,6 +215,7 @@ def _quiet_library_progress_bars() -> None:
         return
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # e.g. notes about optional image backends
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,25 +16,13 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import dicom_testfile
+from conftest import dicom_testfile, write_labelmap_like
 from medgen.cli import main
 from medgen.dicom.dciodvfy import is_available, new_errors, run_dciodvfy
 from medgen.imaging.crop import dilate_mask
 from medgen.imaging.read import read_volume
 
 MASK_DILATE_MM = 2.0
-
-
-def write_labelmap_like(volume, mask: np.ndarray, path: Path) -> Path:
-    """A NIfTI/NRRD labelmap on exactly the volume's grid, made from its IJK-to-LPS matrix."""
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    matrix = np.asarray(volume.ijk_to_lps, dtype=float)
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(v) for v in matrix[:3, 3]])
-    image.SetDirection([float(v) for v in (matrix[:3, :3] / spacing).flatten()])
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def disk_mask(volume, slices, radius_fraction=0.12):

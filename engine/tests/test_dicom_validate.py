@@ -16,14 +16,21 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import dicom_testfile as data_file
+from conftest import dicom_testfile as data_file, write_labelmap_like
 from medgen.dicom.dciodvfy import is_available as dciodvfy_available
 from medgen.dicom.provenance import PROVENANCE_SCHEMA
-from medgen.dicom.validate import CheckStatus, validate_main, validate_paths
+from medgen.dicom.validate import CheckStatus, validate_paths
 from medgen.dicom.writer import SyntheticSeriesWriter
 from medgen.imaging.read import read_volume
 
 MASK_DILATE_MM = 2.0
+
+
+def validate_main(argv: list[str]) -> int:
+    """`medgen validate ARGS` exactly as a user runs it (exit codes included)."""
+    from medgen.cli import main
+
+    return main(["validate", *argv])
 
 
 # ---------------------------------------------------------------------- building synthetic series
@@ -63,18 +70,6 @@ def make_classic_series(folder: Path, n_slices: int = 4, *, patient_id: str | No
     return folder
 
 
-def _write_mask(volume, mask: np.ndarray, path: Path) -> Path:
-    """A NIfTI labelmap on exactly the volume's grid."""
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    matrix = np.asarray(volume.ijk_to_lps, dtype=float)
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(v) for v in matrix[:3, 3]])
-    image.SetDirection([float(v) for v in (matrix[:3, :3] / spacing).flatten()])
-    sitk.WriteImage(image, str(path))
-    return path
-
-
 def write_synthetic_case(tmp_path: Path, source: Path, slices: list[int], *, only_modified: bool = False,
                          prompt: str = "hypodense lesion") -> SyntheticCase:
     """Inpaint-like output without diffusion: the masked pixels set to the stored minimum."""
@@ -88,7 +83,7 @@ def write_synthetic_case(tmp_path: Path, source: Path, slices: list[int], *, onl
     for k in slices:
         mask[k] = disk
         pixels[k][disk] = volume.pixels[k].min()
-    mask_path = _write_mask(volume, mask, tmp_path / "mask.nii.gz")
+    mask_path = write_labelmap_like(volume, mask, tmp_path / "mask.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
     provenance = {
@@ -329,7 +324,7 @@ def test_validate_passes_on_a_real_inpaint_run(tiny_model_dir, tmp_path):
     rr, cc = np.mgrid[:rows, :cols]
     mask = np.zeros((volume.num_slices, rows, cols), bool)
     mask[1:3] = (rr - rows // 2) ** 2 + (cc - cols // 2) ** 2 <= 12**2
-    mask_path = _write_mask(volume, mask, tmp_path / "mask.nii.gz")
+    mask_path = write_labelmap_like(volume, mask, tmp_path / "mask.nii.gz")
     out = tmp_path / "out"
     assert main(["inpaint", str(source), "--mask", str(mask_path), "--all-slices", "--prompt", "cyst",
                  "--model", str(tiny_model_dir), "--variants", "2", "--seed", "1", "--steps", "2",

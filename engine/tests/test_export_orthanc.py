@@ -23,7 +23,6 @@ from medgen.dicom.export import (
     ExportRecord,
     InstanceStatus,
     PeerSilentError,
-    export_main,
     export_series,
 )
 from medgen.dicom.validate import CheckStatus, validate_paths
@@ -37,6 +36,13 @@ pytestmark = pytest.mark.skipif(
 )
 FAST_RETRIES = ExportOptions(max_retries=8, backoff_s=0.25, backoff_max_s=2.0, acse_timeout=10, dimse_timeout=10)
 N_SLICES = 5
+
+
+def export_main(argv: list[str]) -> int:
+    """`medgen export ARGS` exactly as a user runs it (exit codes included)."""
+    from medgen.cli import main
+
+    return main(["export", *argv])
 
 
 # ---------------------------------------------------------------------- fixtures

@@ -774,17 +774,3 @@ def run_export(args: argparse.Namespace) -> int:
         return 1
     print(report.table())
     return 0 if report.ok else 1
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    """`medgen export`: 0 when every instance reached the destination, 1 otherwise, 2 on unusable input."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run_export(args)
-    except InputError as error:
-        print(f"medgen: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(export_main())

@@ -702,17 +702,3 @@ def run_validate(args: argparse.Namespace) -> int:
     report = validate_paths(args.paths, args.source, mask=args.mask, run_dciodvfy=not args.no_dciodvfy)
     print(report.table())
     return 0 if report.ok else 1
-
-
-def validate_main(argv: list[str] | None = None) -> int:
-    """`medgen validate`: 0 when every file passes, 1 on any failure, 2 on unusable input."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run_validate(args)
-    except InputError as error:
-        print(f"medgen: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(validate_main())

@@ -16,7 +16,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,8 @@ class SyntheticSeriesWriter:
                 pixels[k] = burn_in(pixels[k], self.source.pixel_format)
 
         # 3. Write into a temporary folder beside out_dir, then rename it into place
-        tmp_dir = _make_temp_dir(out_dir)
-        try:
-            names: list[str] = []
+        names: list[str] = []
+        with _staged_series_dir(out_dir, self._provenance_pretty) as tmp_dir:
             if self.source.is_multiframe:
                 order = sorted(slices, key=lambda k: self.source.frame_numbers[k])
                 frames = [self.source.frame_numbers[k] for k in order]
@@ -196,14 +196,6 @@ class SyntheticSeriesWriter:
                 for k in slices:
                     ds = self._derive(self.source.datasets[k], pixels[k], series_uid, now, frames=None)
                     names.append(_save(ds, tmp_dir / f"IM-{k + 1:04d}.dcm"))
-            (tmp_dir / PROVENANCE_FILENAME).write_text(self._provenance_pretty + "\n", encoding="utf-8")
-            _move_into_place(tmp_dir, out_dir)
-        except OSError as exc:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise OutputError(out_dir, f"cannot write the series: {exc.strerror or exc}") from exc
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
         logger.info("wrote %d synthetic instance(s) to %s", len(names), out_dir)
         return [out_dir / name for name in names]
 
@@ -455,17 +447,8 @@ def write_secondary_capture(
     ds.file_meta = _file_meta(sop_class, sop_uid)
 
     # 4. Write atomically
-    tmp_dir = _make_temp_dir(out_dir)
-    try:
+    with _staged_series_dir(out_dir, provenance_to_json(record)) as tmp_dir:
         name = _save(ds, tmp_dir / "IM-0001.dcm")
-        (tmp_dir / PROVENANCE_FILENAME).write_text(provenance_to_json(record) + "\n", encoding="utf-8")
-        _move_into_place(tmp_dir, out_dir)
-    except OSError as exc:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise OutputError(out_dir, f"cannot write the series: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return [out_dir / name]
 
 
@@ -590,6 +573,22 @@ def _check_source(source: Volume) -> None:
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise OutputError(out_dir, "already exists and is not an empty folder; choose a new output folder")
+
+
+@contextmanager
+def _staged_series_dir(out_dir: Path, provenance_json: str) -> Iterator[Path]:
+    """A temporary folder beside out_dir that becomes out_dir (with provenance.json) only if all went well."""
+    tmp_dir = _make_temp_dir(out_dir)
+    try:
+        yield tmp_dir
+        (tmp_dir / PROVENANCE_FILENAME).write_text(provenance_json + "\n", encoding="utf-8")
+        _move_into_place(tmp_dir, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise OutputError(out_dir, f"cannot write the series: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
 
 
 def _make_temp_dir(out_dir: Path) -> Path:

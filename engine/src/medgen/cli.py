@@ -149,14 +149,24 @@ def _add_bench_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks")
     bench_commands = p.add_subparsers(dest="bench_command", required=True)
     speed = bench_commands.add_parser("speed", help="engine path vs plain diffusers, same process", add_help=False)
-    speed.add_argument("rest", nargs=argparse.REMAINDER)
-    speed.set_defaults(handler=_run_bench_speed)
+    speed.set_defaults(handler=_run_bench_speed, passes_arguments_on=True)
 
 
 def _run_bench_speed(args: argparse.Namespace) -> int:
     from medgen.bench.speed import main as speed_main
 
     return speed_main(args.rest) or 0
+
+
+def _add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve the engine over HTTP on loopback for the Slicer panel", add_help=False)
+    p.set_defaults(handler=_run_serve, passes_arguments_on=True)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from medgen.server.main import serve_main
+
+    return serve_main(args.rest)
 
 
 def _add_demo_parser(subparsers) -> None:
@@ -202,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_validate_parser(subparsers)
+    _add_serve_parser(subparsers)
     _add_export_parser(subparsers)
     return parser
 
@@ -220,7 +231,12 @@ def _quiet_library_progress_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk; never reach for a hub
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `serve` and `bench speed` own their options (and --help); everything after the command goes to them
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_arguments_on", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="medgen: %(levelname)s: %(message)s",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -36,11 +37,24 @@ _CHUNK = 1 << 20
 
 
 def sha256_file(path: str | Path) -> str:
-    """SHA-256 of one file, read in chunks so multi-GB checkpoints do not fill memory."""
+    """SHA-256 of one file, read in chunks so multi-GB checkpoints do not fill memory.
+
+    Digests are remembered by (path, size, modification time), so a server hashing the same
+    multi-GB model for every job reads it once; a changed file is hashed again.
+    """
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise InputError(path, f"cannot read file to hash it: {exc.strerror or exc}") from exc
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
     except OSError as exc:

@@ -1,0 +1,1 @@
+"""The engine over HTTP: `medgen serve` (see engine/SERVER.md)."""

@@ -1,0 +1,665 @@
+"""MedGenSlicer: inpaint synthetic pathology under a segment, using the local MedGen engine.
+
+The module only glues Slicer nodes to MedGenSlicerLib (HTTP client, payloads, result decoding), which
+runs without Slicer and is tested against the real engine. Nothing here blocks the GUI: engine calls
+run on background threads and a qt.QTimer picks up what they produced.
+
+No `from __future__ import annotations` here: parameterNodeWrapper reads the annotations as types.
+"""
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from MedGenSlicerLib import (
+    DEFAULT_URL,
+    BackgroundCall,
+    EngineClient,
+    EngineError,
+    GeometryError,
+    InpaintParameters,
+    JobMonitor,
+    JobUpload,
+    array_upload,
+    dicom_upload,
+    extract_zip,
+    random_seed,
+    slice_in_view,
+    variant_on_source,
+)
+from MedGenSlicerLib.nrrd import NrrdImage
+from MedGenSlicerLib.results import JobResult, VariantInfo
+
+SETTINGS_URL = "MedGenSlicer/EngineURL"
+SETTINGS_TOKEN = "MedGenSlicer/EngineToken"
+SETTINGS_OUTPUT = "MedGenSlicer/OutputDirectory"
+TIMER_INTERVAL_MS = 200
+SYNTHETIC_ATTRIBUTE = "MedGenSlicer.Synthetic"
+
+
+#
+# Module
+#
+
+
+class MedGenSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MedGenSlicer"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedGenSlicer developers"]
+        self.parent.helpText = (
+            "Paint a segment, type a prompt, and a Stable Diffusion model running in the local MedGen engine "
+            "inpaints that finding into the scan. Every result is marked synthetic, in the volume name and in "
+            "the DICOM it writes. Start the engine with <code>medgen serve</code> and paste its token below."
+        )
+        self.parent.acknowledgementText = "Synthetic images are for research, testing and teaching; never for diagnosis."
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class MedGenSlicerParameterNode:
+    """What the panel sets; the engine URL and token live in QSettings, never in a saved scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    segmentId: str = ""
+    currentSliceOnly: bool = True
+    prompt: str = ""
+    negativePrompt: str = ""
+    model: str = ""
+    steps: Annotated[int, WithinRange(1, 200)] = 30
+    guidance: Annotated[float, WithinRange(0.0, 30.0)] = 7.5
+    strength: Annotated[float, WithinRange(0.01, 1.0)] = 1.0
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    numVariants: Annotated[int, WithinRange(1, 16)] = 1
+    maskDilationMm: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
+
+
+#
+# Widget
+#
+
+
+class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[MedGenSlicerLogic] = None
+        self._parameterNode: Optional[MedGenSlicerParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self._connectionCall: Optional[BackgroundCall] = None
+        self._acceptCall: Optional[BackgroundCall] = None
+        self._acceptFolder: Optional[Path] = None
+        self._monitor: Optional[JobMonitor] = None
+        self._jobSource: Optional[vtkMRMLScalarVolumeNode] = None
+        self._variants: List[dict] = []
+        self._timer = qt.QTimer()
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedGenSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedGenSlicerLogic()
+
+        settings = qt.QSettings()
+        self.ui.engineUrlLineEdit.text = settings.value(SETTINGS_URL, DEFAULT_URL)
+        self.ui.tokenLineEdit.text = settings.value(SETTINGS_TOKEN, "")
+        self.ui.outputDirectoryButton.directory = settings.value(
+            SETTINGS_OUTPUT, str(Path(slicer.app.defaultScenePath) / "MedGenSlicer")
+        )
+        self.ui.adaptersTableWidget.setHorizontalHeaderLabels(["Adapter", "Weight"])
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.checkConnectionButton.connect("clicked(bool)", self.onCheckConnection)
+        self.ui.engineUrlLineEdit.connect("editingFinished()", self.onEngineSettingsChanged)
+        self.ui.tokenLineEdit.connect("editingFinished()", self.onEngineSettingsChanged)
+        self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
+        self.ui.currentSliceRadioButton.connect("toggled(bool)", self.onScopeChanged)
+        self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
+        self.ui.diceButton.connect("clicked(bool)", self.onDice)
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerate)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.variantsListWidget.connect("currentRowChanged(int)", self.onVariantSelected)
+        self.ui.variantsListWidget.connect("itemDoubleClicked(QListWidgetItem*)", lambda item: self.onShowVariant())
+        self.ui.showVariantButton.connect("clicked(bool)", self.onShowVariant)
+        self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
+        self.ui.outputDirectoryButton.connect(
+            "directoryChanged(QString)", lambda path: qt.QSettings().setValue(SETTINGS_OUTPUT, path)
+        )
+        self._timer.setInterval(TIMER_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onTimer)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._timer.stop()
+        if self._monitor is not None and self._monitor.is_alive():
+            self._monitor.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and first.GetAttribute(SYNTHETIC_ATTRIBUTE) is None:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[MedGenSlicerParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.ui.segmentSelector.setCurrentNode(self._parameterNode.segmentation)
+            if self._parameterNode.segmentId:
+                self.ui.segmentSelector.setCurrentSegmentID(self._parameterNode.segmentId)
+            self.ui.currentSliceRadioButton.checked = self._parameterNode.currentSliceOnly
+            self.ui.allSlicesRadioButton.checked = not self._parameterNode.currentSliceOnly
+            self._updateButtons()
+
+    # --- panel state ---------------------------------------------------------------------------
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        busy = self._monitor is not None and self._monitor.is_alive()
+        ready = bool(node and node.inputVolume and node.segmentation and node.segmentId and node.prompt.strip())
+        self.ui.generateButton.enabled = ready and not busy
+        self.ui.generateButton.toolTip = (
+            "Inpaint the segment with the prompt" if ready else "Choose a volume and a segment, and type a prompt"
+        )
+        self.ui.cancelButton.enabled = busy
+        chosen = self.ui.variantsListWidget.currentRow >= 0
+        self.ui.showVariantButton.enabled = chosen
+        self.ui.acceptButton.enabled = chosen and (self._acceptCall is None or self._acceptCall.done())
+
+    def _showStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.setStyleSheet("color: #c0392b;" if error else "")
+        (logging.error if error else logging.info)("MedGenSlicer: %s", text)
+
+    def _client(self) -> EngineClient:
+        return EngineClient(self.ui.engineUrlLineEdit.text, self.ui.tokenLineEdit.text)
+
+    # --- engine connection -------------------------------------------------------------------
+
+    def onEngineSettingsChanged(self) -> None:
+        settings = qt.QSettings()
+        settings.setValue(SETTINGS_URL, self.ui.engineUrlLineEdit.text.strip())
+        settings.setValue(SETTINGS_TOKEN, self.ui.tokenLineEdit.text.strip())
+
+    def onCheckConnection(self) -> None:
+        self.onEngineSettingsChanged()
+        try:
+            client = self._client()
+        except EngineError as error:
+            self.ui.connectionStatusLabel.text = str(error)
+            return
+        self.ui.connectionStatusLabel.text = "Connecting…"
+        self.ui.checkConnectionButton.enabled = False
+        self._connectionCall = BackgroundCall(client.check_connection)
+        self._timer.start()
+
+    def _finishConnectionCheck(self) -> None:
+        call, self._connectionCall = self._connectionCall, None
+        self.ui.checkConnectionButton.enabled = True
+        try:
+            info = call.result()
+        except EngineError as error:
+            self.ui.connectionStatusLabel.text = f"Not connected: {error}"
+            return
+        ready = [m["name"] for m in info["models"] if m["state"] != "failed"]
+        self.ui.connectionStatusLabel.text = (
+            f"Connected: medgen {info['version']} on {info['device']}; "
+            f"{len(ready)} model(s), {info['queue']['queued']} job(s) waiting"
+        )
+        self._fillModels(info)
+
+    def _fillModels(self, info: dict) -> None:
+        previous = self._parameterNode.model if self._parameterNode else ""
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for model in info["models"]:
+            combo.addItem(model["name"])
+            if model.get("error"):
+                combo.setItemData(combo.count - 1, f"failed to load: {model['error']}", qt.Qt.ToolTipRole)
+        default = next((m["name"] for m in info["models"] if m["default"]), "")
+        combo.setCurrentText(previous if previous in [m["name"] for m in info["models"]] else default)
+        table = self.ui.adaptersTableWidget
+        table.setRowCount(0)
+        for adapter in info.get("adapters", []):
+            row = table.rowCount
+            table.insertRow(row)
+            item = qt.QTableWidgetItem(adapter["name"])
+            item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
+            item.setCheckState(qt.Qt.Unchecked)
+            table.setItem(row, 0, item)
+            weight = qt.QDoubleSpinBox()
+            weight.setRange(-2.0, 2.0)
+            weight.setSingleStep(0.1)
+            weight.value = 1.0
+            table.setCellWidget(row, 1, weight)
+        self.ui.adaptersTableWidget.enabled = table.rowCount > 0
+        self.ui.adaptersTableWidget.toolTip = "" if table.rowCount else "the engine offers no adapters"
+
+    def _chosenAdapters(self) -> list:
+        table = self.ui.adaptersTableWidget
+        chosen = []
+        for row in range(table.rowCount):
+            item = table.item(row, 0)
+            if item is not None and item.checkState() == qt.Qt.Checked:
+                chosen.append((item.text(), float(table.cellWidget(row, 1).value)))
+        return chosen
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def onSegmentationChanged(self, node) -> None:
+        if self._parameterNode:
+            self._parameterNode.segmentation = node
+
+    def onSegmentChanged(self, segmentId: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.segmentId = segmentId or ""
+
+    def onScopeChanged(self, currentSliceOnly: bool) -> None:
+        if self._parameterNode:
+            self._parameterNode.currentSliceOnly = bool(currentSliceOnly)
+
+    def onModelChanged(self, name: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = name or ""
+
+    def onDice(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.seed = random_seed()
+
+    # --- generate ----------------------------------------------------------------------------
+
+    def onGenerate(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not start the generation.", waitCursor=True):
+            node = self._parameterNode
+            client = self._client()
+            parameters = InpaintParameters(
+                prompt=node.prompt,
+                negative_prompt=node.negativePrompt or None,
+                model=node.model or None,
+                adapters=self._chosenAdapters(),
+                num_inference_steps=node.steps,
+                guidance_scale=node.guidance,
+                strength=node.strength,
+                seed=node.seed,
+                num_variants=node.numVariants,
+                mask_dilate_mm=node.maskDilationMm,
+            )
+            sliceToRAS = self.logic.redSliceToRAS() if node.currentSliceOnly else None
+            upload = self.logic.buildUpload(node.inputVolume, node.segmentation, node.segmentId, parameters,
+                                            sliceToRAS)
+            self._jobSource = node.inputVolume
+            self._variants = []
+            self.ui.variantsListWidget.clear()
+            self.ui.progressBar.value = 0
+            self._monitor = JobMonitor(client, upload).start()
+            self._showStatus(f"Sending slices {upload.slab_start}–{upload.slab_stop - 1} "
+                             f"({upload.size / 1e6:.1f} MB) to the engine…")
+            self._timer.start()
+            self._updateButtons()
+
+    def onCancel(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._showStatus("Cancelling: the engine stops at its next step…")
+            self.ui.cancelButton.enabled = False
+
+    def onTimer(self) -> None:
+        """Everything the background threads produced since the last tick; never waits."""
+        if self._connectionCall is not None and self._connectionCall.done():
+            self._finishConnectionCheck()
+        if self._acceptCall is not None and self._acceptCall.done():
+            self._finishAccept()
+        if self._monitor is not None:
+            for event in self._monitor.drain():
+                self._handleJobEvent(event)
+        idle = (
+            self._connectionCall is None
+            and (self._acceptCall is None or self._acceptCall.done())
+            and (self._monitor is None or not self._monitor.is_alive())
+        )
+        if idle and (self._monitor is None or self._monitor.events.empty()):
+            self._timer.stop()
+            self._updateButtons()
+
+    def _handleJobEvent(self, event) -> None:
+        if event.kind == "submitted":
+            position = event.status.get("queue_position")
+            self._showStatus("Queued" + (f" (position {position})" if position and position > 1 else "") + "…")
+        elif event.kind == "status":
+            status = event.status
+            progress = status["progress"]
+            if status["state"] == "queued":
+                self._showStatus(f"Waiting in the engine's queue (position {status['queue_position']})…")
+            elif status["state"] == "running" and progress["steps_total"]:
+                self.ui.progressBar.maximum = progress["steps_total"]
+                self.ui.progressBar.value = progress["steps_done"]
+                self._showStatus(f"Generating: step {progress['steps_done']} of {progress['steps_total']}, "
+                                 f"{status['variants_ready']} of {status['num_variants']} variant(s) ready")
+        elif event.kind == "variant":
+            self._addVariant(event.variant, event.image, event.result)
+        elif event.kind == "finished":
+            state = event.status["state"]
+            if state == "succeeded":
+                self.ui.progressBar.value = self.ui.progressBar.maximum
+                self._showStatus(f"Done: {len(self._variants)} variant(s). Compare them with the source, then Accept one.")
+            else:
+                self._showStatus(f"Cancelled; {len(self._variants)} variant(s) finished before the engine stopped.")
+            self._updateButtons()
+        elif event.kind == "error":
+            self._showStatus(str(event.error), error=True)
+            self._updateButtons()
+
+    def _addVariant(self, variant: VariantInfo, image: NrrdImage, result: JobResult) -> None:
+        try:
+            node = self.logic.addVariantVolume(self._jobSource, image, result, variant, self._monitor.job_id)
+        except (GeometryError, ValueError) as error:
+            self._showStatus(f"Variant {variant.index} could not be placed on the source volume: {error}", error=True)
+            return
+        self._variants.append({"node": node, "variant": variant, "job_id": self._monitor.job_id})
+        self.ui.variantsListWidget.addItem(f"Variant {variant.index} (seed {variant.seed})")
+        if len(self._variants) == 1:
+            self.ui.variantsListWidget.setCurrentRow(0)
+            self.onShowVariant()
+
+    # --- review and accept -------------------------------------------------------------------
+
+    def onVariantSelected(self, row: int) -> None:
+        self._updateButtons()
+
+    def _selected(self) -> Optional[dict]:
+        row = self.ui.variantsListWidget.currentRow
+        return self._variants[row] if 0 <= row < len(self._variants) else None
+
+    def onShowVariant(self) -> None:
+        chosen = self._selected()
+        if chosen is not None:
+            self.logic.showSideBySide(self._jobSource, chosen["node"])
+
+    def onAccept(self) -> None:
+        chosen = self._selected()
+        if chosen is None:
+            return
+        folder = Path(self.ui.outputDirectoryButton.directory) / f"{chosen['job_id']}-variant-{chosen['variant'].index:02d}"
+        client = self._client()
+        self._acceptCall = BackgroundCall(
+            lambda: extract_zip(client.download(chosen["variant"].dicom_zip_url), folder)
+        )
+        self._acceptFolder = folder
+        self._showStatus(f"Writing the synthetic series to {folder}…")
+        self._timer.start()
+        self._updateButtons()
+
+    def _finishAccept(self) -> None:
+        call, self._acceptCall = self._acceptCall, None
+        try:
+            files = call.result()
+        except (EngineError, ValueError, OSError) as error:
+            self._showStatus(f"Accept failed: {error}", error=True)
+            return
+        with slicer.util.tryWithErrorDisplay("The series was written but could not be added to the DICOM database."):
+            self.logic.importIntoDicomDatabase(self._acceptFolder)
+            self._showStatus(f"Accepted: {len(files)} synthetic instance(s) in {self._acceptFolder} and in the "
+                             f"DICOM database (series description starts with SYNTHETIC).")
+        self._updateButtons()
+
+
+#
+# Logic
+#
+
+
+class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
+    """Slicer nodes ⇄ MedGenSlicerLib; usable without the GUI (see the self-test)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MedGenSlicerParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def ijkToRas(volumeNode) -> np.ndarray:
+        if volumeNode.GetParentTransformNode() is not None:
+            raise GeometryError(f"'{volumeNode.GetName()}' is under a transform; harden it first "
+                                f"(Data module → right-click → Harden transform)")
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    @staticmethod
+    def redSliceToRAS() -> np.ndarray:
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        return slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+
+    @staticmethod
+    def segmentMask(segmentationNode, segmentId: str, volumeNode) -> np.ndarray:
+        """The segment as a (k, j, i) array on the volume's grid."""
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+        if mask is None or not mask.any():
+            raise GeometryError("the segment is empty; paint the region to inpaint in Segment Editor first")
+        return mask
+
+    @staticmethod
+    def dicomInstances(volumeNode):
+        """The volume's DICOM files and positions in Slicer's database, or None if it did not come from DICOM."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = slicer.dicomDatabase
+        if not uids or database is None:
+            return None
+        paths, positions = [], []
+        for uid in uids:
+            path = database.fileForInstance(uid)
+            position = database.instanceValue(uid, "0020,0032")
+            if not path or not os.path.exists(path) or not position:
+                return None
+            paths.append(path)
+            positions.append([float(v) for v in position.split("\\")])
+        return paths, positions
+
+    def buildUpload(self, volumeNode, segmentationNode, segmentId: str, parameters: InpaintParameters,
+                    sliceToRAS: Optional[np.ndarray] = None) -> JobUpload:
+        """The job upload: DICOM instances when the volume came from the DICOM database, else NRRD."""
+        ijkToRas = self.ijkToRas(volumeNode)
+        volume = slicer.util.arrayFromVolume(volumeNode)
+        mask = self.segmentMask(segmentationNode, segmentId, volumeNode)
+        slices = None if sliceToRAS is None else [slice_in_view(ijkToRas, volume.shape, sliceToRAS)]
+        instances = self.dicomInstances(volumeNode)
+        if instances is not None and len(instances[0]) == volume.shape[0]:
+            try:
+                return dicom_upload(instances[0], instances[1], ijkToRas, mask, parameters, slices=slices)
+            except GeometryError as error:
+                logging.info("MedGenSlicer: sending the volume as an array: %s", error)
+        return array_upload(volume, ijkToRas, mask, parameters, slices=slices)
+
+    def addVariantVolume(self, sourceNode, image: NrrdImage, result: JobResult, variant: VariantInfo,
+                         jobId: str):
+        """A new volume like the source, with the variant's slices in place, named and marked synthetic."""
+        full = variant_on_source(slicer.util.arrayFromVolume(sourceNode), self.ijkToRas(sourceNode), image,
+                                 result.source)
+        name = slicer.mrmlScene.GenerateUniqueName(f"SYNTHETIC {sourceNode.GetName()} v{variant.index}")
+        node = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, sourceNode, name)
+        slicer.util.updateVolumeFromArray(node, full)
+        node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+        node.SetAttribute("MedGenSlicer.JobId", jobId)
+        node.SetAttribute("MedGenSlicer.Seed", str(variant.seed))
+        node.RemoveAttribute("DICOM.instanceUIDs")  # the pixels are no longer those instances
+        return node
+
+    @staticmethod
+    def showSideBySide(sourceNode, variantNode) -> None:
+        """Source on the left, variant on the right, same orientation, slices linked for visual QA."""
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        orientation = layoutManager.sliceWidget("Red").mrmlSliceNode().GetOrientation()
+        for viewName, node in (("Red", sourceNode), ("Yellow", variantNode)):
+            sliceWidget = layoutManager.sliceWidget(viewName)
+            compositeNode = sliceWidget.mrmlSliceCompositeNode()
+            compositeNode.SetBackgroundVolumeID(node.GetID())
+            compositeNode.SetForegroundVolumeID(None)
+            compositeNode.SetLinkedControl(True)
+            compositeNode.SetHotLinkedControl(True)
+            sliceWidget.mrmlSliceNode().SetOrientation(orientation)
+            sliceWidget.sliceLogic().FitSliceToAll()
+
+    @staticmethod
+    def importIntoDicomDatabase(folder: Path) -> None:
+        from DICOMLib import DICOMUtils
+
+        DICOMUtils.importDicom(str(folder))
+
+
+#
+# Test
+#
+
+
+class MedGenSlicerTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer. The engine round trip runs when MEDGEN_TEST_ENGINE_URL and
+    MEDGEN_TEST_ENGINE_TOKEN point at a running `medgen serve`."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_NrrdGeometryMatchesSlicer()
+        self.setUp()
+        self.test_UploadFromSegment()
+        self.setUp()
+        self.test_EngineRoundTrip()
+
+    def _makeVolume(self):
+        volume = np.arange(6 * 20 * 24, dtype=np.int16).reshape(6, 20, 24) % 300
+        node = slicer.util.addVolumeFromArray(volume, name="MedGenSlicerTestVolume")
+        node.SetSpacing(0.7, 0.8, 2.5)
+        node.SetOrigin(12.5, -30.25, 101.0)
+        directions = vtk.vtkMatrix4x4()
+        directions.SetElement(0, 0, -1.0)
+        directions.SetElement(1, 1, -1.0)
+        node.SetIJKToRASDirectionMatrix(directions)
+        return node
+
+    def _makeSegment(self, volumeNode):
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        labelmap = np.zeros(slicer.util.arrayFromVolume(volumeNode).shape, np.uint8)
+        labelmap[2:4, 8:12, 10:14] = 1
+        labelNode = slicer.util.addVolumeFromArray(labelmap, nodeClassName="vtkMRMLLabelMapVolumeNode")
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        labelNode.SetIJKToRASMatrix(matrix)
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelNode, segmentationNode)
+        return segmentationNode, segmentationNode.GetSegmentation().GetNthSegmentID(0)
+
+    def test_NrrdGeometryMatchesSlicer(self):
+        """An NRRD we write loads in Slicer with exactly our IJK-to-RAS and values."""
+        from MedGenSlicerLib.nrrd import nrrd_bytes
+
+        self.delayDisplay("NRRD written by MedGenSlicerLib, read by Slicer")
+        source = self._makeVolume()
+        expected = MedGenSlicerLogic.ijkToRas(source)
+        array = slicer.util.arrayFromVolume(source)
+        path = Path(tempfile.mkdtemp()) / "ours.nrrd"
+        for space in ("RAS", "LPS"):
+            path.write_bytes(nrrd_bytes(array, expected, space=space))
+            loaded = slicer.util.loadVolume(str(path))
+            np.testing.assert_allclose(MedGenSlicerLogic.ijkToRas(loaded), expected, atol=1e-6)
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(loaded), array)
+
+    def test_UploadFromSegment(self):
+        """The Red slice and the segment become a one-slice upload at the right place."""
+        self.delayDisplay("Upload built from a segment and the Red view")
+        volumeNode = self._makeVolume()
+        segmentationNode, segmentId = self._makeSegment(volumeNode)
+        logic = MedGenSlicerLogic()
+        sliceToRAS = np.eye(4)
+        sliceToRAS[:3, 3] = (logic.ijkToRas(volumeNode) @ [10, 10, 3, 1])[:3]
+        upload = logic.buildUpload(volumeNode, segmentationNode, segmentId,
+                                   InpaintParameters(prompt="lesion"), sliceToRAS)
+        self.assertEqual((upload.slab_start, upload.slab_stop), (3, 4))
+        upload = logic.buildUpload(volumeNode, segmentationNode, segmentId, InpaintParameters(prompt="lesion"))
+        self.assertEqual((upload.slab_start, upload.slab_stop), (2, 4))
+
+    def test_EngineRoundTrip(self):
+        url, token = os.environ.get("MEDGEN_TEST_ENGINE_URL"), os.environ.get("MEDGEN_TEST_ENGINE_TOKEN")
+        if not url or not token:
+            self.delayDisplay("No engine given (MEDGEN_TEST_ENGINE_URL/TOKEN); engine round trip not run")
+            return
+        import time
+
+        self.delayDisplay("Round trip through the engine")
+        volumeNode = self._makeVolume()
+        segmentationNode, segmentId = self._makeSegment(volumeNode)
+        logic = MedGenSlicerLogic()
+        upload = logic.buildUpload(volumeNode, segmentationNode, segmentId,
+                                   InpaintParameters(prompt="lesion", num_inference_steps=1, seed=1))
+        monitor = JobMonitor(EngineClient(url, token), upload, poll_interval=0.1).start()
+        deadline = time.monotonic() + 300
+        variants = []
+        while time.monotonic() < deadline:
+            for event in monitor.drain():
+                if event.kind == "error":
+                    raise AssertionError(str(event.error))
+                if event.kind == "variant":
+                    variants.append(logic.addVariantVolume(volumeNode, event.image, event.result, event.variant,
+                                                           monitor.job_id))
+            if not monitor.is_alive() and monitor.events.empty():
+                break
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertEqual(len(variants), 1)
+        source, synthetic = slicer.util.arrayFromVolume(volumeNode), slicer.util.arrayFromVolume(variants[0])
+        np.testing.assert_array_equal(synthetic[[0, 1, 4, 5]], source[[0, 1, 4, 5]])
+        self.assertEqual(variants[0].GetAttribute(SYNTHETIC_ATTRIBUTE), "true")
+        logic.showSideBySide(volumeNode, variants[0])

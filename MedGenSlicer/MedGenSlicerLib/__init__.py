@@ -1,0 +1,63 @@
+"""Everything of the MedGenSlicer module that runs without Slicer: standard library and numpy only.
+
+- `client`: the engine's HTTP API, with timeouts and errors worded for the user;
+- `payload`: the job upload (parameters, source slices, mask) built from numpy arrays;
+- `results`: the result manifest, variants back on the source grid, the DICOM zip;
+- `geometry`: slices, slabs and grids from IJK-to-RAS matrices;
+- `nrrd`: a small exact NRRD reader and writer;
+- `tasks`: engine calls on background threads for a GUI that polls with a timer.
+"""
+
+from .client import (
+    DEFAULT_URL,
+    EngineAuthError,
+    EngineBusy,
+    EngineClient,
+    EngineError,
+    EngineFailure,
+    EngineTimeout,
+    EngineUnreachable,
+    JobFailed,
+    NotAnEngine,
+    RequestRefused,
+    normalize_url,
+)
+from .geometry import GeometryError, paste_on_grid, slice_in_view, touched_slices
+from .nrrd import NrrdImage, nrrd_bytes, read_nrrd, write_nrrd
+from .payload import InpaintParameters, JobUpload, array_upload, dicom_upload, random_seed
+from .results import JobResult, extract_zip, variant_on_source
+from .tasks import BackgroundCall, JobEvent, JobMonitor
+
+__all__ = [
+    "DEFAULT_URL",
+    "BackgroundCall",
+    "EngineAuthError",
+    "EngineBusy",
+    "EngineClient",
+    "EngineError",
+    "EngineFailure",
+    "EngineTimeout",
+    "EngineUnreachable",
+    "GeometryError",
+    "InpaintParameters",
+    "JobEvent",
+    "JobFailed",
+    "JobMonitor",
+    "JobResult",
+    "JobUpload",
+    "NotAnEngine",
+    "NrrdImage",
+    "RequestRefused",
+    "array_upload",
+    "dicom_upload",
+    "extract_zip",
+    "normalize_url",
+    "nrrd_bytes",
+    "paste_on_grid",
+    "random_seed",
+    "read_nrrd",
+    "slice_in_view",
+    "touched_slices",
+    "variant_on_source",
+    "write_nrrd",
+]

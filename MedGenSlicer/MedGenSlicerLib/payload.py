@@ -1,0 +1,189 @@
+"""Build the upload of one job: the parameters, the source slices and the mask, as multipart form data.
+
+Only the slab of slices the mask touches is sent, with the geometry that places it where it was, so a
+512-slice CT costs a few slices of upload. Both halves agree on the grid through the IJK-to-RAS matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .geometry import crop_slab, instances_in_slab, mask_on_slices, slab_range
+from .nrrd import nrrd_bytes
+
+MAX_SEED = 2**31 - 1  # what a Qt spin box holds; the engine accepts up to 2**63
+
+
+def random_seed() -> int:
+    """For the dice button."""
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+@dataclass
+class InpaintParameters:
+    """The generation settings of the panel; names follow `medgen inpaint` and diffusers."""
+
+    prompt: str
+    negative_prompt: Optional[str] = None
+    model: Optional[str] = None
+    adapters: List[Tuple[str, float]] = field(default_factory=list)
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 1.0
+    seed: Optional[int] = None
+    num_variants: int = 1
+    mask_dilate_mm: float = 2.0
+
+    def check(self) -> None:
+        """The checks a person can fix in the panel, before anything is sent."""
+        if not self.prompt or not self.prompt.strip():
+            raise ValueError("type a prompt describing the finding to inpaint")
+        if self.num_variants < 1:
+            raise ValueError(f"number of variants must be at least 1, got {self.num_variants}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.num_inference_steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+
+    def to_json(self) -> dict:
+        """The engine's JobParameters; the mask sent holds exactly the slices to inpaint."""
+        parameters = {
+            "prompt": self.prompt.strip(),
+            "negative_prompt": (self.negative_prompt or "").strip() or None,
+            "model": self.model or None,
+            "adapters": [{"name": name, "weight": float(weight)} for name, weight in self.adapters],
+            "num_inference_steps": int(self.num_inference_steps),
+            "guidance_scale": float(self.guidance_scale),
+            "strength": float(self.strength),
+            "num_variants": int(self.num_variants),
+            "mask_dilate_mm": float(self.mask_dilate_mm),
+            "all_slices": True,
+        }
+        if self.seed is not None:
+            parameters["seed"] = int(self.seed)
+        return {key: value for key, value in parameters.items() if value is not None}
+
+
+@dataclass
+class FilePart:
+    field: str
+    filename: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class JobUpload:
+    """A ready-to-send job: form fields and files, plus where the sent slab sits in the source (k0)."""
+
+    fields: List[Tuple[str, str]]
+    files: List[FilePart]
+    slab_start: int
+    slab_stop: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(part.data) for part in self.files) + sum(len(value) for _, value in self.fields)
+
+    def encode(self) -> Tuple[bytes, str]:
+        """multipart/form-data body and its Content-Type."""
+        boundary = f"medgenslicer-{uuid.uuid4().hex}"
+        chunks = []
+        for name, value in self.fields:
+            chunks.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
+                f"Content-Type: text/plain; charset=utf-8\r\n\r\n".encode("utf-8")
+            )
+            chunks.append(value.encode("utf-8") + b"\r\n")
+        for part in self.files:
+            chunks.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{part.field}"; '
+                f'filename="{_quote(part.filename)}"\r\nContent-Type: {part.content_type}\r\n\r\n'.encode("utf-8")
+            )
+            chunks.append(part.data)
+            chunks.append(b"\r\n")
+        chunks.append(f"--{boundary}--\r\n".encode("ascii"))
+        return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def _quote(filename: str) -> str:
+    return "".join(c for c in Path(filename).name if c not in '"\r\n\\') or "file"
+
+
+def _chosen_mask(mask: np.ndarray, slices: Optional[Sequence[int]]) -> np.ndarray:
+    mask = np.asarray(mask)
+    if slices is None:
+        slices = range(mask.shape[0])
+    return mask_on_slices(mask, slices)
+
+
+def array_upload(
+    volume: np.ndarray,
+    ijk_to_ras: np.ndarray,
+    mask: np.ndarray,
+    parameters: InpaintParameters,
+    *,
+    slices: Optional[Sequence[int]] = None,
+) -> JobUpload:
+    """Source and mask as NRRD (RAS geometry), cropped to the slices to inpaint.
+
+    ``volume`` and ``mask`` are (k, j, i) arrays on the same grid (Slicer's ``arrayFromVolume`` and a
+    labelmap of the segment exported on the volume's geometry); ``slices`` limits the work to those
+    slices (the Red view's), else every slice the mask touches is inpainted.
+    """
+    parameters.check()
+    volume = np.asarray(volume)
+    if np.asarray(mask).shape != volume.shape[:3]:
+        raise ValueError(f"mask shape {np.asarray(mask).shape} differs from the volume's {volume.shape[:3]}")
+    chosen = _chosen_mask(mask, slices)
+    k0, k1 = slab_range(chosen)
+    source_slab, slab_matrix = crop_slab(volume, ijk_to_ras, k0, k1)
+    mask_slab, _ = crop_slab(chosen, ijk_to_ras, k0, k1)
+    return JobUpload(
+        fields=[("parameters", json.dumps(parameters.to_json()))],
+        files=[
+            FilePart("source", "source.nrrd", nrrd_bytes(source_slab, slab_matrix)),
+            FilePart("mask", "mask.nrrd", nrrd_bytes(mask_slab, slab_matrix)),
+        ],
+        slab_start=k0,
+        slab_stop=k1,
+    )
+
+
+def dicom_upload(
+    instance_paths: Sequence[str],
+    positions_lps: Sequence[Sequence[float]],
+    ijk_to_ras: np.ndarray,
+    mask: np.ndarray,
+    parameters: InpaintParameters,
+    *,
+    slices: Optional[Sequence[int]] = None,
+) -> JobUpload:
+    """The DICOM instances of the slab as sent by the scanner, and the mask as NRRD on that slab.
+
+    Sending the instances (not pixels) lets the engine keep the study, patient and frame of reference,
+    so Accept writes a synthetic series that sits beside the source in a PACS. ``positions_lps`` are the
+    instances' ImagePositionPatient, in the order of ``instance_paths``.
+    """
+    parameters.check()
+    if len(instance_paths) != len(positions_lps):
+        raise ValueError("give one ImagePositionPatient per instance")
+    chosen = _chosen_mask(mask, slices)
+    k0, k1 = slab_range(chosen)
+    numbers = instances_in_slab(positions_lps, ijk_to_ras, k0, k1)
+    mask_slab, slab_matrix = crop_slab(chosen, ijk_to_ras, k0, k1)
+    files = [
+        FilePart("source", f"slice-{n:05d}.dcm", Path(instance_paths[n]).read_bytes(), "application/dicom")
+        for n in numbers
+    ]
+    files.append(FilePart("mask", "mask.nrrd", nrrd_bytes(mask_slab, slab_matrix)))
+    return JobUpload(
+        fields=[("parameters", json.dumps(parameters.to_json()))], files=files, slab_start=k0, slab_stop=k1
+    )

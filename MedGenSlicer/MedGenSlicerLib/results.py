@@ -1,0 +1,154 @@
+"""Decode a job's results: the manifest, each variant's array back on the source grid, the DICOM zip.
+
+The engine returns stored values on the slab it was sent; Slicer shows a DICOM CT in modality values
+(HU) on the whole volume. `variant_on_source` does both steps, exactly, so a variant can be shown
+beside its source with linked slices.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .geometry import paste_on_grid
+from .nrrd import RAS_FROM_LPS, NrrdImage, read_nrrd
+
+
+@dataclass
+class SourceInfo:
+    format: str
+    shape: List[int]
+    dtype: str
+    modality: str
+    ijk_to_ras: np.ndarray
+    rescale_slope: List[float]
+    rescale_intercept: List[float]
+    slices: List[int]
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SourceInfo":
+        return cls(
+            format=data["format"],
+            shape=list(data["shape"]),
+            dtype=data["dtype"],
+            modality=data["modality"],
+            ijk_to_ras=RAS_FROM_LPS @ np.array(data["ijk_to_lps"], dtype=np.float64),
+            rescale_slope=[float(v) for v in data["rescale_slope"]],
+            rescale_intercept=[float(v) for v in data["rescale_intercept"]],
+            slices=[int(k) for k in data["slices"]],
+        )
+
+
+@dataclass
+class VariantInfo:
+    index: int
+    seed: int
+    array_url: str
+    dicom_zip_url: str
+    preview_url: str
+    provenance_url: str
+
+
+@dataclass
+class JobResult:
+    """The manifest of `GET /v1/jobs/{id}/result`: the variants ready so far."""
+
+    job_id: str
+    state: str
+    complete: bool
+    num_variants: int
+    source: SourceInfo
+    variants: List[VariantInfo]
+    preview_url: Optional[str]
+    provenance_url: Optional[str]
+
+    @classmethod
+    def from_json(cls, data: dict) -> "JobResult":
+        return cls(
+            job_id=data["job_id"],
+            state=data["state"],
+            complete=bool(data["complete"]),
+            num_variants=int(data["num_variants"]),
+            source=SourceInfo.from_json(data["source"]),
+            variants=[
+                VariantInfo(
+                    index=int(v["index"]),
+                    seed=int(v["seed"]),
+                    array_url=v["array"],
+                    dicom_zip_url=v["dicom_zip"],
+                    preview_url=v["preview"],
+                    provenance_url=v["provenance"],
+                )
+                for v in data["variants"]
+            ],
+            preview_url=data.get("preview"),
+            provenance_url=data.get("provenance"),
+        )
+
+
+def decode_variant(data: bytes) -> NrrdImage:
+    """A variant's NRRD (stored values, the grid of the slab that was sent)."""
+    return read_nrrd(data)
+
+
+def to_modality_values(
+    stored: np.ndarray, slopes: Sequence[float], intercepts: Sequence[float], dtype
+) -> np.ndarray:
+    """Stored values → modality values per slice (HU for CT), in ``dtype`` (Slicer's volume's type).
+
+    Integer targets are rounded and must fit: a result that does not is refused rather than wrapped.
+    """
+    stored = np.asarray(stored)
+    slopes = np.asarray(slopes, dtype=np.float64)
+    intercepts = np.asarray(intercepts, dtype=np.float64)
+    if np.all(slopes == 1.0) and np.all(intercepts == 0.0) and np.can_cast(stored.dtype, dtype, "safe"):
+        return stored.astype(dtype)
+    shape = (-1,) + (1,) * (stored.ndim - 1)
+    values = stored.astype(np.float64) * slopes.reshape(shape) + intercepts.reshape(shape)
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        values = np.round(values)
+        if values.min() < info.min or values.max() > info.max:
+            raise ValueError(f"modality values {values.min()}..{values.max()} do not fit the volume's {target}")
+    return values.astype(target)
+
+
+def variant_on_source(
+    source: np.ndarray,
+    source_ijk_to_ras: np.ndarray,
+    variant: NrrdImage,
+    result_source: SourceInfo,
+) -> np.ndarray:
+    """The variant as a whole volume like ``source`` (same shape, dtype, grid): the source, with the slab replaced.
+
+    ``result_source`` is the manifest's description of what the engine read (for the rescale per slice).
+    """
+    values = to_modality_values(
+        variant.array, result_source.rescale_slope, result_source.rescale_intercept, np.asarray(source).dtype
+    )
+    return paste_on_grid(source, source_ijk_to_ras, values, variant.ijk_to_ras)
+
+
+def extract_zip(data: bytes, folder: Path) -> List[Path]:
+    """Unpack a result's DICOM zip into ``folder``; refuses entries that would land outside it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder.resolve()
+    written = []
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for entry in archive.infolist():
+            if entry.is_dir():
+                continue
+            target = (root / entry.filename).resolve()
+            if root not in target.parents:
+                raise ValueError(f"zip entry {entry.filename!r} would be written outside {folder}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(entry))
+            written.append(target)
+    return written

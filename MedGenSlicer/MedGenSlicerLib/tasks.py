@@ -1,0 +1,152 @@
+"""Run engine calls off Slicer's GUI thread; the GUI picks up what happened from a qt.QTimer.
+
+Threads here never touch Qt or MRML: they only talk HTTP and decode numpy arrays, and hand their
+results over through a queue that the timer drains (`JobMonitor.events`, `BackgroundCall.done`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+from .client import EngineClient, EngineError, JobFailed
+from .nrrd import NrrdImage
+from .payload import JobUpload
+from .results import JobResult, VariantInfo, decode_variant
+
+POLL_INTERVAL_S = 0.5
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class BackgroundCall:
+    """One blocking call on a daemon thread; poll `done()` and then read `result()`."""
+
+    def __init__(self, function: Callable[..., Any], *args, **kwargs):
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+        self._finished = threading.Event()
+
+        def run() -> None:
+            try:
+                self._result = function(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread by result()
+                self._error = exc
+            finally:
+                self._finished.set()
+
+        self._thread = threading.Thread(target=run, name="MedGenSlicer-call", daemon=True)
+        self._thread.start()
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def result(self) -> Any:
+        """The return value, or the exception the call raised."""
+        if not self.done():
+            raise RuntimeError("result() before the call is done")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+@dataclass
+class JobEvent:
+    """What happened to a job: kind is submitted, status, variant, finished or error."""
+
+    kind: str
+    status: Optional[dict] = None
+    variant: Optional[VariantInfo] = None
+    image: Optional[NrrdImage] = None
+    result: Optional[JobResult] = None
+    error: Optional[EngineError] = None
+
+
+class JobMonitor:
+    """Submit one job (or take one already submitted), follow it, and download each variant as soon as
+    the engine publishes it."""
+
+    def __init__(
+        self,
+        client: EngineClient,
+        upload: Optional[JobUpload] = None,
+        *,
+        job_id: Optional[str] = None,
+        poll_interval: float = POLL_INTERVAL_S,
+    ):
+        if (upload is None) == (job_id is None):
+            raise ValueError("give an upload to submit or the id of a submitted job, not both")
+        self.client = client
+        self.upload = upload
+        self.poll_interval = poll_interval
+        self.job_id: Optional[str] = job_id
+        self.events: "queue.Queue[JobEvent]" = queue.Queue()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="MedGenSlicer-job", daemon=True)
+
+    def start(self) -> "JobMonitor":
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the engine to stop the job (at its next step); the monitor reports when it has."""
+        self._cancel.set()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def drain(self) -> List[JobEvent]:
+        """Events since the last call, for the GUI timer (never blocks)."""
+        drained = []
+        while True:
+            try:
+                drained.append(self.events.get_nowait())
+            except queue.Empty:
+                return drained
+
+    def _run(self) -> None:
+        try:
+            if self.upload is not None:
+                created = self.client.submit(self.upload)
+                self.job_id = created["id"]
+                self.events.put(JobEvent("submitted", status=created))
+            self._follow()
+        except EngineError as exc:
+            self.events.put(JobEvent("error", error=exc))
+        except Exception as exc:  # noqa: BLE001 - a decoding bug must reach the user, not die silently
+            self.events.put(JobEvent("error", error=EngineError(f"unexpected error: {type(exc).__name__}: {exc}")))
+
+    def _follow(self) -> None:
+        fetched = 0
+        cancel_sent = False
+        while True:
+            if self._cancel.is_set() and not cancel_sent:
+                self.client.cancel(self.job_id)
+                cancel_sent = True
+            status = self.client.status(self.job_id)
+            self.events.put(JobEvent("status", status=status))
+            if status["variants_ready"] > fetched:
+                fetched = self._fetch_variants(fetched)
+            if status["state"] in FINAL_STATES:
+                break
+            if cancel_sent:
+                time.sleep(self.poll_interval)
+            else:
+                self._cancel.wait(self.poll_interval)  # wakes at once when the user cancels
+        if status["state"] == "failed":
+            raise JobFailed(f"the engine could not finish the job: {status.get('error') or 'no reason given'}")
+        result = self.client.result(self.job_id) if fetched else None
+        self.events.put(JobEvent("finished", status=status, result=result))
+
+    def _fetch_variants(self, fetched: int) -> int:
+        result = self.client.result(self.job_id)
+        for variant in result.variants[fetched:]:
+            image = decode_variant(self.client.download(variant.array_url))
+            self.events.put(JobEvent("variant", variant=variant, image=image, result=result))
+            fetched = variant.index
+        return fetched

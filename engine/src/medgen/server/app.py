@@ -1,0 +1,382 @@
+"""The HTTP API: thin FastAPI endpoints over the job store and the worker.
+
+Every response is JSON or a file; every error is ``{"error": {"code", "message"}}`` with a 4xx for
+anything the client can fix. All endpoints but ``/v1/health`` need the bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from medgen import __version__
+from medgen.errors import MedgenError
+from medgen.server.auth import BearerTokenAuth
+from medgen.server.config import ServerConfig
+from medgen.server.errors import ApiError
+from medgen.server.jobs import JobRecord, JobStore
+from medgen.server.results import ARRAY_FILENAME, DICOM_ZIP_FILENAME, PREVIEW_FILENAME, PROVENANCE_FILENAME
+from medgen.server.schemas import (
+    EngineInfo,
+    ErrorBody,
+    Health,
+    JobCreated,
+    JobParameters,
+    JobState,
+    JobStatus,
+    QueueInfo,
+    ResultManifest,
+    Scheduler,
+    VariantResult,
+)
+from medgen.server.uploads import inspect_inputs, receive_upload
+from medgen.server.worker import ModelRegistry, Worker, engine_request
+
+logger = logging.getLogger(__name__)
+
+_ERROR_RESPONSES = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "the request cannot be used as sent; the message says what to fix",
+        401: "missing or wrong token",
+        404: "no such job or file",
+        409: "the job is not in a state that allows this",
+        413: "the upload or image is larger than this engine's limits",
+        429: "the queue is full",
+    }.items()
+}
+
+_JOB_FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["parameters", "source", "mask"],
+                    "properties": {
+                        "parameters": {"type": "string", "description": "JSON of JobParameters"},
+                        "source": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "the DICOM instances of the slices, or one NRRD/NIfTI/NPY volume",
+                        },
+                        "source_geometry": {
+                            "type": "string",
+                            "description": 'NPY source only: JSON {"ijk_to_ras": 4x4} or {"ijk_to_lps": 4x4}',
+                        },
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "labelmap on the source's grid (NRRD, .seg.nrrd, NIfTI, NPY) or DICOM SEG",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``max_bytes`` (413) whether or not they announce a Content-Length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            # Read and drop the body first: a client still sending would see a reset, not our 413.
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise ApiError(413, "upload_too_large", _too_large_text(self.max_bytes))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _too_large_text(max_bytes: int) -> str:
+    return (
+        f"the upload is larger than this engine's limit of {max_bytes // (1 << 20)} MiB; "
+        f"send only the slices the mask touches"
+    )
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+    return _error_response(413, "upload_too_large", _too_large_text(max_bytes))
+
+
+def _error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}}, headers=headers)
+
+
+def create_app(config: ServerConfig, token: str) -> FastAPI:
+    """The app of one server: its store, worker and routes; the worker starts and stops with the app."""
+    store = JobStore(config.data_dir, max_queued_jobs=config.limits.max_queued_jobs)
+    registry = ModelRegistry(config)
+    worker = Worker(store, config, registry)
+    limits = config.limits
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        requeued = store.recover_after_restart()
+        if requeued:
+            logger.info("put %d interrupted job(s) back in the queue", len(requeued))
+        worker.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(worker.stop)
+            store.close()
+
+    app = FastAPI(
+        title="MedGenSlicer engine",
+        version=__version__,
+        description="Inpaint synthetic pathology into real scans; results are clearly marked synthetic DICOM.",
+        lifespan=lifespan,
+        docs_url=None,  # the interactive docs pull scripts from a CDN; the schema is at /openapi.json
+        redoc_url=None,
+        responses=_ERROR_RESPONSES,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes)
+    app.state.store = store
+    app.state.worker = worker
+    authorized = [Depends(BearerTokenAuth(token))]
+
+    # --- errors: one JSON shape ---------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(MedgenError)
+    async def _input_error(request: Request, exc: MedgenError) -> JSONResponse:
+        return _error_response(400, "bad_input", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error_response(400, "bad_request", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return _error_response(exc.status_code, "http_error", message)
+
+    # --- routes -------------------------------------------------------------------------------
+
+    @app.get("/v1/health", response_model=Health, tags=["engine"])
+    def health() -> Health:
+        """Whether the engine answers; the only endpoint without a token."""
+        return Health(status="ok", version=__version__)
+
+    @app.get("/v1/info", response_model=EngineInfo, dependencies=authorized, tags=["engine"])
+    def info() -> EngineInfo:
+        """Version, device, models, adapters and limits: what a client may ask for."""
+        return EngineInfo(
+            version=__version__,
+            device=registry.device(),
+            models=registry.info(),
+            adapters=[],  # the engine applies no adapters yet; jobs that name one are refused
+            schedulers=[s.value for s in Scheduler],
+            limits=limits,
+            queue=QueueInfo(queued=store.count(JobState.QUEUED), running=store.count(JobState.RUNNING)),
+        )
+
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=JobCreated,
+        dependencies=authorized,
+        openapi_extra=_JOB_FORM_SCHEMA,
+        tags=["jobs"],
+    )
+    async def create_job(request: Request) -> JobCreated:
+        """Queue an inpainting job; answers at once with its id (the work happens on the worker)."""
+        try:
+            store.check_room()
+        except ApiError:
+            await _drain(request)  # a client still sending would see a reset instead of our 429
+            raise
+        job_id = store.new_id()
+        files = store.files(job_id)
+        try:
+            upload = await receive_upload(request, limits, files.input_dir)
+            parameters = _fixed_parameters(upload.parameters, config)
+            source_info, _ = await run_in_threadpool(
+                inspect_inputs, upload.source_path, upload.mask_path, parameters, limits
+            )
+            record = store.create(job_id, model=_model_name(parameters, config), parameters=parameters,
+                                  source=source_info)
+        except BaseException:
+            shutil.rmtree(files.root, ignore_errors=True)
+            raise
+        worker.notify()
+        return JobCreated(
+            id=record.id,
+            state=record.state,
+            queue_position=store.queue_position(record),
+            status_url=f"/v1/jobs/{record.id}",
+            result_url=f"/v1/jobs/{record.id}/result",
+        )
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, dependencies=authorized, tags=["jobs"])
+    def job_status(job_id: str) -> JobStatus:
+        """State, progress in denoising steps, place in the queue, and variants ready so far."""
+        return store.status(_job(store, job_id))
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, dependencies=authorized, tags=["jobs"])
+    def cancel_job(job_id: str) -> JobStatus:
+        """Cancel: a queued job ends now, a running one at its next denoising step."""
+        record = _job(store, job_id)
+        if record.state.finished:
+            raise ApiError(409, "job_finished", f"job {job_id} has already {record.state.value}; nothing to cancel")
+        record = store.request_cancel(job_id)
+        worker.notify()
+        return store.status(record)
+
+    @app.get("/v1/jobs/{job_id}/result", response_model=ResultManifest, dependencies=authorized, tags=["results"])
+    def job_result(job_id: str) -> ResultManifest:
+        """The results so far: each finished variant's NRRD, DICOM zip, preview and provenance."""
+        record = _job(store, job_id)
+        if record.variants_ready == 0:
+            raise _no_result_yet(record)
+        base = f"/v1/jobs/{job_id}/result"
+        complete = record.state is JobState.SUCCEEDED
+        return ResultManifest(
+            job_id=job_id,
+            state=record.state,
+            complete=complete,
+            num_variants=record.parameters.num_variants,
+            source=record.source,
+            variants=[
+                VariantResult(
+                    index=v,
+                    seed=record.seed + v - 1,
+                    array=f"{base}/variants/{v}/{ARRAY_FILENAME}",
+                    dicom_zip=f"{base}/variants/{v}/{DICOM_ZIP_FILENAME}",
+                    preview=f"{base}/variants/{v}/{PREVIEW_FILENAME}",
+                    provenance=f"{base}/variants/{v}/{PROVENANCE_FILENAME}",
+                )
+                for v in range(1, record.variants_ready + 1)
+            ],
+            preview=f"{base}/{PREVIEW_FILENAME}" if complete else None,
+            provenance=f"{base}/{PROVENANCE_FILENAME}" if complete else None,
+        )
+
+    _media_types = {
+        ARRAY_FILENAME: "application/octet-stream",
+        DICOM_ZIP_FILENAME: "application/zip",
+        PREVIEW_FILENAME: "image/png",
+        PROVENANCE_FILENAME: "application/json",
+    }
+
+    @app.get("/v1/jobs/{job_id}/result/variants/{index}/{name}", dependencies=authorized, tags=["results"],
+             response_class=FileResponse)
+    def variant_file(job_id: str, index: int, name: str) -> FileResponse:
+        """One file of a finished variant: array.nrrd, dicom.zip, preview.png or provenance.json."""
+        record = _job(store, job_id)
+        if name not in _media_types:
+            raise ApiError(404, "no_such_file", f"variants have {', '.join(_media_types)}; not {name!r}")
+        if not 1 <= index <= record.parameters.num_variants:
+            raise ApiError(404, "no_such_variant",
+                           f"job {job_id} has variants 1..{record.parameters.num_variants}, not {index}")
+        if index > record.variants_ready:
+            raise _no_result_yet(record, f"variant {index} is not ready yet")
+        path = store.files(job_id).variant_dir(index) / name
+        return FileResponse(path, media_type=_media_types[name], filename=f"{job_id}-variant-{index:02d}-{name}")
+
+    @app.get("/v1/jobs/{job_id}/result/{name}", dependencies=authorized, tags=["results"],
+             response_class=FileResponse)
+    def job_file(job_id: str, name: str) -> FileResponse:
+        """The job's stacked preview.png or its provenance.json, once every variant is done."""
+        record = _job(store, job_id)
+        if name not in (PREVIEW_FILENAME, PROVENANCE_FILENAME):
+            raise ApiError(404, "no_such_file", f"a job has {PREVIEW_FILENAME} and {PROVENANCE_FILENAME}; not {name!r}")
+        if record.state is not JobState.SUCCEEDED:
+            raise _no_result_yet(record, f"{name} is written when every variant is done")
+        path = store.files(job_id).result_dir / name
+        return FileResponse(path, media_type=_media_types[name], filename=f"{job_id}-{name}")
+
+    return app
+
+
+async def _drain(request: Request) -> None:
+    async for _ in request.stream():
+        pass
+
+
+def _fixed_parameters(parameters: JobParameters, config: ServerConfig) -> JobParameters:
+    """Check the parameters against this server, and fix the seed so a restarted job makes the same images."""
+    limits = config.limits
+    if parameters.num_variants > limits.max_variants:
+        raise ApiError(400, "over_limit", f"num_variants must be at most {limits.max_variants} on this engine, "
+                                          f"got {parameters.num_variants}")
+    if parameters.num_inference_steps > limits.max_inference_steps:
+        raise ApiError(400, "over_limit", f"num_inference_steps must be at most {limits.max_inference_steps} on "
+                                          f"this engine, got {parameters.num_inference_steps}")
+    if config.model(parameters.model) is None:
+        offered = ", ".join(model.name for model in config.models)
+        raise ApiError(400, "unknown_model", f"no model named {parameters.model!r}; this engine offers: {offered}")
+    if parameters.adapters:
+        names = ", ".join(adapter.name for adapter in parameters.adapters)
+        raise ApiError(400, "unknown_adapter", f"this engine has no adapters loaded; cannot apply: {names}")
+    if parameters.seed is None:
+        parameters = parameters.model_copy(update={"seed": secrets.randbelow(2**31)})
+    from medgen.api import check_request
+
+    check_request(engine_request(parameters, source=Path("-"), mask=Path("-"), out=Path("-"), seed=parameters.seed))
+    return parameters
+
+
+def _model_name(parameters: JobParameters, config: ServerConfig) -> str:
+    entry = config.model(parameters.model)
+    assert entry is not None
+    return entry.name
+
+
+def _job(store: JobStore, job_id: str) -> JobRecord:
+    record = store.get(job_id)
+    if record is None:
+        raise ApiError(404, "no_such_job", f"no job {job_id!r} on this engine (it may have been started on another)")
+    return record
+
+
+def _no_result_yet(record: JobRecord, what: str | None = None) -> ApiError:
+    reason = {
+        JobState.QUEUED: "the job is still queued",
+        JobState.RUNNING: "the job is running; poll its status",
+        JobState.FAILED: f"the job failed: {record.error}",
+        JobState.CANCELLED: "the job was cancelled before any variant was done",
+        JobState.SUCCEEDED: "the job has no results",
+    }[record.state]
+    return ApiError(409, "no_result", f"{what}: {reason}" if what else f"no result yet: {reason}")

@@ -1,0 +1,162 @@
+"""`medgen serve`: start the local engine server (also `python -m medgen.server.main`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from medgen.server.config import DEFAULT_HOST, DEFAULT_PORT, ModelEntry, ServerConfig, default_data_dir, default_limits
+
+EXIT_BAD_USAGE = 2
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve the engine over HTTP for the MedGenSlicer module (token-protected, loopback by default).",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding to an address other hosts can reach (the token then travels without TLS)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="diffusers folder or single-file checkpoint; repeat for several (the first is the default); "
+        "NAME defaults to the file or folder name",
+    )
+    p.add_argument("--data-dir", type=Path, default=None, help="jobs, results and the token (default: %(default)s → "
+                                                               "$MEDGEN_DATA_DIR or ~/.local/share/medgen)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    limits = default_limits()
+    p.add_argument("--max-queue", type=int, default=limits.max_queued_jobs, help="queued jobs before 429 (%(default)s)")
+    p.add_argument("--max-upload-mb", type=int, default=limits.max_upload_bytes >> 20, help="(%(default)s)")
+    p.add_argument("--max-variants", type=int, default=limits.max_variants, help="(%(default)s)")
+    p.add_argument("--max-steps", type=int, default=limits.max_inference_steps, help="(%(default)s)")
+    p.add_argument("--cpu-threads", type=int, metavar="N",
+                   help="torch CPU threads (on a shared or small CPU, 1 avoids threads spinning against each other)")
+    p.add_argument("--lazy", action="store_true", help="load the model at the first job, not at start")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request and job step")
+    return p
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk; never reach for a hub
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="medgen serve: %(levelname)s: %(message)s",
+    )
+    logging.getLogger("medgen.server").setLevel(logging.INFO)
+
+    # 1. Check the options before anything is created
+    if not is_loopback(args.host) and not args.allow_remote:
+        print(
+            f"medgen serve: error: refusing to bind to {args.host}, which other machines can reach; "
+            f"add --allow-remote if that is what you want",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_USAGE
+    try:
+        models = tuple(parse_model_option(value) for value in args.model) or (default_model(),)
+    except ValueError as exc:
+        print(f"medgen serve: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    limits = default_limits().model_copy(
+        update={
+            "max_queued_jobs": args.max_queue,
+            "max_upload_bytes": args.max_upload_mb << 20,
+            "max_variants": args.max_variants,
+            "max_inference_steps": args.max_steps,
+        }
+    )
+
+    # 2. The data folder (private to this user) and the token
+    from medgen.server.auth import TOKEN_FILENAME, load_or_create_token
+
+    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token, created = load_or_create_token(data_dir)
+    url = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
+    if created:
+        print(
+            f"medgen serve: a new access token was made and saved in {data_dir / TOKEN_FILENAME}:\n\n"
+            f"    {token}\n\n"
+            f"In Slicer, open the MedGenSlicer module, paste it into 'Token', set 'Engine URL' to {url} "
+            f"and press 'Check connection'. It is shown only this once; the file keeps it.",
+            flush=True,
+        )
+    else:
+        print(f"medgen serve: using the token in {data_dir / TOKEN_FILENAME}", flush=True)
+    if not is_loopback(args.host):
+        print(
+            f"medgen serve: WARNING: listening on {args.host}: other machines can reach this engine, and the "
+            f"token and scans travel unencrypted; put it behind TLS or an SSH tunnel",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    # 3. Serve
+    import uvicorn
+
+    if args.cpu_threads:
+        import torch
+
+        torch.set_num_threads(args.cpu_threads)
+
+    from medgen.server.app import create_app
+
+    config = ServerConfig(data_dir=data_dir, models=models, device=args.device, dtype=args.dtype, limits=limits,
+                          preload=not args.lazy)
+    app = create_app(config, token)
+    print(f"medgen serve: engine at {url} (model {models[0].name}; data in {data_dir})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                access_log=args.verbose)
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_model_option(value: str) -> ModelEntry:
+    """``NAME=PATH`` or ``PATH``; the path must exist so a typo fails at start, not at the first job."""
+    name, sep, path_text = value.partition("=")
+    if not sep:
+        name, path_text = "", value
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise ValueError(f"--model {value}: no such file or folder")
+    return ModelEntry(name=name or path.name.removesuffix(".safetensors"), path=path.resolve())
+
+
+def default_model() -> ModelEntry:
+    """The phantom demo model shipped in the package, when it is there."""
+    demo = Path(__file__).resolve().parent.parent / "phantom" / "demo_model"
+    if (demo / "model_index.json").exists():
+        return ModelEntry(name="phantom-demo", path=demo)
+    raise ValueError(
+        "no model given and the phantom demo model is not installed; pass --model DIR "
+        "(for a plumbing test: `medgen model create-tiny DIR`)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

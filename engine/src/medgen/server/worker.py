@@ -1,0 +1,209 @@
+"""The one worker thread that owns the GPU: it takes queued jobs in order and runs them through the engine.
+
+A job of N variants runs as N engine calls of one variant each (seed + v, as one call would use), so
+each variant is published the moment it is done and a restarted server resumes at the first missing one.
+Cancelling works through the engine's progress callback: it raises, and the run stops at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+from medgen.errors import MedgenError
+from medgen.server.config import ModelEntry, ServerConfig
+from medgen.server.errors import JobCancelled, ServerStopping
+from medgen.server.jobs import JobFiles, JobRecord, JobStore
+from medgen.server.results import discard_unfinished, publish_summary, publish_variant
+from medgen.server.schemas import JobParameters, JobState, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 1.0
+
+
+class ModelUnavailable(Exception):
+    """A model could not be loaded; the message says which and why."""
+
+
+class ModelRegistry:
+    """Loads each model once, on the worker thread, and reports its state for /v1/info."""
+
+    def __init__(self, config: ServerConfig):
+        self._config = config
+        self._lock = threading.Lock()
+        self._inpainters: dict[str, object] = {}
+        self._states: dict[str, ModelInfo] = {
+            entry.name: ModelInfo(
+                name=entry.name, path=str(entry.path), default=entry is config.default_model, state="not loaded"
+            )
+            for entry in config.models
+        }
+        self._device: str | None = None
+
+    def info(self) -> list[ModelInfo]:
+        with self._lock:
+            return [state.model_copy() for state in self._states.values()]
+
+    def device(self) -> str:
+        """The device models run on (resolved once: 'auto' becomes cuda or cpu)."""
+        if self._device is None:
+            from medgen.generate.models import resolve_device
+
+            self._device = str(resolve_device(self._config.device))
+        return self._device
+
+    def get(self, entry: ModelEntry):
+        """The loaded Inpainter of ``entry``, loading it now if needed (call from the worker thread only)."""
+        if entry.name in self._inpainters:
+            return self._inpainters[entry.name]
+        from medgen.api import Inpainter
+
+        self._set_state(entry.name, state="loading", error=None)
+        try:
+            inpainter = Inpainter(entry.path, device=self._config.device, dtype=self._config.dtype)
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported to clients, then the next job tries again
+            message = f"model {entry.name!r} could not be loaded from {entry.path}: {exc}"
+            self._set_state(entry.name, state="failed", error=str(exc))
+            raise ModelUnavailable(message) from exc
+        self._inpainters[entry.name] = inpainter
+        self._device = str(inpainter.model.device)
+        self._set_state(entry.name, state="ready", error=None, resolution=inpainter.model.resolution)
+        return inpainter
+
+    def _set_state(self, name: str, **changes) -> None:
+        with self._lock:
+            self._states[name] = self._states[name].model_copy(update=changes)
+
+
+def engine_request(parameters: JobParameters, *, source: Path, mask: Path, out: Path, seed: int):
+    """The `InpaintRequest` of one variant of a job (the server always writes DICOM, even for NRRD input)."""
+    from medgen.api import InpaintRequest
+
+    return InpaintRequest(
+        input=source,
+        mask=mask,
+        out=out,
+        prompt=parameters.prompt,
+        negative_prompt=parameters.negative_prompt,
+        segment=parameters.segment,
+        label=parameters.label,
+        slices=parameters.slices,
+        all_slices=parameters.all_slices,
+        num_variants=1,
+        seed=seed,
+        num_inference_steps=parameters.num_inference_steps,
+        guidance_scale=parameters.guidance_scale,
+        strength=parameters.strength,
+        mask_dilate_mm=parameters.mask_dilate_mm,
+        mask_blur_px=parameters.mask_blur_px,
+        crop_padding_px=parameters.crop_padding_px,
+        window=parameters.window,
+        window_center=parameters.window_center,
+        window_width=parameters.window_width,
+        only_modified=False,
+        write_dicom=True,
+    )
+
+
+class Worker:
+    """Runs queued jobs one at a time on a daemon thread until `stop` is called."""
+
+    def __init__(self, store: JobStore, config: ServerConfig, registry: ModelRegistry):
+        self._store = store
+        self._config = config
+        self._registry = registry
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="medgen-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        """A job was queued or a cancel was asked: look now rather than at the next idle poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop at the next denoising step; the running job goes back to the queue for the next start."""
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        if self._config.preload:
+            try:
+                self._registry.get(self._config.default_model)
+            except ModelUnavailable as exc:
+                logger.error("%s", exc)
+        while not self._stopping.is_set():
+            job = self._store.claim_next()
+            if job is None:
+                self._wake.wait(_IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            self._run(job)
+
+    def _run(self, job: JobRecord) -> None:
+        files = self._store.files(job.id)
+        logger.info("job %s: running (%d variant(s))", job.id, job.parameters.num_variants)
+        try:
+            entry = self._config.model(job.model)
+            if entry is None:
+                raise ModelUnavailable(f"model {job.model!r} is no longer offered by this server")
+            inpainter = self._registry.get(entry)
+            self._run_variants(job, files, inpainter)
+        except JobCancelled:
+            logger.info("job %s: cancelled", job.id)
+            self._store.finish(job.id, JobState.CANCELLED)
+        except ServerStopping:
+            logger.info("job %s: server stopping; back to the queue", job.id)
+            self._store.requeue(job.id)
+        except (MedgenError, ModelUnavailable) as exc:
+            logger.info("job %s: failed: %s", job.id, exc)
+            self._store.finish(job.id, JobState.FAILED, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any one job
+            logger.exception("job %s: internal error", job.id)
+            self._store.finish(
+                job.id, JobState.FAILED, error=f"internal error ({type(exc).__name__}: {exc}); see the engine's log"
+            )
+        finally:
+            self._store.remove_scratch(job.id)
+
+    def _run_variants(self, job: JobRecord, files: JobFiles, inpainter) -> None:
+        parameters = job.parameters
+        count = parameters.num_variants
+        source, mask = files.engine_inputs()
+        discard_unfinished(files, job.variants_ready)
+        inpainter.model.set_scheduler(parameters.scheduler.value if parameters.scheduler else None)
+
+        for v in range(job.variants_ready, count):
+            self._check_interrupt(job.id)
+            out = files.work_dir / f"run-{v + 1:02d}"
+            shutil.rmtree(out, ignore_errors=True)
+            files.work_dir.mkdir(parents=True, exist_ok=True)
+            request = engine_request(parameters, source=source, mask=mask, out=out, seed=job.seed + v)
+
+            def progress(done: int, total: int, v: int = v) -> None:
+                self._check_interrupt(job.id)
+                self._store.set_progress(job.id, v * total + done, count * total)
+
+            result = inpainter(request, progress=progress)
+            publish_variant(files, v + 1, result.out, result.variant_dirs[0])
+            self._store.set_variants_ready(job.id, v + 1)
+            shutil.rmtree(out, ignore_errors=True)
+            logger.info("job %s: variant %d of %d ready", job.id, v + 1, count)
+
+        publish_summary(files, job.id, parameters.model_dump(mode="json"), count)
+        record = self._store.get(job.id)
+        if record is not None:
+            self._store.set_progress(job.id, record.steps_total, record.steps_total)
+        self._store.finish(job.id, JobState.SUCCEEDED)
+
+    def _check_interrupt(self, job_id: str) -> None:
+        if self._stopping.is_set():
+            raise ServerStopping()
+        if self._store.is_cancel_requested(job_id):
+            raise JobCancelled()

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import dicom_testfile, write_labelmap_like
+from testfiles import dicom_testfile, write_labelmap_like
 from medgen.cli import main
 from medgen.dicom.dciodvfy import is_available, new_errors, run_dciodvfy
 from medgen.imaging.crop import dilate_mask

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import dicom_testfile as data_file
+from testfiles import dicom_testfile as data_file
 from medgen.dicom.dciodvfy import is_available as dciodvfy_available
 from medgen.dicom.dciodvfy import run_dciodvfy
 from medgen.dicom.seg import seg_refusal, write_inpaint_seg

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import dicom_testfile as data_file, write_labelmap_like
+from testfiles import dicom_testfile as data_file, write_labelmap_like
 from medgen.dicom.dciodvfy import is_available as dciodvfy_available
 from medgen.dicom.provenance import PROVENANCE_SCHEMA
 from medgen.dicom.validate import CheckStatus, validate_paths

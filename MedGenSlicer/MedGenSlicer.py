@@ -32,12 +32,14 @@ from MedGenSlicerLib import (
     BackgroundCall,
     EngineClient,
     EngineError,
+    ExportMonitor,
     GeometryError,
     InpaintParameters,
     JobMonitor,
     JobUpload,
     array_upload,
     dicom_upload,
+    export_summary,
     extract_zip,
     random_seed,
     slice_in_view,
@@ -95,6 +97,8 @@ class MedGenSlicerParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     numVariants: Annotated[int, WithinRange(1, 16)] = 1
     maskDilationMm: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
+    exportDestination: str = ""
+    deidentifyExport: bool = False
 
 
 #
@@ -113,6 +117,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._acceptCall: Optional[BackgroundCall] = None
         self._acceptFolder: Optional[Path] = None
         self._monitor: Optional[JobMonitor] = None
+        self._exportMonitor: Optional[ExportMonitor] = None
         self._jobSource: Optional[vtkMRMLScalarVolumeNode] = None
         self._variants: List[dict] = []
         self._timer = qt.QTimer()
@@ -150,6 +155,8 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.variantsListWidget.connect("itemDoubleClicked(QListWidgetItem*)", lambda item: self.onShowVariant())
         self.ui.showVariantButton.connect("clicked(bool)", self.onShowVariant)
         self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
+        self.ui.destinationComboBox.connect("currentTextChanged(QString)", self.onDestinationChanged)
+        self.ui.sendToPacsButton.connect("clicked(bool)", self.onSendToPacs)
         self.ui.outputDirectoryButton.connect(
             "directoryChanged(QString)", lambda path: qt.QSettings().setValue(SETTINGS_OUTPUT, path)
         )
@@ -216,6 +223,14 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         chosen = self.ui.variantsListWidget.currentRow >= 0
         self.ui.showVariantButton.enabled = chosen
         self.ui.acceptButton.enabled = chosen and (self._acceptCall is None or self._acceptCall.done())
+        exporting = self._exportMonitor is not None and self._exportMonitor.is_alive()
+        destinations = self.ui.destinationComboBox.count > 0
+        self.ui.sendToPacsButton.enabled = chosen and destinations and not busy and not exporting
+        self.ui.sendToPacsButton.toolTip = (
+            "Send the chosen variant's synthetic DICOM series from the engine to the chosen PACS" if destinations
+            else "The engine has no PACS destinations: start it with "
+                 "`medgen serve --destination NAME=dicom://CALLED_AET@HOST:PORT`, then Check connection"
+        )
 
     def _showStatus(self, text: str, error: bool = False) -> None:
         self.ui.statusLabel.text = text
@@ -258,6 +273,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"{len(ready)} model(s), {info['queue']['queued']} job(s) waiting"
         )
         self._fillModels(info)
+        self._fillDestinations(info)
 
     def _fillModels(self, info: dict) -> None:
         previous = self._parameterNode.model if self._parameterNode else ""
@@ -286,6 +302,19 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.adaptersTableWidget.enabled = table.rowCount > 0
         self.ui.adaptersTableWidget.toolTip = "" if table.rowCount else "the engine offers no adapters"
 
+    def _fillDestinations(self, info: dict) -> None:
+        previous = self._parameterNode.exportDestination if self._parameterNode else ""
+        combo = self.ui.destinationComboBox
+        combo.clear()
+        names = []
+        for destination in info.get("destinations", []):
+            combo.addItem(destination["name"])
+            combo.setItemData(combo.count - 1, f"{destination['kind']}: {destination['address']}", qt.Qt.ToolTipRole)
+            names.append(destination["name"])
+        if previous in names:
+            combo.setCurrentText(previous)
+        self._updateButtons()
+
     def _chosenAdapters(self) -> list:
         table = self.ui.adaptersTableWidget
         chosen = []
@@ -312,6 +341,10 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelChanged(self, name: str) -> None:
         if self._parameterNode:
             self._parameterNode.model = name or ""
+
+    def onDestinationChanged(self, name: str) -> None:
+        if self._parameterNode and name:
+            self._parameterNode.exportDestination = name
 
     def onDice(self) -> None:
         if self._parameterNode:
@@ -363,12 +396,17 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._monitor is not None:
             for event in self._monitor.drain():
                 self._handleJobEvent(event)
+        if self._exportMonitor is not None:
+            for event in self._exportMonitor.drain():
+                self._handleExportEvent(event)
         idle = (
             self._connectionCall is None
             and (self._acceptCall is None or self._acceptCall.done())
             and (self._monitor is None or not self._monitor.is_alive())
+            and (self._exportMonitor is None or not self._exportMonitor.is_alive())
         )
-        if idle and (self._monitor is None or self._monitor.events.empty()):
+        drained = all(m is None or m.events.empty() for m in (self._monitor, self._exportMonitor))
+        if idle and drained:
             self._timer.stop()
             self._updateButtons()
 
@@ -452,6 +490,36 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showStatus(f"Accepted: {len(files)} synthetic instance(s) in {self._acceptFolder} and in the "
                              f"DICOM database (series description starts with SYNTHETIC).")
         self._updateButtons()
+
+    # --- send to PACS ------------------------------------------------------------------------
+
+    def onSendToPacs(self) -> None:
+        chosen = self._selected()
+        destination = self.ui.destinationComboBox.currentText
+        if chosen is None or not destination:
+            return
+        self._exportMonitor = ExportMonitor(
+            self._client(), chosen["job_id"], destination, variant=chosen["variant"].index,
+            deidentify=bool(self._parameterNode and self._parameterNode.deidentifyExport),
+        ).start()
+        self._showExportStatus(f"Sending variant {chosen['variant'].index} to {destination}…")
+        self._timer.start()
+        self._updateButtons()
+
+    def _handleExportEvent(self, event) -> None:
+        if event.kind in ("started", "status"):
+            self._showExportStatus(export_summary(event.status))
+        elif event.kind == "finished":
+            self._showExportStatus(export_summary(event.status), error=event.status["state"] != "succeeded")
+            self._updateButtons()
+        elif event.kind == "error":
+            self._showExportStatus(f"Send to PACS failed: {event.error}", error=True)
+            self._updateButtons()
+
+    def _showExportStatus(self, text: str, error: bool = False) -> None:
+        self.ui.pacsStatusLabel.text = text
+        self.ui.pacsStatusLabel.setStyleSheet("color: #c0392b;" if error else "")
+        (logging.error if error else logging.info)("MedGenSlicer: %s", text)
 
 
 #

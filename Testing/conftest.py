@@ -27,6 +27,12 @@ def _server_process_class():
 
 
 @pytest.fixture(scope="session")
+def server_process_class():
+    """`medgen.server.process.ServerProcess`, for tests that start an engine with options of their own."""
+    return _server_process_class()
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random-weight inpainting model, made by the engine's own command."""
     path = tmp_path_factory.mktemp("models") / "tiny-inpaint"

@@ -5,7 +5,7 @@
 - `results`: the result manifest, variants back on the source grid, the DICOM zip;
 - `geometry`: slices, slabs and grids from IJK-to-RAS matrices;
 - `nrrd`: a small exact NRRD reader and writer;
-- `tasks`: engine calls on background threads for a GUI that polls with a timer.
+- `tasks`: engine calls (jobs, PACS exports) on background threads for a GUI that polls with a timer.
 """
 
 from .client import (
@@ -26,7 +26,7 @@ from .geometry import GeometryError, paste_on_grid, slice_in_view, touched_slice
 from .nrrd import NrrdImage, nrrd_bytes, read_nrrd, write_nrrd
 from .payload import InpaintParameters, JobUpload, array_upload, dicom_upload, random_seed
 from .results import JobResult, extract_zip, variant_on_source
-from .tasks import BackgroundCall, JobEvent, JobMonitor
+from .tasks import BackgroundCall, ExportEvent, ExportMonitor, JobEvent, JobMonitor, export_summary
 
 __all__ = [
     "DEFAULT_URL",
@@ -38,6 +38,8 @@ __all__ = [
     "EngineFailure",
     "EngineTimeout",
     "EngineUnreachable",
+    "ExportEvent",
+    "ExportMonitor",
     "GeometryError",
     "InpaintParameters",
     "JobEvent",
@@ -50,6 +52,7 @@ __all__ = [
     "RequestRefused",
     "array_upload",
     "dicom_upload",
+    "export_summary",
     "extract_zip",
     "normalize_url",
     "nrrd_bytes",

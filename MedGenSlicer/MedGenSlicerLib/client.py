@@ -141,6 +141,19 @@ class EngineClient:
     def result(self, job_id: str) -> JobResult:
         return JobResult.from_json(self._json("GET", f"/v1/jobs/{_quote(job_id)}/result"))
 
+    def export(self, job_id: str, destination: str, *, variant: int = 1, deidentify: bool = False) -> dict:
+        """Start sending a finished variant to a PACS configured on the engine, by its name in /v1/info.
+
+        Returns at once with the export's id and ``status_url``; follow it with `export_status`.
+        """
+        body = json.dumps({"destination": destination, "variant": int(variant), "deidentify": bool(deidentify)})
+        return self._json("POST", f"/v1/jobs/{_quote(job_id)}/export", body=body.encode("utf-8"),
+                          content_type="application/json")
+
+    def export_status(self, job_id: str, export_id: str) -> dict:
+        """State and counts of an export; once finished, a message and one result per instance."""
+        return self._json("GET", f"/v1/jobs/{_quote(job_id)}/exports/{_quote(export_id)}")
+
     def download(self, path: str, *, timeout: Optional[float] = None) -> bytes:
         """A result file by the path the manifest gives (``/v1/jobs/.../array.nrrd``)."""
         if not path.startswith("/v1/"):

@@ -12,13 +12,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
-from .client import EngineClient, EngineError, JobFailed
+from .client import EngineClient, EngineError, EngineTimeout, JobFailed
 from .nrrd import NrrdImage
 from .payload import JobUpload
 from .results import JobResult, VariantInfo, decode_variant
 
 POLL_INTERVAL_S = 0.5
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+EXPORT_FINAL_STATES = ("succeeded", "failed")
+EXPORT_MAX_WAIT_S = 3600.0  # the engine's own timeouts end an export long before; this only guards a bug
 
 
 class BackgroundCall:
@@ -150,3 +152,85 @@ class JobMonitor:
             self.events.put(JobEvent("variant", variant=variant, image=image, result=result))
             fetched = variant.index
         return fetched
+
+
+@dataclass
+class ExportEvent:
+    """What happened to an export: kind is started, status, finished or error."""
+
+    kind: str
+    status: Optional[dict] = None
+    error: Optional[EngineError] = None
+
+
+class ExportMonitor:
+    """Send one finished variant to a destination configured on the engine, and follow it to the end."""
+
+    def __init__(
+        self,
+        client: EngineClient,
+        job_id: str,
+        destination: str,
+        *,
+        variant: int = 1,
+        deidentify: bool = False,
+        poll_interval: float = POLL_INTERVAL_S,
+        max_wait: float = EXPORT_MAX_WAIT_S,
+    ):
+        self.client = client
+        self.job_id = job_id
+        self.destination = destination
+        self.variant = variant
+        self.deidentify = deidentify
+        self.poll_interval = poll_interval
+        self.max_wait = max_wait
+        self.events: "queue.Queue[ExportEvent]" = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="MedGenSlicer-export", daemon=True)
+
+    def start(self) -> "ExportMonitor":
+        self._thread.start()
+        return self
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def drain(self) -> List[ExportEvent]:
+        """Events since the last call, for the GUI timer (never blocks)."""
+        drained = []
+        while True:
+            try:
+                drained.append(self.events.get_nowait())
+            except queue.Empty:
+                return drained
+
+    def _run(self) -> None:
+        try:
+            status = self.client.export(self.job_id, self.destination, variant=self.variant,
+                                        deidentify=self.deidentify)
+            self.events.put(ExportEvent("started", status=status))
+            deadline = time.monotonic() + self.max_wait
+            while status["state"] not in EXPORT_FINAL_STATES:
+                if time.monotonic() > deadline:
+                    raise EngineTimeout(f"the export to {self.destination!r} did not finish within "
+                                        f"{self.max_wait:g} s; see the engine's log")
+                time.sleep(self.poll_interval)
+                status = self.client.export_status(self.job_id, status["id"])
+                self.events.put(ExportEvent("status", status=status))
+            self.events.put(ExportEvent("finished", status=status))
+        except EngineError as exc:
+            self.events.put(ExportEvent("error", error=exc))
+        except Exception as exc:  # noqa: BLE001 - a decoding bug must reach the user, not die silently
+            self.events.put(ExportEvent("error", error=EngineError(f"unexpected error: {type(exc).__name__}: {exc}")))
+
+
+def export_summary(status: dict) -> str:
+    """One line for the panel: how far the export is, or how it ended and why."""
+    destination, total = status["destination"], status["total"]
+    delivered, failed = status["delivered"], status["failed"]
+    if status["state"] not in EXPORT_FINAL_STATES:
+        return f"Sending to {destination}: {delivered + failed} of {total or '?'} instance(s)…"
+    message = status.get("message") or "no reason given"
+    if status["state"] == "succeeded":
+        return f"{message[0].upper()}{message[1:]}."
+    counts = f" ({delivered} of {total} instance(s) delivered)" if total else ""
+    return f"Send to {destination} failed{counts}: {message}"

@@ -24,11 +24,15 @@ from medgen.errors import MedgenError
 from medgen.server.auth import BearerTokenAuth
 from medgen.server.config import ServerConfig
 from medgen.server.errors import ApiError
+from medgen.server.exports import ExportRunner, ExportStore
 from medgen.server.jobs import JobRecord, JobStore
 from medgen.server.results import ARRAY_FILENAME, DICOM_ZIP_FILENAME, PREVIEW_FILENAME, PROVENANCE_FILENAME
 from medgen.server.schemas import (
+    DestinationInfo,
     EngineInfo,
     ErrorBody,
+    ExportRequest,
+    ExportStatus,
     Health,
     JobCreated,
     JobParameters,
@@ -49,7 +53,7 @@ _ERROR_RESPONSES = {
     for status, text in {
         400: "the request cannot be used as sent; the message says what to fix",
         401: "missing or wrong token",
-        404: "no such job or file",
+        404: "no such job, export or file",
         409: "the job is not in a state that allows this",
         413: "the upload or image is larger than this engine's limits",
         429: "the queue is full",
@@ -142,6 +146,8 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
     store = JobStore(config.data_dir, max_queued_jobs=config.limits.max_queued_jobs)
     registry = ModelRegistry(config)
     worker = Worker(store, config, registry)
+    exports = ExportStore(config.data_dir)
+    exporter = ExportRunner(exports, store, config)
     limits = config.limits
 
     @asynccontextmanager
@@ -149,11 +155,16 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
         requeued = store.recover_after_restart()
         if requeued:
             logger.info("put %d interrupted job(s) back in the queue", len(requeued))
+        interrupted = exports.fail_interrupted()
+        if interrupted:
+            logger.info("marked %d export(s) interrupted by the last stop as failed", interrupted)
         worker.start()
         try:
             yield
         finally:
+            await run_in_threadpool(exporter.stop)
             await run_in_threadpool(worker.stop)
+            exports.close()
             store.close()
 
     app = FastAPI(
@@ -210,6 +221,8 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
             schedulers=[s.value for s in Scheduler],
             limits=limits,
             queue=QueueInfo(queued=store.count(JobState.QUEUED), running=store.count(JobState.RUNNING)),
+            destinations=[DestinationInfo(name=d.name, kind=d.kind.value, address=d.address)
+                          for d in config.destinations],
         )
 
     @app.post(
@@ -326,6 +339,44 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
             raise _no_result_yet(record, f"{name} is written when every variant is done")
         path = store.files(job_id).result_dir / name
         return FileResponse(path, media_type=_media_types[name], filename=f"{job_id}-{name}")
+
+    @app.post("/v1/jobs/{job_id}/export", status_code=202, response_model=ExportStatus, dependencies=authorized,
+              tags=["exports"])
+    def start_export(job_id: str, request: ExportRequest) -> ExportStatus:
+        """Send a finished variant's synthetic series to a destination configured on this engine.
+
+        Answers at once; poll the export's status_url. Sending the same variant again delivers only
+        what the destination does not have yet.
+        """
+        record = _job(store, job_id)
+        destination = config.destination(request.destination)
+        if destination is None:
+            offered = ", ".join(d.name for d in config.destinations)
+            raise ApiError(400, "unknown_destination",
+                           f"no destination named {request.destination!r}; this engine offers: {offered}"
+                           if offered else "this engine has no export destinations; start it with "
+                           "--destination NAME=dicom://CALLED_AET@HOST:PORT (or --destinations FILE)")
+        count = record.parameters.num_variants
+        if request.variant > count:
+            raise ApiError(400, "no_such_variant", f"job {job_id} has variants 1..{count}, not {request.variant}")
+        if not record.state.finished:
+            raise ApiError(409, "job_not_finished", f"job {job_id} is {record.state.value}; export a variant once "
+                                                    f"the job has finished")
+        if request.variant > record.variants_ready:
+            raise _no_result_yet(record, f"variant {request.variant} cannot be exported")
+        export = exports.create(job_id, destination.name, request.variant, request.deidentify)
+        exporter.start(export)
+        return export
+
+    @app.get("/v1/jobs/{job_id}/exports/{export_id}", response_model=ExportStatus, dependencies=authorized,
+             tags=["exports"])
+    def export_status(job_id: str, export_id: str) -> ExportStatus:
+        """State and counts while sending; when finished, one result per instance and a sentence."""
+        _job(store, job_id)
+        export = exports.get(job_id, export_id)
+        if export is None:
+            raise ApiError(404, "no_such_export", f"job {job_id} has no export {export_id!r}")
+        return export
 
     return app
 

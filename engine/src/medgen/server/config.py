@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medgen.server.destinations import ExportDestination
 from medgen.server.schemas import Limits
 
 DEFAULT_PORT = 8765
@@ -50,6 +51,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=default_limits)
     preload: bool = True
     """Load the default model when the worker starts rather than at the first job."""
+    destinations: tuple[ExportDestination, ...] = ()
+    """Where finished variants may be exported; clients choose by name, never by host."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -57,6 +60,9 @@ class ServerConfig:
         names = [model.name for model in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        names = [destination.name for destination in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names must be unique, got {names}")
 
     @property
     def default_model(self) -> ModelEntry:
@@ -66,3 +72,6 @@ class ServerConfig:
         if name is None:
             return self.default_model
         return next((model for model in self.models if model.name == name), None)
+
+    def destination(self, name: str) -> ExportDestination | None:
+        return next((destination for destination in self.destinations if destination.name == name), None)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from medgen.server.config import DEFAULT_HOST, DEFAULT_PORT, ModelEntry, ServerConfig, default_data_dir, default_limits
+from medgen.server.destinations import ExportDestination, load_destinations_file, parse_destination_option
 
 EXIT_BAD_USAGE = 2
 _LOOPBACK_NAMES = ("localhost",)
@@ -35,6 +36,17 @@ def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
         help="diffusers folder or single-file checkpoint; repeat for several (the first is the default); "
         "NAME defaults to the file or folder name",
     )
+    p.add_argument(
+        "--destination",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a PACS that clients may export to, by NAME: dicom://CALLED_AET@HOST:PORT[?calling_aet=AET] "
+        "or dicomweb+http(s)://HOST[:PORT]/PATH; repeat for several",
+    )
+    p.add_argument("--destinations", type=Path, metavar="FILE",
+                   help='JSON {"NAME": {"url", "calling_aet", "tls_ca", "tls_cert", "tls_key", "user", '
+                        '"password_file"}}: destinations with TLS files or a DICOMweb login')
     p.add_argument("--data-dir", type=Path, default=None, help="jobs, results and the token (default: %(default)s → "
                                                                "$MEDGEN_DATA_DIR or ~/.local/share/medgen)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -71,6 +83,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_USAGE
     try:
         models = tuple(parse_model_option(value) for value in args.model) or (default_model(),)
+        destinations = parse_destinations(args.destination, args.destinations)
     except ValueError as exc:
         print(f"medgen serve: error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
@@ -119,9 +132,11 @@ def serve_main(argv: list[str] | None = None) -> int:
     from medgen.server.app import create_app
 
     config = ServerConfig(data_dir=data_dir, models=models, device=args.device, dtype=args.dtype, limits=limits,
-                          preload=not args.lazy)
+                          preload=not args.lazy, destinations=destinations)
     app = create_app(config, token)
     print(f"medgen serve: engine at {url} (model {models[0].name}; data in {data_dir})", flush=True)
+    for destination in destinations:
+        print(f"medgen serve: export destination {destination.name!r}: {destination.address}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                 access_log=args.verbose)
     return 0
@@ -145,6 +160,18 @@ def parse_model_option(value: str) -> ModelEntry:
     if not path.exists():
         raise ValueError(f"--model {value}: no such file or folder")
     return ModelEntry(name=name or path.name.removesuffix(".safetensors"), path=path.resolve())
+
+
+def parse_destinations(options: list[str], file: Path | None) -> tuple[ExportDestination, ...]:
+    """``--destination NAME=URL`` options, then the entries of ``--destinations FILE``; names are unique."""
+    destinations = [parse_destination_option(value) for value in options]
+    if file is not None:
+        destinations += load_destinations_file(file)
+    names = [destination.name for destination in destinations]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"destination name(s) given twice: {', '.join(repeated)}")
+    return tuple(destinations)
 
 
 def default_model() -> ModelEntry:

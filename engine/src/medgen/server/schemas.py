@@ -163,6 +163,14 @@ class QueueInfo(BaseModel):
     running: int
 
 
+class DestinationInfo(BaseModel):
+    """A PACS this engine may export to; configured on the engine, chosen by name (no credentials here)."""
+
+    name: str
+    kind: str = Field(description="dicom (C-STORE) or dicomweb (STOW-RS)")
+    address: str = Field(description="where it goes, for people: AE title, host and port, or the URL")
+
+
 class EngineInfo(BaseModel):
     engine: str = "medgen"
     version: str
@@ -173,6 +181,57 @@ class EngineInfo(BaseModel):
     schedulers: list[str]
     limits: Limits
     queue: QueueInfo
+    destinations: list[DestinationInfo] = Field(default_factory=list)
+
+
+class ExportState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every instance is at the destination
+    FAILED = "failed"  # the destination refused some instances, or could not be reached
+
+    @property
+    def finished(self) -> bool:
+        return self in (ExportState.SUCCEEDED, ExportState.FAILED)
+
+
+class ExportRequest(BaseModel):
+    """Send one finished variant to a destination the engine was configured with (by name; no hosts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    destination: str = Field(min_length=1, description="a name from /v1/info destinations")
+    variant: int = Field(default=1, ge=1, description="1-based")
+    deidentify: bool = Field(default=False, description="PS3.15 basic profile before sending")
+
+
+class InstanceExportResult(BaseModel):
+    file: str = Field(description="the file's name in the variant's DICOM zip")
+    sop_class_uid: str
+    sop_instance_uid: str = Field(description="as sent (a pseudonym when de-identified)")
+    status: str = Field(description="success, warning, failure, already sent or not sent")
+    status_code: int | None = Field(default=None, description="DIMSE status or STOW-RS reason, if any")
+    message: str = ""
+
+
+class ExportStatus(BaseModel):
+    """What a client polls: how far the export is, and at the end one result per instance."""
+
+    id: str
+    job_id: str
+    destination: str
+    variant: int
+    deidentify: bool
+    state: ExportState
+    total: int = Field(description="instances in the series; 0 until the export has started")
+    delivered: int = Field(description="instances at the destination (sent now or by an earlier export)")
+    failed: int
+    message: str | None = Field(default=None, description="a sentence for the user, once finished")
+    results: list[InstanceExportResult] = Field(description="one per instance, once finished")
+    status_url: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 class ErrorDetail(BaseModel):

@@ -53,7 +53,7 @@ def test_lesion_hu_matches_its_type(cases, lesion_type):
 
 
 def test_healthy_twin_differs_only_at_the_lesion(cases):
-    for (lesion_type, seed), case in cases.items():
+    for case in cases.values():
         near = ndimage.binary_dilation(case.lesion_mask, iterations=4)  # the blur reaches a few pixels
         assert np.array_equal(case.hu[~near], case.healthy_hu[~near])
         organ_hu = case.body.organ_hu[case.organ]
@@ -134,7 +134,7 @@ def test_written_series_tags_geometry_and_values(tmp_path):
         assert float(ds.SliceThickness) == case.slice_thickness_mm
         hu = ds.pixel_array.astype(np.int32) + int(RESCALE_INTERCEPT)
         assert np.array_equal(hu, case.hu[k])
-    healthy = pydicom.dcmread(sorted(files.healthy_dir.glob("*.dcm"))[0])
+    healthy = pydicom.dcmread(min(files.healthy_dir.glob("*.dcm")))
     first = pydicom.dcmread(paths[0])
     assert healthy.StudyInstanceUID == first.StudyInstanceUID
     assert healthy.FrameOfReferenceUID == first.FrameOfReferenceUID

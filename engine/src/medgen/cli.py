@@ -11,7 +11,7 @@ from pathlib import Path
 from medgen.errors import MedgenError
 
 EXIT_BAD_INPUT = 2
-MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve"}
+MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve", "phantom"}
 
 
 def _add_inpaint_parser(subparsers) -> None:
@@ -150,6 +150,37 @@ def _add_bench_parser(subparsers) -> None:
     bench_commands = p.add_subparsers(dest="bench_command", required=True)
     speed = bench_commands.add_parser("speed", help="engine path vs plain diffusers, same process", add_help=False)
     speed.set_defaults(handler=_run_bench_speed, passes_arguments_on=True)
+    quality = bench_commands.add_parser(
+        "quality", help="does generation obey prompt and mask? (phantom cases, demo model)", add_help=False
+    )
+    quality.set_defaults(handler=_run_bench_quality, passes_arguments_on=True)
+
+
+def _run_bench_quality(args: argparse.Namespace) -> int:
+    from medgen.phantom.commands import bench_quality_main
+
+    return bench_quality_main(args.rest)
+
+
+def _add_phantom_parser(subparsers) -> None:
+    p = subparsers.add_parser("phantom", help="procedural CT phantoms and the demo model trained on them")
+    phantom_commands = p.add_subparsers(dest="phantom_command", required=True)
+    make = phantom_commands.add_parser("make", help="write phantom CT series with lesion masks", add_help=False)
+    make.set_defaults(handler=_run_phantom_make, passes_arguments_on=True)
+    train = phantom_commands.add_parser("train-base", help="train the demo model on phantoms", add_help=False)
+    train.set_defaults(handler=_run_phantom_train_base, passes_arguments_on=True)
+
+
+def _run_phantom_make(args: argparse.Namespace) -> int:
+    from medgen.phantom.commands import make_main
+
+    return make_main(args.rest)
+
+
+def _run_phantom_train_base(args: argparse.Namespace) -> int:
+    from medgen.phantom.commands import train_base_main
+
+    return train_base_main(args.rest)
 
 
 def _run_bench_speed(args: argparse.Namespace) -> int:
@@ -170,14 +201,14 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_demo_parser(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the whole path once on built-in data")
+    p = subparsers.add_parser("demo", help="phantom CT, mask, prompt, shipped demo model: the whole path once")
     p.add_argument("--out", type=Path, default=Path("medgen-demo"))
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from medgen.demo import run_demo
+    from medgen.phantom.commands import run_demo
 
     with _ProgressBar("demo") as bar:
         result = run_demo(args.out, device=args.device, progress=bar.update)
@@ -211,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_parser(subparsers)
     _add_bench_parser(subparsers)
     _add_demo_parser(subparsers)
+    _add_phantom_parser(subparsers)
     _add_validate_parser(subparsers)
     _add_serve_parser(subparsers)
     _add_export_parser(subparsers)

@@ -1,0 +1,402 @@
+"""`medgen bench quality`: does the model put the prompted lesion under the mask, and only there?
+
+Each held-out phantom case is written as DICOM; its healthy twin is inpainted under the true lesion
+mask through the whole engine (`Inpainter`: read, window, crop, generate, paste, write), once per
+lesion-type prompt, and the written series are read back and measured:
+
+- prompt fidelity: the share of outputs whose mean windowed HU inside the mask is nearest to the
+  prompted type's ground truth, among the prompted type, the four base types and unchanged healthy
+  tissue. Ground truth is what a perfect generator would show after the engine's window: the type's
+  nominal HU painted into the case's true anatomy under the mask, blurred like the scanner, clipped to
+  the window, averaged over the mask (`cases.reference_hu`). So a calcification counts at the window's
+  top (240 HU), and a small lesion's partial-volume rim is accounted for.
+- mask adherence: Dice between the mask and the voxels whose windowed HU changed by more than
+  ``change_threshold_hu`` (about twice the phantom noise, so re-drawn noise does not count).
+- outside-mask identity: the share of stored values outside the dilated mask that are bit-identical
+  to the source, over the whole written series. Must be 100%.
+- diversity: mean absolute windowed-HU difference inside the mask between variants of other seeds.
+- baseline: the same cases with the prompt left empty (the model's "healthy" prompt); its fidelity
+  is measured against the same base types, so it shows what the prompt adds.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from medgen.imaging.crop import dilate_mask
+from medgen.phantom.cases import make_case, reference_hu
+from medgen.phantom.lesions import BASE_TYPES, LESION_SPECS, LesionType
+from medgen.phantom.model import (
+    DEMO_CROP_PADDING_PX,
+    DEMO_GUIDANCE_SCALE,
+    DEMO_STEPS,
+    demo_model_path,
+)
+from medgen.phantom.series import RESCALE_INTERCEPT, SOFT_TISSUE_WINDOW, write_case
+
+BENCH_CASE_SEED = 1000
+"""Bench cases come from `make_case((1000, i), ...)`, a stream training never draws from."""
+ALL_TYPES = (*BASE_TYPES, LesionType.SPICULATED)
+BASELINE = "baseline"
+GOALS = {"fidelity": 0.90, "dice": 0.80, "identity": 1.0}
+
+
+@dataclass
+class QualitySettings:
+    """One bench run; the defaults are the numbers reported in PHANTOM.md."""
+
+    cases: int = 10
+    seed: int = BENCH_CASE_SEED
+    variants: int = 2
+    num_inference_steps: int = DEMO_STEPS
+    guidance_scale: float = DEMO_GUIDANCE_SCALE
+    crop_padding_px: int = DEMO_CROP_PADDING_PX
+    mask_dilate_mm: float = 2.0  # the engine's default
+    change_threshold_hu: float = 25.0
+    types: tuple[str, ...] = tuple(t.value for t in ALL_TYPES)
+    baseline: bool = True
+    model: str | None = None  # None: the shipped demo model
+    device: str = "cpu"
+
+
+@dataclass
+class Output:
+    """The measurements of one generated variant."""
+
+    case_id: str
+    case_type: str
+    prompt_type: str
+    prompt: str
+    seed: int
+    mean_hu: float
+    nearest: str
+    dice: float
+    identical: int
+    outside: int
+
+
+@dataclass
+class Row:
+    """One line of the table: all outputs of one prompt type."""
+
+    prompt_type: str
+    prompt: str
+    n: int
+    fidelity: float
+    mean_hu: float
+    truth_hu: float
+    dice: float
+    identity: float
+    diversity_hu: float
+
+
+@dataclass
+class QualityReport:
+    settings: QualitySettings
+    rows: list[Row]
+    outputs: list[Output] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def row(self, prompt_type: str) -> Row:
+        return next(r for r in self.rows if r.prompt_type == prompt_type)
+
+    @property
+    def base_rows(self) -> list[Row]:
+        base = {t.value for t in BASE_TYPES}
+        return [r for r in self.rows if r.prompt_type in base]
+
+    @property
+    def identity(self) -> float:
+        """Identity over every output of every row, baseline included."""
+        outside = sum(o.outside for o in self.outputs)
+        return sum(o.identical for o in self.outputs) / outside if outside else 1.0
+
+    def base_summary(self) -> dict[str, float]:
+        rows = self.base_rows
+        weights = np.array([r.n for r in rows], dtype=float)
+        if not rows:
+            return {}
+        return {
+            "fidelity": float(np.average([r.fidelity for r in rows], weights=weights)),
+            "dice": float(np.average([r.dice for r in rows], weights=weights)),
+            "diversity_hu": float(np.average([r.diversity_hu for r in rows], weights=weights)),
+        }
+
+    def goals_met(self) -> dict[str, bool]:
+        summary = self.base_summary()
+        return {
+            "fidelity": summary.get("fidelity", 0.0) >= GOALS["fidelity"],
+            "dice": summary.get("dice", 0.0) >= GOALS["dice"],
+            "identity": self.identity >= GOALS["identity"],
+            "diversity": summary.get("diversity_hu", 0.0) > 0.0,
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "settings": asdict(self.settings),
+            "rows": [asdict(r) for r in self.rows],
+            "base_types": self.base_summary(),
+            "identity": self.identity,
+            "goals": GOALS,
+            "goals_met": self.goals_met(),
+            "seconds": self.seconds,
+            "outputs": [asdict(o) for o in self.outputs],
+        }
+
+
+def run_quality_bench(settings: QualitySettings, work_dir: Path | None = None, progress=None) -> QualityReport:
+    """Write the cases, run every prompt through the engine, read the results back and measure them."""
+    from medgen.api import Inpainter
+
+    # 1. Check inputs
+    types = [LesionType(t) for t in settings.types]
+    if settings.cases < 1:
+        raise ValueError(f"cases must be at least 1, got {settings.cases}")
+    if settings.variants < 2:
+        raise ValueError(f"variants must be at least 2 to measure diversity, got {settings.variants}")
+    start = time.perf_counter()
+    model_path = Path(settings.model) if settings.model else demo_model_path()
+    inpainter = Inpainter(model_path, device=settings.device)
+    with tempfile.TemporaryDirectory(prefix="medgen-quality-") as scratch:
+        root = Path(work_dir) if work_dir is not None else Path(scratch)
+        outputs: list[Output] = []
+        truths: dict[str, list[float]] = {t.value: [] for t in types}
+        diversity: dict[str, list[float]] = {t.value: [] for t in types} | {BASELINE: []}
+        total = settings.cases * (len(types) + int(settings.baseline))
+        done = 0
+        for i in range(settings.cases):
+            # 2. A held-out case, its types cycling so every mask shape is seen
+            case_type = ALL_TYPES[i % len(ALL_TYPES)]
+            case = make_case((settings.seed, i), case_type, case_id=f"case-{i + 1:03d}")
+            files = write_case(case, root / case.case_id)
+            references = {t.value: reference_hu(case, t, SOFT_TISSUE_WINDOW) for t in ALL_TYPES}
+            references["healthy"] = reference_hu(case, None, SOFT_TISSUE_WINDOW)
+            dilated = _dilated(case.lesion_mask, settings.mask_dilate_mm, case.spacing)
+            source_stored = read_series_stored(files.healthy_dir)
+            # 3. One engine run per prompt type, plus the unprompted baseline
+            runs = [(t.value, LESION_SPECS[t].prompt) for t in types]
+            if settings.baseline:
+                runs.append((BASELINE, ""))
+            for prompt_type, prompt in runs:
+                seeds = [settings.seed * 1000 + i * 10 + v for v in range(settings.variants)]
+                if prompt:
+                    variants = _run_engine(inpainter, files, prompt, prompt_type, root / case.case_id, seeds, settings)
+                else:
+                    variants = _run_unprompted(inpainter, files, seeds, settings)
+                candidates = _candidates(prompt_type, references)
+                for stored, seed in zip(variants, seeds):
+                    outputs.append(
+                        _measure(case, source_stored, stored, dilated, prompt_type, prompt, seed, candidates, settings)
+                    )
+                inside = [_windowed_hu(stored)[case.lesion_mask] for stored in variants]
+                diversity[prompt_type].append(float(np.mean([np.abs(a - b).mean() for a, b in combinations(inside, 2)])))
+                if prompt_type in truths:
+                    truths[prompt_type].append(references[prompt_type])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        rows = [_row(t.value, LESION_SPECS[t].prompt, outputs, truths[t.value], diversity[t.value]) for t in types]
+        if settings.baseline:
+            rows.append(_baseline_row(outputs, diversity[BASELINE]))
+    return QualityReport(settings=settings, rows=rows, outputs=outputs, seconds=time.perf_counter() - start)
+
+
+def _dilated(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The engine's dilated mask, slice by slice: outside it nothing may change."""
+    return np.stack([dilate_mask(m, radius_mm, spacing[1:]) if m.any() else m for m in mask])
+
+
+def _windowed_hu(stored: np.ndarray) -> np.ndarray:
+    """Stored values of a phantom series -> HU clipped to the soft-tissue window the engine used."""
+    center, width = SOFT_TISSUE_WINDOW
+    return np.clip(stored * 1.0 + RESCALE_INTERCEPT, center - width / 2.0, center + width / 2.0)
+
+
+def _candidates(prompt_type: str, references: dict[str, float]) -> dict[str, float]:
+    """The prompted type, every base type and healthy tissue: what an output may be nearest to."""
+    names = {prompt_type, "healthy", *(t.value for t in BASE_TYPES)} - {BASELINE}
+    return {name: references[name] for name in names}
+
+
+def _run_engine(inpainter, files, prompt, prompt_type, folder, seeds, settings) -> list[np.ndarray]:
+    """One full engine request; returns the stored values of each written variant series."""
+    from medgen.api import InpaintRequest
+
+    request = InpaintRequest(
+        input=files.healthy_dir,
+        mask=files.seg_nrrd,
+        prompt=prompt,
+        out=folder / f"out-{prompt_type}",
+        all_slices=True,
+        num_variants=settings.variants,
+        seed=seeds[0],
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        crop_padding_px=settings.crop_padding_px,
+        mask_dilate_mm=settings.mask_dilate_mm,
+        window="soft_tissue",
+    )
+    result = inpainter(request)
+    return [read_series_stored(directory) for directory in result.variant_dirs]
+
+
+def _run_unprompted(inpainter, files, seeds, settings) -> list[np.ndarray]:
+    """The baseline: the engine's own steps with an empty prompt, kept in memory.
+
+    `Inpainter` refuses an empty prompt (at the command line it is nearly always a slip), so this
+    runs the same read, window, crop, generate and paste-back helpers that `Inpainter.__call__` uses,
+    minus the writing.
+    """
+    from medgen.api import InpaintRequest
+    from medgen.imaging.crop import resize_image, resize_mask
+    from medgen.imaging.intensity import IntensityMap, choose_window
+    from medgen.imaging.masks import read_mask, select_slices
+    from medgen.imaging.read import read_volume
+
+    request = InpaintRequest(
+        input=files.healthy_dir,
+        mask=files.seg_nrrd,
+        prompt="",
+        out=Path("unused"),
+        all_slices=True,
+        crop_padding_px=settings.crop_padding_px,
+        mask_dilate_mm=settings.mask_dilate_mm,
+    )
+    volume = read_volume(request.input)
+    mask = read_mask(request.mask, volume)
+    slices = select_slices(mask, None, True, volume)
+    intensity = IntensityMap(volume, choose_window(volume, slices, preset="soft_tissue"))
+    jobs = [inpainter._prepare_slice(volume, intensity, mask[k], k, request) for k in slices]
+    size = (inpainter.model.resolution,) * 2
+    # Bicubic resizing overshoots a little next to saturated pixels (bone); the model wants [-1, 1].
+    crops = np.clip(np.stack([resize_image(job.source_model[job.box.slices], size) for job in jobs]), -1.0, 1.0)
+    crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], size) for job in jobs])
+    generated = inpainter.model.inpaint(
+        crops.astype(np.float32),
+        crop_masks.astype(np.float32),
+        prompt="",
+        num_variants=len(seeds),
+        seeds=seeds,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+    )
+    return [inpainter._paste_variant(volume, intensity, jobs, generated[:, v]) for v in range(len(seeds))]
+
+
+def read_series_stored(folder: Path) -> np.ndarray:
+    """Stored values of a written single-frame series, ordered along the slice normal."""
+    datasets = [pydicom.dcmread(p) for p in sorted(Path(folder).rglob("*.dcm"))]
+    datasets.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    return np.stack([ds.pixel_array for ds in datasets])
+
+
+def _measure(case, source_stored, stored, dilated, prompt_type, prompt, seed, candidates, settings) -> Output:
+    mask = case.lesion_mask
+    windowed = _windowed_hu(stored)
+    mean_hu = float(windowed[mask].mean())
+    nearest = min(candidates, key=lambda name: abs(candidates[name] - mean_hu))
+    changed = np.abs(windowed - _windowed_hu(source_stored)) > settings.change_threshold_hu
+    dice = 2.0 * float((changed & mask).sum()) / float(changed.sum() + mask.sum())
+    outside = ~dilated
+    return Output(
+        case_id=case.case_id,
+        case_type=case.lesion_type.value,
+        prompt_type=prompt_type,
+        prompt=prompt,
+        seed=seed,
+        mean_hu=mean_hu,
+        nearest=nearest,
+        dice=dice,
+        identical=int((stored[outside] == source_stored[outside]).sum()),
+        outside=int(outside.sum()),
+    )
+
+
+def _row(prompt_type, prompt, outputs, truths, diversity) -> Row:
+    mine = [o for o in outputs if o.prompt_type == prompt_type]
+    outside = sum(o.outside for o in mine)
+    return Row(
+        prompt_type=prompt_type,
+        prompt=prompt,
+        n=len(mine),
+        fidelity=float(np.mean([o.nearest == prompt_type for o in mine])),
+        mean_hu=float(np.mean([o.mean_hu for o in mine])),
+        truth_hu=float(np.mean(truths)),
+        dice=float(np.mean([o.dice for o in mine])),
+        identity=sum(o.identical for o in mine) / outside if outside else 1.0,
+        diversity_hu=float(np.mean(diversity)),
+    )
+
+
+def _baseline_row(outputs, diversity) -> Row:
+    """Empty prompt: fidelity is the share of (output, base type) pairs where the output is nearest to
+    that type, i.e. how often "the prompt was obeyed" by chance when there was no prompt."""
+    mine = [o for o in outputs if o.prompt_type == BASELINE]
+    base = [t.value for t in BASE_TYPES]
+    hits = [o.nearest == t for o in mine for t in base]
+    outside = sum(o.outside for o in mine)
+    return Row(
+        prompt_type=BASELINE,
+        prompt="",
+        n=len(mine),
+        fidelity=float(np.mean(hits)),
+        mean_hu=float(np.mean([o.mean_hu for o in mine])),
+        truth_hu=float("nan"),
+        dice=float(np.mean([o.dice for o in mine])),
+        identity=sum(o.identical for o in mine) / outside if outside else 1.0,
+        diversity_hu=float(np.mean(diversity)),
+    )
+
+
+def format_report(report: QualityReport) -> str:
+    """The table the command prints."""
+    s = report.settings
+    lines = [
+        (
+            f"medgen bench quality: {s.cases} held-out phantom case(s), {s.variants} seeds each, "
+            f"{s.num_inference_steps} steps, guidance {s.guidance_scale:g}, model {s.model or 'demo (shipped)'}"
+        ),
+        (
+            f"{'type':<14} {'prompt':<28} {'n':>3} {'fidelity':>8} {'mean HU':>8} {'truth HU':>8} "
+            f"{'Dice':>5} {'identity':>9} {'diversity HU':>12}"
+        ),
+    ]
+    for r in report.rows:
+        name = r.prompt_type + ("*" if r.prompt_type == LesionType.SPICULATED.value else "")
+        truth = "-" if np.isnan(r.truth_hu) else f"{r.truth_hu:.1f}"
+        prompt = repr(r.prompt) if r.prompt_type == BASELINE else r.prompt
+        lines.append(
+            f"{name:<14} {prompt:<28} {r.n:>3} {r.fidelity:>8.1%} {r.mean_hu:>8.1f} {truth:>8} "
+            f"{r.dice:>5.2f} {r.identity:>9.4%} {r.diversity_hu:>12.1f}"
+        )
+    summary, met = report.base_summary(), report.goals_met()
+    if summary:
+        lines.append(
+            f"four base types: fidelity {summary['fidelity']:.1%} (goal >= 90%: {_ok(met['fidelity'])}), "
+            f"Dice {summary['dice']:.2f} (goal >= 0.8: {_ok(met['dice'])}), "
+            f"diversity {summary['diversity_hu']:.1f} HU (> 0: {_ok(met['diversity'])})"
+        )
+    lines.append(f"outside-mask identity over all outputs: {report.identity:.4%} (must be 100%: {_ok(met['identity'])})")
+    if LesionType.SPICULATED.value in s.types:
+        lines.append("* held out: the base model never saw this type; it is the target of adapter training")
+    lines.append(f"{report.seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def _ok(flag: bool) -> str:
+    return "ok" if flag else "MISSED"
+
+
+def write_json(report: QualityReport, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_json(), indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    return path

@@ -367,3 +367,32 @@ def test_console_command_runs_as_installed(tiny_model_dir, tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "variant-01" in completed.stdout
     assert "3/3" in completed.stderr  # the progress bar reached the last step
+
+
+def test_model_recommended_settings_fill_unset_options_only(tiny_model_dir, tmp_path):
+    """A model's medgen.json supplies steps/guidance/padding the user left unset; the user's value wins."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "medgen.json").write_text(json.dumps({"guidance_scale": 1.4, "num_inference_steps": 2}))
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.pad(np.full((20, 20), 255, np.uint8), 54)).save(mask)
+    source = dicom_testfile("CT_small.dcm")
+    assert run_cli("inpaint", source, "--mask", mask, "--prompt", "cyst", "--model", model, "--seed", 1,
+                   "--out", tmp_path / "a") == 0
+    parameters = json.loads((tmp_path / "a" / "provenance.json").read_text())["parameters"]
+    assert parameters["guidance_scale"] == 1.4 and parameters["num_inference_steps"] == 2
+    assert parameters["crop_padding_px"] == 32  # not in medgen.json: the engine default
+    assert run_cli("inpaint", source, "--mask", mask, "--prompt", "cyst", "--model", model, "--seed", 1,
+                   "--guidance", 3.0, "--out", tmp_path / "b") == 0
+    assert json.loads((tmp_path / "b" / "provenance.json").read_text())["parameters"]["guidance_scale"] == 3.0
+
+
+def test_model_recommended_settings_out_of_range_is_refused(tiny_model_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "medgen.json").write_text(json.dumps({"guidance_scale": -1}))
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.pad(np.full((20, 20), 255, np.uint8), 54)).save(mask)
+    err = _bad_run(tmp_path, capsys, "inpaint", dicom_testfile("CT_small.dcm"), "--mask", mask, "--prompt", "x",
+                   "--model", model)
+    assert "guidance" in err and str(model / "medgen.json") in err

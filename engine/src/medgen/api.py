@@ -7,7 +7,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
+DEFAULT_SETTINGS = {"num_inference_steps": 30, "guidance_scale": 7.5, "crop_padding_px": 32}
+"""Used where neither the request nor the model's medgen.json says otherwise (SD-sized models)."""
+
 
 @dataclass
 class InpaintRequest:
@@ -43,12 +46,13 @@ class InpaintRequest:
     all_slices: bool = False
     num_variants: int = 1
     seed: int | None = None
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
+    # None: the model's recommendation (medgen.json in its folder), else DEFAULT_SETTINGS
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     strength: float = 1.0
     mask_dilate_mm: float = 2.0
     mask_blur_px: float = 4.0
-    crop_padding_px: int = 32
+    crop_padding_px: int | None = None
     window: str | None = None
     window_center: float | None = None
     window_width: float | None = None
@@ -81,17 +85,17 @@ def check_request(request: InpaintRequest) -> None:
         raise InputError(None, "--prompt must not be empty")
     if request.num_variants < 1 or request.num_variants > 99:
         raise InputError(None, f"--variants must be in [1, 99], got {request.num_variants}")
-    if request.num_inference_steps < 1:
+    if request.num_inference_steps is not None and request.num_inference_steps < 1:
         raise InputError(None, f"--steps must be at least 1, got {request.num_inference_steps}")
     if not 0.0 < request.strength <= 1.0:
         raise InputError(None, f"--strength must be in (0, 1], got {request.strength}")
-    if request.guidance_scale < 0:
+    if request.guidance_scale is not None and request.guidance_scale < 0:
         raise InputError(None, f"--guidance must be >= 0, got {request.guidance_scale}")
     if request.mask_dilate_mm < 0:
         raise InputError(None, f"--mask-dilate must be >= 0 mm, got {request.mask_dilate_mm}")
     if request.mask_blur_px < 0:
         raise InputError(None, f"--mask-blur must be >= 0 px, got {request.mask_blur_px}")
-    if request.crop_padding_px < 0:
+    if request.crop_padding_px is not None and request.crop_padding_px < 0:
         raise InputError(None, f"--crop-padding must be >= 0 px, got {request.crop_padding_px}")
     if request.segment is not None and request.label is not None:
         raise InputError(None, "give --segment or --label, not both")
@@ -126,6 +130,18 @@ class _SliceJob:
     dilated: np.ndarray
     weights: np.ndarray
     box: object
+
+
+def with_model_defaults(request: InpaintRequest, recommended: dict) -> InpaintRequest:
+    """A copy of the request with every unset setting taken from the model, else DEFAULT_SETTINGS."""
+    filled = {
+        name: recommended.get(name, default)
+        for name, default in DEFAULT_SETTINGS.items()
+        if getattr(request, name) is None
+    }
+    request = replace(request, **filled)
+    check_request(request)  # a model's recommendation is checked like a user's value
+    return request
 
 
 class Inpainter:
@@ -170,7 +186,13 @@ class Inpainter:
             if reason:
                 raise InputError(request.input, reason)
 
-        # 3. Map stored values to model space with one window for the whole request
+        # 3. Fill unset settings from the model's own recommendation, then the engine's defaults
+        try:
+            request = with_model_defaults(request, self.model.recommended_settings)
+        except InputError as error:
+            raise InputError(self.model_path / "medgen.json", f"recommended setting refused: {error.problem}") from None
+
+        # 4. Map stored values to model space with one window for the whole request
         window = choose_window(
             volume,
             slice_indices,
@@ -180,7 +202,7 @@ class Inpainter:
         )
         intensity = IntensityMap(volume, window)
 
-        # 4. Crop a box around each slice's dilated mask and resize it to the model's resolution
+        # 5. Crop a box around each slice's dilated mask and resize it to the model's resolution
         jobs = [self._prepare_slice(volume, intensity, mask[k], k, request) for k in slice_indices]
         resolution = self.model.resolution
         # bicubic resampling overshoots slightly at sharp edges; the model takes [-1, 1] only
@@ -189,7 +211,7 @@ class Inpainter:
         )
         crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], (resolution,) * 2) for job in jobs])
 
-        # 5. Generate every variant of every slice
+        # 6. Generate every variant of every slice
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         seeds = [seed + v for v in range(request.num_variants)]
         generated = self.model.inpaint(
@@ -205,12 +227,12 @@ class Inpainter:
             callback=progress,
         )
 
-        # 6. Paste back into stored values; outside the dilated mask the source is kept as is
+        # 7. Paste back into stored values; outside the dilated mask the source is kept as is
         variant_pixels = [
             self._paste_variant(volume, intensity, jobs, generated[:, v]) for v in range(request.num_variants)
         ]
 
-        # 7. Write everything into a staging folder, then move it into place in one rename
+        # 8. Write everything into a staging folder, then move it into place in one rename
         provenance = self._provenance(request, volume, window, slice_indices, seeds)
         return self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds)
 

@@ -34,13 +34,15 @@ def _add_inpaint_parser(subparsers) -> None:
     p.add_argument("--model-config", type=Path, help="local diffusers folder giving a single-file model's layout")
     p.add_argument("--variants", type=int, default=1, dest="num_variants")
     p.add_argument("--seed", type=int, help="seed of the first variant (variant v uses seed + v); random if omitted")
-    p.add_argument("--steps", type=int, default=30, dest="num_inference_steps")
-    p.add_argument("--guidance", type=float, default=7.5, dest="guidance_scale")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", help="default: the model's medgen.json, else 30")
+    p.add_argument("--guidance", type=float, dest="guidance_scale", help="default: the model's medgen.json, else 7.5")
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "unipc"])
     p.add_argument("--mask-dilate", type=float, default=2.0, dest="mask_dilate_mm", metavar="MM")
     p.add_argument("--mask-blur", type=float, default=4.0, dest="mask_blur_px", metavar="PX")
-    p.add_argument("--crop-padding", type=int, default=32, dest="crop_padding_px", metavar="PX")
+    p.add_argument(
+        "--crop-padding", type=int, dest="crop_padding_px", metavar="PX", help="default: the model's medgen.json, else 32"
+    )
     p.add_argument("--window", help="CT window preset: soft_tissue, lung, bone, brain, liver, mediastinum")
     p.add_argument("--window-center", type=float)
     p.add_argument("--window-width", type=float)

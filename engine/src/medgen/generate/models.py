@@ -53,6 +53,8 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
 }
 
+MODEL_SETTINGS_FILE = "medgen.json"
+
 # The key whose shape tells an original-layout checkpoint's UNet input channels (4 or 9).
 _LDM_UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 _UNSAFE_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -86,6 +88,21 @@ class InpaintModel:
 
             self._fast_runner = FastInpaintRunner(self.pipe)
         return self._fast_runner
+
+    @property
+    def recommended_settings(self) -> dict:
+        """Settings the model's author recommends (``medgen.json`` beside model_index.json), e.g. a small
+        model trained for guidance 1.4; empty when the file is absent."""
+        settings_file = self.path / MODEL_SETTINGS_FILE if self.path.is_dir() else None
+        if settings_file is None or not settings_file.is_file():
+            return {}
+        try:
+            settings = json.loads(settings_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(settings_file, f"cannot read the model's recommended settings: {exc}") from exc
+        if not isinstance(settings, dict):
+            raise InputError(settings_file, "must hold a JSON object of settings")
+        return settings
 
     @property
     def model_id(self) -> str:

@@ -373,4 +373,20 @@ def train_base_model(out: Path, settings: TrainSettings | None = None, pairs_cac
         "unet_history": unet_history,
     }
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    write_recommended_settings(out)
     return out
+
+
+def write_recommended_settings(model_dir: Path) -> Path:
+    """medgen.json: the settings `medgen inpaint` and the API use for this model unless told otherwise."""
+    from medgen.generate.models import MODEL_SETTINGS_FILE
+    from medgen.phantom.model import DEMO_CROP_PADDING_PX, DEMO_GUIDANCE_SCALE, DEMO_STEPS
+
+    settings = {
+        "guidance_scale": DEMO_GUIDANCE_SCALE,
+        "num_inference_steps": DEMO_STEPS,
+        "crop_padding_px": DEMO_CROP_PADDING_PX,
+    }
+    path = Path(model_dir) / MODEL_SETTINGS_FILE
+    path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    return path

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 
 from testfiles import dicom_testfile as data_file, write_labelmap_like
 from medgen.dicom.dciodvfy import is_available as dciodvfy_available

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from medgen.errors import MedgenError
+from medgen.progress import ProgressBar
 
 EXIT_BAD_INPUT = 2
 MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve", "phantom"}
@@ -88,7 +89,7 @@ def _run_inpaint(args: argparse.Namespace) -> int:
     inpainter = Inpainter(
         args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config
     )
-    with _ProgressBar("inpainting") as bar:
+    with ProgressBar("inpainting") as bar:
         result = inpainter(request, progress=bar.update)
     _print_result(result)
     return 0
@@ -100,31 +101,6 @@ def _print_result(result) -> None:
         print(f"  {directory}")
     print(f"  {result.provenance_path}")
     print(f"  {result.preview_path}")
-
-
-class _ProgressBar:
-    """A tqdm bar on stderr driven by the engine's (steps done, total) callback."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.bar = None
-
-    def __enter__(self):
-        return self
-
-    def update(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.label, unit="step", file=sys.stderr)
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-        return False
 
 
 def _add_model_parser(subparsers) -> None:
@@ -212,7 +188,7 @@ def _add_demo_parser(subparsers) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from medgen.phantom.commands import run_demo
 
-    with _ProgressBar("demo") as bar:
+    with ProgressBar("demo") as bar:
         result = run_demo(args.out, device=args.device, progress=bar.update)
     _print_result(result)
     return 0

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from medgen.api import InpaintResult, ProgressCallback
 from medgen.errors import OutputError
+from medgen.progress import ProgressBar
 
 DEMO_PROMPT = "hypodense liver lesion, 2 cm"
 DEMO_CASE_SEED = (2025, 0)
@@ -153,7 +153,7 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
     )
     if args.work_dir is not None:
         _check_new_folder(args.work_dir)
-    with _Progress("bench quality") as bar:
+    with ProgressBar("bench quality", unit="run") as bar:
         report = run_quality_bench(settings, work_dir=args.work_dir, progress=bar.update)
     print(format_report(report))
     if args.json:
@@ -164,29 +164,6 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
     if args.strict and not all(met.values()):
         return 1
     return 0
-
-
-class _Progress:
-    """A tqdm bar on stderr fed by (done, total) callbacks."""
-
-    def __init__(self, label: str):
-        self.label, self.bar = label, None
-
-    def __enter__(self):
-        return self
-
-    def update(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.label, unit="run", file=sys.stderr)
-        self.bar.n = done
-        self.bar.refresh()
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-        return False
 
 
 # --- medgen demo ----------------------------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""A progress bar on stderr driven by the engine's (done, total) callbacks; used by the commands."""
+
+from __future__ import annotations
+
+import sys
+
+
+class ProgressBar:
+    """Context manager whose ``update(done, total)`` is a ready-made ``progress`` callback."""
+
+    def __init__(self, label: str, unit: str = "step"):
+        self.label = label
+        self.unit = unit
+        self.bar = None
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit=self.unit, file=sys.stderr)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def __exit__(self, *exc) -> bool:
+        if self.bar is not None:
+            self.bar.close()
+        return False

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from medgen.generate.clip_alphabet import byte_alphabet
+
 __all__ = ["ARCHS", "InpaintArch", "build_random_pipeline", "make_clip_tokenizer"]
 
 # The noise schedule every Stable Diffusion 1.x/2.x checkpoint was trained with.
@@ -158,19 +160,6 @@ ARCHS: dict[str, InpaintArch] = {
 }
 
 
-def _byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins that byte-level BPE uses for the 256 byte values."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    chars, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            chars.append(chr(byte))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
 def make_clip_tokenizer(directory: str | Path | None = None):
     """A CLIPTokenizer with a byte-level vocabulary and no merges (max length 77).
 
@@ -182,7 +171,7 @@ def make_clip_tokenizer(directory: str | Path | None = None):
     directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="medgen-tok-"))
     directory.mkdir(parents=True, exist_ok=True)
     vocab: dict[str, int] = {}
-    for char in _byte_alphabet():
+    for char in byte_alphabet():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
     vocab["<|startoftext|>"] = len(vocab)

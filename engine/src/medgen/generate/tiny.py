@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from medgen.errors import InputError
+from medgen.generate.clip_alphabet import byte_alphabet
 
 MODEL_KINDS = {"inpaint": 9, "base": 4}
 """UNet input channels per kind: 4 noisy latents + 1 mask + 4 masked-image latents, or latents only."""
@@ -147,7 +148,7 @@ def save_single_file(model_dir: Path, out_file: Path) -> Path:
 
 def _tiny_tokenizer() -> CLIPTokenizer:
     """A CLIP byte-level BPE tokenizer with a 512-symbol alphabet plus a few whole medical words."""
-    alphabet = list(_byte_to_unicode().values())
+    alphabet = byte_alphabet()
     vocab: dict[str, int] = {}
     for symbol in [_BOS, _EOS, *alphabet, *(c + "</w>" for c in alphabet)]:
         vocab.setdefault(symbol, len(vocab))
@@ -173,18 +174,6 @@ def _write_bpe_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
     merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
     lines = ["#version: 0.2", *(" ".join(pair) if isinstance(pair, list) else pair for pair in merges)]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte → printable character table, which byte-level BPE vocabularies use."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def _unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:

@@ -12,20 +12,11 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from medgen.generate.clip_alphabet import byte_alphabet
+
 TEXT_MAX_LENGTH = 77  # CLIP's context length: prompt truncation behaves as with a real SD model
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
-
-def byte_alphabet() -> list[str]:
-    """CLIP's reversible byte -> printable character table, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return [table[b] for b in range(256)]
 
 
 def build_tokenizer(words: list[str]) -> CLIPTokenizer:

@@ -22,3 +22,11 @@ def tiny_base_model_dir(tmp_path_factory) -> Path:
     from medgen.generate.tiny import create_tiny_model
 
     return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny-base", kind="base", seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom_model_dir() -> Path:
+    """The phantom demo model shipped in the package (trained; small enough for CPU tests)."""
+    from medgen.phantom.model import demo_model_path
+
+    return demo_model_path()

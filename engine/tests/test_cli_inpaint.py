@@ -19,6 +19,7 @@ from PIL import Image
 from testfiles import dicom_testfile, write_labelmap_like
 from medgen.cli import main
 from medgen.dicom.dciodvfy import is_available, new_errors, run_dciodvfy
+from medgen.dicom.validate import validate_paths
 from medgen.imaging.crop import dilate_mask
 from medgen.imaging.read import read_volume
 
@@ -140,6 +141,8 @@ def test_inpaint_real_dicom_keeps_outside_mask_and_marks_every_instance(case, ti
         source_report = run_dciodvfy(source_path)
         for path in dicom_files(out):
             assert new_errors(run_dciodvfy(path), source_report) == [], path
+    report = validate_paths([out], source_path)  # what `medgen validate OUT --source SRC` checks
+    assert report.ok, report.table()
 
 
 def test_inpaint_same_seed_gives_identical_series(tiny_model_dir, tmp_path):

@@ -33,9 +33,9 @@ SPACING = (0.8, 0.7, 2.5)  # i, j, k in mm: unequal, so a swapped axis shows
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
+def server(tmp_path_factory, phantom_model_dir):
     data_dir = tmp_path_factory.mktemp("server") / "data"
-    process = ServerProcess(data_dir, tiny_model_dir, "--cpu-threads", "1", "--max-queue", str(MAX_QUEUE), "--max-upload-mb",
+    process = ServerProcess(data_dir, phantom_model_dir, "--cpu-threads", "1", "--max-queue", str(MAX_QUEUE), "--max-upload-mb",
                             str(MAX_UPLOAD_MB), "--max-steps", str(LONG_STEPS))
     process.start()
     yield process
@@ -282,7 +282,7 @@ def test_cancel_stops_a_running_job_at_the_next_step_and_a_queued_one_at_once(se
         assert_error(http.get("/v1/jobs/0123456789abcdef"), 404, "no job")
 
 
-def test_malformed_uploads_get_a_4xx_that_says_what_to_fix(server, inputs, tmp_path):
+def test_malformed_uploads_get_a_4xx_that_says_what_to_fix(server, inputs, tmp_path, phantom_model_dir):
     source_bytes = inputs["source"].read_bytes()
     mask_bytes = inputs["mask"].read_bytes()
     good = json.dumps(job_parameters())
@@ -306,7 +306,7 @@ def test_malformed_uploads_get_a_4xx_that_says_what_to_fix(server, inputs, tmp_p
         assert_error(post(data={"parameters": json.dumps(job_parameters(strength=2))}), 400, "strength")
         assert_error(post(data={"parameters": json.dumps(job_parameters(prompt=""))}), 400, "prompt")
         assert_error(post(data={"parameters": json.dumps(job_parameters(num_variants=99))}), 400, "num_variants")
-        assert_error(post(data={"parameters": json.dumps(job_parameters(model="sd-xl"))}), 400, "sd-xl", "tiny")
+        assert_error(post(data={"parameters": json.dumps(job_parameters(model="sd-xl"))}), 400, "sd-xl", phantom_model_dir.name)
         assert_error(post(data={"parameters": json.dumps(job_parameters(adapters=[{"name": "liver-lora"}]))}), 400,
                      "adapter")
         assert_error(post(files=[("source", ("s.nrrd", source_bytes))]), 400, "mask")

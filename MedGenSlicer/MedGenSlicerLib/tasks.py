@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
 from .client import EngineClient, EngineError, EngineTimeout, JobFailed
 from .nrrd import NrrdImage
@@ -69,9 +69,40 @@ class JobEvent:
     error: Optional[EngineError] = None
 
 
-class JobMonitor:
+class _BackgroundMonitor:
+    """A worker thread that talks to the engine and leaves events in a queue for the GUI timer."""
+
+    thread_name = "MedGenSlicer-monitor"
+
+    def __init__(self):
+        self.events: "queue.Queue" = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def drain(self) -> list:
+        """Events since the last call, for the GUI timer (never blocks)."""
+        drained = []
+        while True:
+            try:
+                drained.append(self.events.get_nowait())
+            except queue.Empty:
+                return drained
+
+
+class JobMonitor(_BackgroundMonitor):
     """Submit one job (or take one already submitted), follow it, and download each variant as soon as
     the engine publishes it."""
+
+    thread_name = "MedGenSlicer-job"
 
     def __init__(
         self,
@@ -87,29 +118,12 @@ class JobMonitor:
         self.upload = upload
         self.poll_interval = poll_interval
         self.job_id: Optional[str] = job_id
-        self.events: "queue.Queue[JobEvent]" = queue.Queue()
         self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="MedGenSlicer-job", daemon=True)
-
-    def start(self) -> "JobMonitor":
-        self._thread.start()
-        return self
+        super().__init__()
 
     def cancel(self) -> None:
         """Ask the engine to stop the job (at its next step); the monitor reports when it has."""
         self._cancel.set()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def drain(self) -> List[JobEvent]:
-        """Events since the last call, for the GUI timer (never blocks)."""
-        drained = []
-        while True:
-            try:
-                drained.append(self.events.get_nowait())
-            except queue.Empty:
-                return drained
 
     def _run(self) -> None:
         try:
@@ -163,8 +177,10 @@ class ExportEvent:
     error: Optional[EngineError] = None
 
 
-class ExportMonitor:
+class ExportMonitor(_BackgroundMonitor):
     """Send one finished variant to a destination configured on the engine, and follow it to the end."""
+
+    thread_name = "MedGenSlicer-export"
 
     def __init__(
         self,
@@ -184,24 +200,7 @@ class ExportMonitor:
         self.deidentify = deidentify
         self.poll_interval = poll_interval
         self.max_wait = max_wait
-        self.events: "queue.Queue[ExportEvent]" = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="MedGenSlicer-export", daemon=True)
-
-    def start(self) -> "ExportMonitor":
-        self._thread.start()
-        return self
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def drain(self) -> List[ExportEvent]:
-        """Events since the last call, for the GUI timer (never blocks)."""
-        drained = []
-        while True:
-            try:
-                drained.append(self.events.get_nowait())
-            except queue.Empty:
-                return drained
+        super().__init__()
 
     def _run(self) -> None:
         try:

@@ -360,3 +360,37 @@ def test_full_queue_answers_429_and_a_killed_server_finishes_its_queue_on_restar
         statuses = [wait_for(http, job_id, timeout=120) for job_id in queued]
         assert [s["state"] for s in statuses] == ["succeeded"] * 3, statuses
         assert wait_for(http, long_job)["state"] == "cancelled"
+
+
+def test_info_lists_the_models_recommended_settings_and_unset_fields_use_them(server, inputs):
+    """The phantom model recommends guidance 1.4 / 20 steps (its medgen.json): /v1/info says so, a job
+    that leaves them out runs with them, and explicit values win."""
+    from medgen.generate.settings import read_recommended_settings
+
+    with client(server) as http:
+        model = next(m for m in http.get("/v1/info").json()["models"] if m["default"])
+        recommended = read_recommended_settings(model["path"])
+        assert recommended and model["recommended"] == recommended
+
+        def used_parameters(**changes) -> dict:
+            parameters = job_parameters(**changes)
+            for name in ("guidance_scale", "num_inference_steps"):
+                if name not in changes:
+                    parameters.pop(name)  # left out: the model's recommendation applies
+            with open(inputs["source"], "rb") as source, open(inputs["mask"], "rb") as mask:
+                response = http.post(
+                    "/v1/jobs",
+                    data={"parameters": json.dumps(parameters)},
+                    files=[("source", ("ct.nrrd", source, "application/octet-stream")),
+                           ("mask", ("lesion.nrrd", mask, "application/octet-stream"))],
+                )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            assert wait_for(http, job_id)["state"] == "succeeded"
+            return http.get(f"/v1/jobs/{job_id}/result/provenance.json").json()["parameters"]
+
+        defaulted = used_parameters()
+        assert defaulted["guidance_scale"] == recommended["guidance_scale"]
+        assert defaulted["num_inference_steps"] == recommended["num_inference_steps"]
+        explicit = used_parameters(guidance_scale=3.0, num_inference_steps=2)
+        assert explicit["guidance_scale"] == 3.0 and explicit["num_inference_steps"] == 2

@@ -26,6 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors import SafetensorError, safe_open
 
 from medgen.errors import InputError
+from medgen.generate.settings import read_recommended_settings
 from medgen.generate import inpaint as _inpaint
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }
-
-MODEL_SETTINGS_FILE = "medgen.json"
 
 # The key whose shape tells an original-layout checkpoint's UNet input channels (4 or 9).
 _LDM_UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -91,18 +90,8 @@ class InpaintModel:
 
     @property
     def recommended_settings(self) -> dict:
-        """Settings the model's author recommends (``medgen.json`` beside model_index.json), e.g. a small
-        model trained for guidance 1.4; empty when the file is absent."""
-        settings_file = self.path / MODEL_SETTINGS_FILE if self.path.is_dir() else None
-        if settings_file is None or not settings_file.is_file():
-            return {}
-        try:
-            settings = json.loads(settings_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(settings_file, f"cannot read the model's recommended settings: {exc}") from exc
-        if not isinstance(settings, dict):
-            raise InputError(settings_file, "must hold a JSON object of settings")
-        return settings
+        """Settings the model's author recommends (its medgen.json); empty when there are none."""
+        return read_recommended_settings(self.path) if self.path.is_dir() else {}
 
     @property
     def model_id(self) -> str:

@@ -379,7 +379,7 @@ def train_base_model(out: Path, settings: TrainSettings | None = None, pairs_cac
 
 def write_recommended_settings(model_dir: Path) -> Path:
     """medgen.json: the settings `medgen inpaint` and the API use for this model unless told otherwise."""
-    from medgen.generate.models import MODEL_SETTINGS_FILE
+    from medgen.generate.settings import MODEL_SETTINGS_FILE
     from medgen.phantom.model import DEMO_CROP_PADDING_PX, DEMO_GUIDANCE_SCALE, DEMO_STEPS
 
     settings = {

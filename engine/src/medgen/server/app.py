@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medgen import __version__
 from medgen.errors import MedgenError
+from medgen.generate.settings import read_recommended_settings
 from medgen.server.auth import BearerTokenAuth
 from medgen.server.config import ServerConfig
 from medgen.server.errors import ApiError
@@ -395,9 +396,15 @@ def _fixed_parameters(parameters: JobParameters, config: ServerConfig) -> JobPar
     if parameters.num_inference_steps > limits.max_inference_steps:
         raise ApiError(400, "over_limit", f"num_inference_steps must be at most {limits.max_inference_steps} on "
                                           f"this engine, got {parameters.num_inference_steps}")
-    if config.model(parameters.model) is None:
+    model = config.model(parameters.model)
+    if model is None:
         offered = ", ".join(model.name for model in config.models)
         raise ApiError(400, "unknown_model", f"no model named {parameters.model!r}; this engine offers: {offered}")
+    # fields the client left out take the model's recommendation (its medgen.json) over the schema default
+    recommended = read_recommended_settings(model.path) if Path(model.path).is_dir() else {}
+    unset = {name: value for name, value in recommended.items() if name not in parameters.model_fields_set}
+    if unset:
+        parameters = parameters.model_copy(update=unset)
     if parameters.adapters:
         names = ", ".join(adapter.name for adapter in parameters.adapters)
         raise ApiError(400, "unknown_adapter", f"this engine has no adapters loaded; cannot apply: {names}")

@@ -141,6 +141,9 @@ class ModelInfo(BaseModel):
     state: str = Field(description="not loaded, loading, ready or failed")
     error: str | None = None
     resolution: int | None = None
+    recommended: dict[str, float] = Field(
+        default_factory=dict, description="settings the model recommends (its medgen.json); used for unset job fields"
+    )
 
 
 class AdapterInfo(BaseModel):

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from medgen.errors import MedgenError
+from medgen.generate.settings import read_recommended_settings
 from medgen.server.config import ModelEntry, ServerConfig
 from medgen.server.errors import JobCancelled, ServerStopping
 from medgen.server.jobs import JobFiles, JobRecord, JobStore
@@ -37,7 +38,11 @@ class ModelRegistry:
         self._inpainters: dict[str, object] = {}
         self._states: dict[str, ModelInfo] = {
             entry.name: ModelInfo(
-                name=entry.name, path=str(entry.path), default=entry is config.default_model, state="not loaded"
+                name=entry.name,
+                path=str(entry.path),
+                default=entry is config.default_model,
+                state="not loaded",
+                recommended=read_recommended_settings(entry.path) if Path(entry.path).is_dir() else {},
             )
             for entry in config.models
         }

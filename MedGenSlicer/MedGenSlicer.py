@@ -120,6 +120,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._exportMonitor: Optional[ExportMonitor] = None
         self._jobSource: Optional[vtkMRMLScalarVolumeNode] = None
         self._variants: List[dict] = []
+        self._modelRecommendations: dict = {}
         self._timer = qt.QTimer()
 
     def setup(self) -> None:
@@ -278,6 +279,8 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fillModels(self, info: dict) -> None:
         previous = self._parameterNode.model if self._parameterNode else ""
         combo = self.ui.modelComboBox
+        # what each model recommends (its medgen.json), applied when the user picks it
+        self._modelRecommendations = {model["name"]: model.get("recommended", {}) for model in info["models"]}
         combo.clear()
         for model in info["models"]:
             combo.addItem(model["name"])
@@ -339,8 +342,14 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.currentSliceOnly = bool(currentSliceOnly)
 
     def onModelChanged(self, name: str) -> None:
-        if self._parameterNode:
-            self._parameterNode.model = name or ""
+        if not self._parameterNode:
+            return
+        self._parameterNode.model = name or ""
+        recommended = self._modelRecommendations.get(name, {})
+        if "num_inference_steps" in recommended:
+            self._parameterNode.steps = int(recommended["num_inference_steps"])
+        if "guidance_scale" in recommended:
+            self._parameterNode.guidance = float(recommended["guidance_scale"])
 
     def onDestinationChanged(self, name: str) -> None:
         if self._parameterNode and name:

@@ -59,6 +59,9 @@ class InpaintRequest:
     only_modified: bool = False
     write_dicom: bool = False
     write_seg: bool = False
+    # Adapters: "PATH[:WEIGHT]" each (textual inversion, LoRA); token names a textual inversion's token
+    adapters: list[str] = field(default_factory=list)
+    token: str | None = None
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -103,6 +106,14 @@ def check_request(request: InpaintRequest) -> None:
         raise InputError(None, "give --slice or --all-slices, not both")
     if request.seed is not None and not 0 <= request.seed < 2**63:
         raise InputError(None, f"--seed must be in [0, 2**63), got {request.seed}")
+    if request.adapters:
+        from medgen.generate.adapters import AdapterSpec
+
+        for spec in request.adapters:
+            if not AdapterSpec.parse(spec).path.exists():
+                raise InputError(spec, "--adapter: no such file or folder")
+    if request.token is not None and not request.adapters:
+        raise InputError(None, "--token names the token of an --adapter; no adapter was given")
 
 
 def check_output_dir(out: Path) -> None:
@@ -159,6 +170,8 @@ class Inpainter:
         self.model_path = Path(model_path)
         self._load_options = {"device": device, "dtype": dtype, "scheduler": scheduler, "config": config}
         self._model = None
+        self._adapter_key: tuple | None = None
+        self._adapter_records: list[dict] = []
 
     @property
     def model(self):
@@ -168,6 +181,22 @@ class Inpainter:
 
             self._model = load_model(self.model_path, **self._load_options)
         return self._model
+
+    def _apply_adapters(self, request: InpaintRequest) -> list[dict]:
+        """Load the request's adapters once per adapter set; a different set reloads the model first
+        (a textual inversion cannot be taken out of the tokenizer again)."""
+        key = (tuple(request.adapters), request.token)
+        if key == self._adapter_key:
+            return self._adapter_records
+        if self._adapter_key is not None and self._adapter_key != ((), None):
+            self._model = None
+        records = []
+        if request.adapters:
+            from medgen.generate.adapters import load_adapters
+
+            records = load_adapters(self.model, request.adapters, token=request.token)
+        self._adapter_key, self._adapter_records = key, records
+        return records
 
     def __call__(self, request: InpaintRequest, progress: ProgressCallback | None = None) -> InpaintResult:
         # 1. Check inputs and the output location before any heavy work
@@ -191,6 +220,7 @@ class Inpainter:
             request = with_model_defaults(request, self.model.recommended_settings)
         except InputError as error:
             raise InputError(self.model_path / "medgen.json", f"recommended setting refused: {error.problem}") from None
+        adapters = self._apply_adapters(request)
 
         # 4. Map stored values to model space with one window for the whole request
         window = choose_window(
@@ -233,7 +263,7 @@ class Inpainter:
         ]
 
         # 8. Write everything into a staging folder, then move it into place in one rename
-        provenance = self._provenance(request, volume, window, slice_indices, seeds)
+        provenance = self._provenance(request, volume, window, slice_indices, seeds, adapters)
         return self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds)
 
     def _prepare_slice(
@@ -264,7 +294,7 @@ class Inpainter:
                 raise RuntimeError(f"slice {job.index}: paste-back changed pixels outside the dilated mask")
         return pixels
 
-    def _provenance(self, request, volume, window, slice_indices, seeds) -> dict:
+    def _provenance(self, request, volume, window, slice_indices, seeds, adapters=()) -> dict:
         from medgen.dicom.provenance import build_provenance
 
         parameters = {
@@ -287,6 +317,7 @@ class Inpainter:
             seeds=seeds,
             device=str(self.model.device),
             dtype=str(self.model.dtype),
+            adapters=adapters,
         )
 
     def _write_outputs(self, request, volume, intensity, jobs, variant_pixels, provenance, seeds) -> InpaintResult:
@@ -339,7 +370,11 @@ class Inpainter:
 
         modified = [job.index for job in jobs]
         description = format_derivation_description(
-            prompt=request.prompt, model_name=self.model_path.name, seed=seed, negative_prompt=request.negative_prompt
+            prompt=request.prompt,
+            model_name=self.model_path.name,
+            seed=seed,
+            negative_prompt=request.negative_prompt,
+            adapters=[f"{Path(a['path']).name}:{a['weight']:g}" for a in provenance.get("adapters", [])],
         )
         if volume.source_format is SourceFormat.DICOM:
             writer = SyntheticSeriesWriter(

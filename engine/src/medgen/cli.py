@@ -33,6 +33,11 @@ def _add_inpaint_parser(subparsers) -> None:
     p.add_argument("--negative-prompt")
     p.add_argument("--model", type=Path, required=True, help="diffusers folder or single-file .safetensors")
     p.add_argument("--model-config", type=Path, help="local diffusers folder giving a single-file model's layout")
+    p.add_argument(
+        "--adapter", action="append", default=[], dest="adapters", metavar="PATH[:WEIGHT]",
+        help="textual inversion or LoRA (.safetensors, or a diffusers adapter folder); repeatable",
+    )
+    p.add_argument("--token", help="token of the textual inversion given with --adapter (default: from its file)")
     p.add_argument("--variants", type=int, default=1, dest="num_variants")
     p.add_argument("--seed", type=int, help="seed of the first variant (variant v uses seed + v); random if omitted")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help="default: the model's medgen.json, else 30")
@@ -83,6 +88,8 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         only_modified=args.only_modified,
         write_dicom=args.write_dicom,
         write_seg=args.write_seg,
+        adapters=args.adapters,
+        token=args.token,
     )
     check_request(request)
     check_output_dir(request.out)

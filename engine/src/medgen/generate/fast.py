@@ -487,6 +487,7 @@ class FastInpaintRunner:
         *,
         prompt: str,
         negative_prompt: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         strength: float = 1.0,
@@ -496,15 +497,16 @@ class FastInpaintRunner:
         """Inpaint `image` where `mask` is 1; returns (B, 3, H, W) in [-1, 1] on the pipeline's device.
 
         Item i depends only on its inputs and `generator[i]`: it equals the plain pipeline's result
-        for that generator, whatever else is in the batch. `callback(step, timestep, latents)` runs
+        for that generator, whatever else is in the batch. `prompt_embeds` (1, tokens, width), when
+        given, replaces the encoded `prompt` (a blended prompt); the negative side is encoded as usual. `callback(step, timestep, latents)` runs
         after each step; reading values from `latents` there makes the host wait for the device.
         """
         with self._lock:
             return self._run(image, mask, prompt, negative_prompt, num_inference_steps, guidance_scale,
-                             strength, generator, callback)
+                             strength, generator, callback, prompt_embeds)
 
     def _run(self, image, mask, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
-             generator, callback):
+             generator, callback, prompt_embeds=None):
         pipe = self.pipe
         # 1. Check inputs
         self.check_inputs(image, mask, prompt, num_inference_steps, guidance_scale, strength, generator)
@@ -519,6 +521,8 @@ class FastInpaintRunner:
 
         # 3. Encode the prompt once and expand it to the batch (uncond first, as in diffusers)
         negative, positive = self._prompt_embeds(prompt, negative_prompt, cfg)
+        if prompt_embeds is not None:
+            positive = prompt_embeds.to(self.device, positive.dtype)
         embeds = positive.expand(batch, -1, -1)
         if cfg:
             embeds = torch.cat([negative.expand(batch, -1, -1), embeds])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from medgen.errors import InputError
+from medgen.generate.prompt_blend import encode_blended_prompt, has_blend
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionInpaintPipeline
@@ -88,6 +89,9 @@ def inpaint(
         do_classifier_free_guidance=do_classifier_free_guidance,
         negative_prompt=negative_prompt,
     )
+    blended = has_blend(prompt)  # "[healthy:0.3|diseased:0.7]": a weighted mix of the encoded alternatives
+    if blended:
+        prompt_embeds = encode_blended_prompt(pipe, prompt, model.device)
 
     # 3. Pair every slice with every variant, each pair with its own generator
     pairs = [(n, v) for n in range(num_slices) for v in range(num_variants)]
@@ -128,6 +132,7 @@ def inpaint(
                 mask_tensor[slice_index],
                 prompt=prompt,
                 negative_prompt=negative_prompt,
+                prompt_embeds=prompt_embeds if blended else None,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
                 strength=strength,

@@ -12,7 +12,7 @@ from medgen.errors import MedgenError
 from medgen.progress import ProgressBar
 
 EXIT_BAD_INPUT = 2
-MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve", "phantom"}
+MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve", "phantom", "train"}
 
 
 def _add_inpaint_parser(subparsers) -> None:
@@ -168,6 +168,19 @@ def _run_phantom_train_base(args: argparse.Namespace) -> int:
     return train_base_main(args.rest)
 
 
+def _add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a textual inversion or LoRA adapter on images with lesion masks", add_help=False
+    )
+    p.set_defaults(handler=_run_train, passes_arguments_on=True)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from medgen.train.cli import train_main
+
+    return train_main(args.rest)
+
+
 def _run_bench_speed(args: argparse.Namespace) -> int:
     from medgen.bench.speed import main as speed_main
 
@@ -228,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_phantom_parser(subparsers)
+    _add_train_parser(subparsers)
     _add_validate_parser(subparsers)
     _add_serve_parser(subparsers)
     _add_export_parser(subparsers)

@@ -1,0 +1,99 @@
+"""Training crops for adapters: model-space images, lesion masks and prompts, as the engine crops them.
+
+Two sources: held-out phantom lesions (spiculated masses the demo model never saw), made with the same
+`make_pair` as the base model's data, and a folder or CSV of image, mask and prompt read with the same
+`imaging` code (read, window, crop, resize) that inference uses.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medgen.errors import InputError
+from medgen.phantom.lesions import LesionType
+
+DEFAULT_CROP_PADDING_PX = 16
+"""Padding around the mask when cropping files: the demo model's inference padding (phantom.model)."""
+
+
+@dataclass
+class AdapterCrops:
+    """N model-space crops (N, R, R) in [-1, 1], their masks (N, R, R) bool, and one prompt each."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def phantom_lesion_crops(
+    count: int, *, prompt: str, lesion_type: LesionType = LesionType.SPICULATED, seed: int = 0, resolution: int = 64
+) -> AdapterCrops:
+    """``count`` crops of one phantom lesion type: healthy tissue outside the mask, the lesion inside."""
+    from medgen.phantom.dataset import make_pair
+
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, resolution, resolution), np.float32)
+    masks = np.zeros((count, resolution, resolution), bool)
+    n = 0
+    while n < count:
+        pair = make_pair(rng, resolution, healthy_fraction=0.0, types=(LesionType(lesion_type),))
+        if pair is None or not pair[1].any():
+            continue
+        images[n], masks[n] = pair[0], pair[1]
+        n += 1
+    return AdapterCrops(images, masks, [prompt] * count)
+
+
+def read_training_table(data: str | Path) -> list[tuple[Path, Path, str]]:
+    """Rows (image, mask, prompt) from a CSV with those columns, or from DIR/train.csv.
+
+    Relative paths are relative to the CSV's folder.
+    """
+    data = Path(data)
+    table = data / "train.csv" if data.is_dir() else data
+    if not table.is_file():
+        raise InputError(data, "expected a CSV with columns image,mask,prompt (or a folder holding train.csv)")
+    rows = []
+    with table.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"image", "mask", "prompt"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(table, f"CSV lacks column(s) {', '.join(sorted(missing))}; got {reader.fieldnames}")
+        for row in reader:
+            rows.append((table.parent / row["image"], table.parent / row["mask"], row["prompt"].strip()))
+    if not rows:
+        raise InputError(table, "CSV has no rows")
+    return rows
+
+
+def file_crops(
+    data: str | Path, *, resolution: int, crop_padding_px: int = DEFAULT_CROP_PADDING_PX
+) -> AdapterCrops:
+    """Every masked slice of every row, read, windowed and cropped as `medgen inpaint` does."""
+    from medgen.imaging.crop import mask_crop_box, resize_image, resize_mask
+    from medgen.imaging.intensity import IntensityMap, choose_window
+    from medgen.imaging.masks import read_mask
+    from medgen.imaging.read import read_volume
+
+    images, masks, prompts = [], [], []
+    for image_path, mask_path, prompt in read_training_table(data):
+        volume = read_volume(image_path)
+        mask3d = np.asarray(read_mask(mask_path, volume), dtype=bool)
+        slices = [int(k) for k in np.nonzero(mask3d.reshape(len(mask3d), -1).any(axis=1))[0]]
+        intensity = IntensityMap(volume, choose_window(volume, slices))  # the inference default window
+        for k in slices:
+            box = mask_crop_box(mask3d[k], crop_padding_px)
+            crop = resize_image(intensity.to_model(k)[box.slices], (resolution, resolution))
+            images.append(np.clip(crop, -1.0, 1.0))
+            masks.append(resize_mask(mask3d[k][box.slices], (resolution, resolution)))
+            prompts.append(prompt)
+    if not images:
+        raise InputError(Path(data), "no masked slice in any row")
+    return AdapterCrops(np.stack(images).astype(np.float32), np.stack(masks).astype(bool), prompts)

@@ -136,7 +136,16 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     parser.add_argument("--work-dir", type=Path, help="keep the cases and outputs here (default: a temp folder)")
     parser.add_argument("--strict", action="store_true", help="also fail when a fidelity/Dice/diversity goal is missed")
+    parser.add_argument("--adapter", action="append", default=[], metavar="PATH[:WEIGHT]",
+                        help="textual inversion or LoRA for the prompted rows (repeatable)")
+    parser.add_argument("--token", help="the textual inversion's token; the spiculated row is prompted '<token> mass'")
+    parser.add_argument("--mask-shape", choices=["lesion", "disk"], default=defaults.mask_shape,
+                        help="inpaint under the true mask or a round disk around it (the border then comes from the model)")
+    parser.add_argument("--case-types", nargs="+", choices=ALL_TYPE_NAMES,
+                        help="the cases' own lesion types, in turn (default: all five)")
     args = parser.parse_args(argv)
+    if args.token and not args.adapter:
+        parser.error("--token names the token of an --adapter; no adapter was given")
 
     from medgen.phantom.quality import format_report, run_quality_bench, write_json
 
@@ -150,6 +159,10 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
         baseline=not args.no_baseline,
         model=str(args.model) if args.model else None,
         device=args.device,
+        adapters=tuple(args.adapter),
+        token=args.token,
+        mask_shape=args.mask_shape,
+        case_types=tuple(args.case_types) if args.case_types else None,
     )
     if args.work_dir is not None:
         _check_new_folder(args.work_dir)

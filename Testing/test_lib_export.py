@@ -25,19 +25,11 @@ from test_lib_engine import IJK_TO_RAS, follow, parameters, volume_and_mask, wai
 
 pytest.importorskip("requests")  # the Orthanc fixture reads Orthanc's REST API with it
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine" / "tests"))
-from orthanc_fixture import CALLING_AET, OrthancServer, orthanc_executable  # noqa: E402
+from orthanc_fixture import CALLING_AET, orthanc_executable  # noqa: E402
+from orthanc_fixture import orthanc  # noqa: F401,E402 (the module-scoped fixture)
 
 pytestmark = pytest.mark.skipif(orthanc_executable() is None, reason="Orthanc is not installed (Debian package "
                                 "orthanc)")
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

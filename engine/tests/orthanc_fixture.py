@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import requests
+
 
 ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
 DICOMWEB_PLUGIN_CANDIDATES = (
@@ -334,3 +336,13 @@ class OrthancServer:
         """Delete every patient, so each test starts from an empty PACS."""
         for patient in self.get("/patients"):
             requests.delete(f"{self.url}/patients/{patient}", auth=self.auth, timeout=10).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A real Orthanc for the module's tests, stopped (exactly that process) afterwards."""
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

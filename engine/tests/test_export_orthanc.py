@@ -27,7 +27,8 @@ from medgen.dicom.export import (
 )
 from medgen.dicom.validate import CheckStatus, validate_paths
 from medgen.errors import InputError
-from orthanc_fixture import CALLING_AET, OrthancServer, dicomweb_plugin, make_tls_files, orthanc_executable
+from orthanc_fixture import CALLING_AET, dicomweb_plugin, make_tls_files, orthanc_executable, OrthancServer
+from orthanc_fixture import orthanc  # noqa: F401,E402 (the module-scoped fixture)
 from test_dicom_validate import make_classic_series, write_synthetic_case
 
 pytestmark = pytest.mark.skipif(
@@ -46,15 +47,6 @@ def export_main(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import pytest
 
 from medgen.server.main import parse_destinations, serve_main
 from medgen.server.process import ServerProcess
-from orthanc_fixture import CALLING_AET, OrthancServer, dicomweb_plugin, orthanc_executable
+from orthanc_fixture import CALLING_AET, dicomweb_plugin, orthanc_executable, OrthancServer
+from orthanc_fixture import orthanc  # noqa: F401,E402 (the module-scoped fixture)
 from test_server import assert_error, client, inputs, post_job, wait_for  # noqa: F401 - inputs is a fixture
 
 pytestmark = pytest.mark.skipif(
@@ -26,15 +27,6 @@ pytestmark = pytest.mark.skipif(
 )
 HAS_DICOMWEB = dicomweb_plugin() is not None
 LONG_STEPS = 200
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

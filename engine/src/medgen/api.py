@@ -15,6 +15,7 @@ import numpy as np
 
 from medgen import __version__
 from medgen.errors import InputError, OutputError
+from medgen.generate.control import CONTROL_KINDS, control_image, load_controlnet, parse_controlnet_spec
 from medgen.imaging.crop import dilate_mask, feather_weights, mask_crop_box, paste_generated
 from medgen.imaging.crop import resize_image, resize_mask
 from medgen.imaging.intensity import IntensityMap, choose_window
@@ -62,6 +63,10 @@ class InpaintRequest:
     # Adapters: "PATH[:WEIGHT]" each (textual inversion, LoRA); token names a textual inversion's token
     adapters: list[str] = field(default_factory=list)
     token: str | None = None
+    # ControlNet: "PATH[:SCALE]" (a diffusers ControlNetModel folder); the control image per crop comes
+    # from control_from: "mask-edges", "mask" or "source-edges"
+    controlnet: str | None = None
+    control_from: str = "mask-edges"
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -114,6 +119,10 @@ def check_request(request: InpaintRequest) -> None:
                 raise InputError(spec, "--adapter: no such file or folder")
     if request.token is not None and not request.adapters:
         raise InputError(None, "--token names the token of an --adapter; no adapter was given")
+    if request.control_from not in CONTROL_KINDS:
+        raise InputError(None, f"--control-from must be one of {', '.join(CONTROL_KINDS)}, got {request.control_from!r}")
+    if request.controlnet is not None and not parse_controlnet_spec(request.controlnet)[0].is_dir():
+        raise InputError(request.controlnet, "--controlnet: no such ControlNet folder")
 
 
 def check_output_dir(out: Path) -> None:
@@ -185,16 +194,30 @@ class Inpainter:
     def _apply_adapters(self, request: InpaintRequest) -> list[dict]:
         """Load the request's adapters once per adapter set; a different set reloads the model first
         (a textual inversion cannot be taken out of the tokenizer again)."""
-        key = (tuple(request.adapters), request.token)
+        key = (tuple(request.adapters), request.token, request.controlnet, request.control_from)
         if key == self._adapter_key:
             return self._adapter_records
-        if self._adapter_key is not None and self._adapter_key != ((), None):
+        if self._adapter_records:  # this model carries another set: start again from a clean load
             self._model = None
         records = []
         if request.adapters:
             from medgen.generate.adapters import load_adapters
 
             records = load_adapters(self.model, request.adapters, token=request.token)
+        if request.controlnet is not None:
+            from medgen.dicom.provenance import sha256_model
+
+            path, scale = parse_controlnet_spec(request.controlnet)
+            load_controlnet(self.model, path, scale, request.control_from)
+            records.append(
+                {
+                    "kind": "controlnet",
+                    "path": str(path),
+                    "sha256": sha256_model(path),
+                    "scale": scale,
+                    "control_from": request.control_from,
+                }
+            )
         self._adapter_key, self._adapter_records = key, records
         return records
 
@@ -215,7 +238,8 @@ class Inpainter:
             if reason:
                 raise InputError(request.input, reason)
 
-        # 3. Fill unset settings from the model's own recommendation, then the engine's defaults
+        # 3. Fill unset settings from the model's own recommendation, then the engine's defaults;
+        #    load the request's adapters and ControlNet
         try:
             request = with_model_defaults(request, self.model.recommended_settings)
         except InputError as error:
@@ -240,6 +264,11 @@ class Inpainter:
             [np.clip(resize_image(job.source_model[job.box.slices], (resolution,) * 2), -1, 1) for job in jobs]
         )
         crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], (resolution,) * 2) for job in jobs])
+        control_images = None
+        if request.controlnet is not None:
+            control_images = np.stack(
+                [control_image(c, m, request.control_from) for c, m in zip(crops, crop_masks)]
+            )
 
         # 6. Generate every variant of every slice
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
@@ -255,6 +284,7 @@ class Inpainter:
             guidance_scale=request.guidance_scale,
             strength=request.strength,
             callback=progress,
+            control_images=control_images,
         )
 
         # 7. Paste back into stored values; outside the dilated mask the source is kept as is
@@ -374,7 +404,9 @@ class Inpainter:
             model_name=self.model_path.name,
             seed=seed,
             negative_prompt=request.negative_prompt,
-            adapters=[f"{Path(a['path']).name}:{a['weight']:g}" for a in provenance.get("adapters", [])],
+            adapters=[
+                f"{Path(a['path']).name}:{a.get('weight', a.get('scale', 1.0)):g}" for a in provenance.get("adapters", [])
+            ],
         )
         if volume.source_format is SourceFormat.DICOM:
             writer = SyntheticSeriesWriter(

@@ -38,6 +38,11 @@ def _add_inpaint_parser(subparsers) -> None:
         help="textual inversion or LoRA (.safetensors, or a diffusers adapter folder); repeatable",
     )
     p.add_argument("--token", help="token of the textual inversion given with --adapter (default: from its file)")
+    p.add_argument("--controlnet", metavar="PATH[:SCALE]", help="diffusers ControlNetModel folder (scale default 1)")
+    p.add_argument(
+        "--control-from", choices=["mask-edges", "mask", "source-edges"], default="mask-edges",
+        help="what the ControlNet's control image is made from (default: mask-edges)",
+    )
     p.add_argument("--variants", type=int, default=1, dest="num_variants")
     p.add_argument("--seed", type=int, help="seed of the first variant (variant v uses seed + v); random if omitted")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help="default: the model's medgen.json, else 30")
@@ -90,6 +95,8 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         write_seg=args.write_seg,
         adapters=args.adapters,
         token=args.token,
+        controlnet=args.controlnet,
+        control_from=args.control_from,
     )
     check_request(request)
     check_output_dir(request.out)

@@ -47,6 +47,7 @@ def inpaint(
     guidance_scale: float = 7.5,
     strength: float = 1.0,
     callback: Callable[[int, int], None] | None = None,
+    control_images: np.ndarray | None = None,
 ) -> np.ndarray:
     """Inpaint `masks` (N, H, W; >= 0.5 means inpaint) into `images` (N, H, W; model space [-1, 1]).
 
@@ -55,6 +56,7 @@ def inpaint(
     neighbours share their noise, and the same seeds, settings and device reproduce the output exactly,
     however the pairs happen to be batched. `callback(steps_done, total_steps)` is called after every
     denoising step of every batch; an exception raised in it stops the run (use that to cancel).
+    With a ControlNet loaded (`model.control`), `control_images` (N, H, W) in [0, 1] steer each slice.
     """
     pipe = model.pipe
 
@@ -72,6 +74,10 @@ def inpaint(
         strength=strength,
     )
     num_slices, height, width = images.shape
+    if model.control is not None:
+        if control_images is None or np.shape(control_images) != images.shape:
+            raise InputError(None, f"a ControlNet is loaded: control_images must have shape {images.shape}")
+        control_tensor = torch.from_numpy(np.asarray(control_images, np.float32))[:, None].expand(-1, 3, -1, -1)
 
     # 2. Encode the prompt once; every batch reuses the embeddings
     cut = prompt_overflow(pipe, prompt)
@@ -112,9 +118,14 @@ def inpaint(
         return {}
 
     # 6. Denoise batch by batch: 9-channel UNets through the engine's own loop (fast path), 4-channel
-    #    UNets through diffusers, which blends latents outside the mask
+    #    UNets through diffusers, which blends latents outside the mask; with a ControlNet, every UNet
+    #    kind through diffusers' ControlNet inpainting pipeline
     output = np.empty((num_slices, num_variants, height, width), dtype=np.float32)
-    runner = model.fast_runner
+    runner = model.fast_runner if model.control is None else None
+    control_kwargs = {}
+    if model.control is not None:
+        pipe, control_scale, _ = model.control
+        pipe.scheduler = model.pipe.scheduler  # follow set_scheduler
     steps_per_batch = min(int(num_inference_steps * strength), num_inference_steps)
 
     def on_runner_step(step, timestep, latents):
@@ -143,6 +154,11 @@ def inpaint(
             for (n, v), slice_out in zip(batch, gray):
                 output[n, v] = slice_out
             continue
+        if model.control is not None:
+            control_kwargs = {
+                "control_image": control_tensor[slice_index].contiguous(),
+                "controlnet_conditioning_scale": control_scale,
+            }
         result = pipe(
             image=image_tensor[slice_index].contiguous(),
             mask_image=mask_tensor[slice_index],
@@ -159,6 +175,7 @@ def inpaint(
             output_type="pt",
             callback_on_step_end=on_step_end,
             return_dict=False,
+            **control_kwargs,
         )[0]
 
         # 7. Back to grayscale model space: [0, 1] RGB → mean of the channels → [-1, 1]

@@ -72,6 +72,8 @@ class InpaintModel:
     _scheduler_config: dict = field(default_factory=dict, repr=False)
 
     _fast_runner: object = field(default=None, repr=False)
+    control: tuple | None = field(default=None, repr=False)
+    """(ControlNet inpainting pipeline, conditioning scale, control kind), set by `control.load_controlnet`."""
 
     @property
     def fast_runner(self):
@@ -131,6 +133,7 @@ class InpaintModel:
         guidance_scale: float = 7.5,
         strength: float = 1.0,
         callback: Callable[[int, int], None] | None = None,
+        control_images: np.ndarray | None = None,
     ) -> np.ndarray:
         """Inpaint N model-space slices (N, H, W) in [-1, 1]; returns (N, num_variants, H, W) in [-1, 1].
 
@@ -148,6 +151,7 @@ class InpaintModel:
             guidance_scale=guidance_scale,
             strength=strength,
             callback=callback,
+            control_images=control_images,
         )
 
 

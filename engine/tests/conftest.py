@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random-weight model built once per session, and real DICOM test files."""
+"""Shared fixtures: tiny random-weight models built once per test run, and the shipped phantom model."""
 
 import os
 from pathlib import Path

@@ -57,8 +57,8 @@ def volume_and_mask():
     return volume, mask
 
 
-def follow(monitor: JobMonitor, timeout: float = 120.0) -> list:
-    """What the panel's QTimer does: drain events until the job ends."""
+def follow(monitor, timeout: float = 120.0) -> list:
+    """What the panel's QTimer does: drain a job's or an export's events until it ends."""
     events = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,7 +66,7 @@ def follow(monitor: JobMonitor, timeout: float = 120.0) -> list:
         if events and events[-1].kind in ("finished", "error"):
             return events
         time.sleep(0.05)
-    raise AssertionError(f"job did not end within {timeout} s: {[e.kind for e in events]}")
+    raise AssertionError(f"{type(monitor).__name__} did not end within {timeout} s: {[e.kind for e in events]}")
 
 
 def wait_state(client: EngineClient, job_id: str, state: str, timeout: float = 60.0) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,18 +43,6 @@ def engine_with_pacs(tmp_path_factory, tiny_model, orthanc, server_process_class
     server.stop()
 
 
-def follow_export(monitor: ExportMonitor, timeout: float = 60.0) -> list:
-    """What the panel's QTimer does: drain events until the export ends."""
-    events = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events += monitor.drain()
-        if events and events[-1].kind in ("finished", "error"):
-            return events
-        time.sleep(0.05)
-    raise AssertionError(f"export did not end within {timeout} s: {[e.kind for e in events]}")
-
-
 def test_send_to_pacs_delivers_the_variant_and_reports_the_counts(engine_with_pacs, orthanc):
     client = EngineClient(engine_with_pacs.url, engine_with_pacs.token)
     info = client.check_connection()
@@ -68,7 +55,7 @@ def test_send_to_pacs_delivers_the_variant_and_reports_the_counts(engine_with_pa
     job_id = job[-1].status["id"]
 
     orthanc.clear()
-    events = follow_export(ExportMonitor(client, job_id, "pacs", variant=1, poll_interval=0.1).start())
+    events = follow(ExportMonitor(client, job_id, "pacs", variant=1, poll_interval=0.1).start(), timeout=60.0)
     assert events[0].kind == "started" and events[-1].kind == "finished", events[-1].error
     status = events[-1].status
     assert status["state"] == "succeeded" and status["delivered"] == status["total"] == 1
@@ -79,7 +66,7 @@ def test_send_to_pacs_delivers_the_variant_and_reports_the_counts(engine_with_pa
     assert tags["SOPInstanceUID"] == status["results"][0]["sop_instance_uid"]
     assert orthanc.get(f"/instances/{instance_id}/content/0008-001c").decode().strip("\x00 ") == "YES"
 
-    again = follow_export(ExportMonitor(client, job_id, "pacs", poll_interval=0.1).start())[-1].status
+    again = follow(ExportMonitor(client, job_id, "pacs", poll_interval=0.1).start(), timeout=60.0)[-1].status
     assert "already at 'pacs'" in export_summary(again) and len(orthanc.instance_ids()) == 1
 
 
@@ -92,7 +79,7 @@ def test_send_to_pacs_refusals_reach_the_panel_as_sentences(engine_with_pacs):
         client.export(running, "pacs")
     assert refused.value.status == 409
 
-    error = follow_export(ExportMonitor(client, running, "archive", poll_interval=0.1).start())[-1]
+    error = follow(ExportMonitor(client, running, "archive", poll_interval=0.1).start(), timeout=60.0)[-1]
     assert error.kind == "error" and isinstance(error.error, RequestRefused)
     assert "no destination named 'archive'; this engine offers: pacs" in str(error.error)
     client.cancel(running)

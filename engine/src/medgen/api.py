@@ -468,6 +468,4 @@ def inpaint(
     ``options`` are the fields of :class:`InpaintRequest`; an unknown name is an error.
     """
     request = InpaintRequest(input=Path(input), mask=Path(mask), prompt=prompt, out=Path(out), **options)
-    check_request(request)
-    check_output_dir(request.out)
     return Inpainter(model, device=device, dtype=dtype, scheduler=scheduler)(request, progress)

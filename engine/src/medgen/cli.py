@@ -67,7 +67,7 @@ def _add_inpaint_parser(subparsers) -> None:
 
 
 def _run_inpaint(args: argparse.Namespace) -> int:
-    from medgen.api import Inpainter, InpaintRequest, check_output_dir, check_request
+    from medgen.api import Inpainter, InpaintRequest
 
     request = InpaintRequest(
         input=args.input,
@@ -98,8 +98,6 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         controlnet=args.controlnet,
         control_from=args.control_from,
     )
-    check_request(request)
-    check_output_dir(request.out)
     inpainter = Inpainter(
         args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config
     )

@@ -16,6 +16,7 @@ import numpy as np
 from medgen import __version__
 from medgen.errors import InputError, OutputError
 from medgen.generate.control import CONTROL_KINDS, control_image, load_controlnet, parse_controlnet_spec
+from medgen.generate.prompt_variations import check_prompt_variations, variant_prompts
 from medgen.imaging.crop import dilate_mask, feather_weights, mask_crop_box, paste_generated
 from medgen.imaging.crop import resize_image, resize_mask
 from medgen.imaging.intensity import IntensityMap, choose_window
@@ -67,6 +68,8 @@ class InpaintRequest:
     # from control_from: "mask-edges", "mask" or "source-edges"
     controlnet: str | None = None
     control_from: str = "mask-edges"
+    # Variant v is prompted with prompt_variations[v mod n] (see generate.prompt_variations)
+    prompt_variations: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -123,6 +126,7 @@ def check_request(request: InpaintRequest) -> None:
         raise InputError(None, f"--control-from must be one of {', '.join(CONTROL_KINDS)}, got {request.control_from!r}")
     if request.controlnet is not None and not parse_controlnet_spec(request.controlnet)[0].is_dir():
         raise InputError(request.controlnet, "--controlnet: no such ControlNet folder")
+    check_prompt_variations(request.prompt, request.prompt_variations)
 
 
 def check_output_dir(out: Path) -> None:
@@ -264,28 +268,38 @@ class Inpainter:
             [np.clip(resize_image(job.source_model[job.box.slices], (resolution,) * 2), -1, 1) for job in jobs]
         )
         crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], (resolution,) * 2) for job in jobs])
-        control_images = None
-        if request.controlnet is not None:
-            control_images = np.stack(
-                [control_image(c, m, request.control_from) for c, m in zip(crops, crop_masks)]
-            )
+        control_images = self._control_images(request, crops, jobs)
 
-        # 6. Generate every variant of every slice
+        # 6. Generate every variant of every slice, one batched call per distinct prompt
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         seeds = [seed + v for v in range(request.num_variants)]
-        generated = self.model.inpaint(
-            crops.astype(np.float32),
-            crop_masks.astype(np.float32),
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            num_variants=request.num_variants,
-            seeds=seeds,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            strength=request.strength,
-            callback=progress,
-            control_images=control_images,
-        )
+        prompts = variant_prompts(request.prompt, request.prompt_variations, request.num_variants)
+        generated = np.empty((len(jobs), request.num_variants, resolution, resolution), np.float32)
+        groups = [[v for v, p in enumerate(prompts) if p == prompt] for prompt in dict.fromkeys(prompts)]
+        done_variants = 0
+        for group in groups:
+            group_progress = progress
+            if progress is not None and len(groups) > 1:
+                # counted in slice-steps over all variants, so the count only grows from group to group
+                unit = len(jobs) * request.num_inference_steps
+
+                def group_progress(done: int, total: int, before: int = done_variants, size: int = len(group)) -> None:
+                    progress(round((before + size * done / total) * unit), request.num_variants * unit)
+
+            generated[:, group] = self.model.inpaint(
+                crops.astype(np.float32),
+                crop_masks.astype(np.float32),
+                prompt=prompts[group[0]],
+                negative_prompt=request.negative_prompt,
+                num_variants=len(group),
+                seeds=[seeds[v] for v in group],
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                strength=request.strength,
+                callback=group_progress,
+                control_images=control_images,
+            )
+            done_variants += len(group)
 
         # 7. Paste back into stored values; outside the dilated mask the source is kept as is
         variant_pixels = [
@@ -293,8 +307,18 @@ class Inpainter:
         ]
 
         # 8. Write everything into a staging folder, then move it into place in one rename
-        provenance = self._provenance(request, volume, window, slice_indices, seeds, adapters)
-        return self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds)
+        provenance = self._provenance(request, volume, window, slice_indices, seeds, adapters, prompts)
+        return self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts)
+
+    def _control_images(self, request: InpaintRequest, crops: np.ndarray, jobs: list[_SliceJob]) -> np.ndarray | None:
+        """The ControlNet's image per crop, from the segment's own mask, not the dilated region: the
+        dilation is room to blend, the segment's outline is the structure the ControlNet keeps."""
+        if request.controlnet is None:
+            return None
+        size = (self.model.resolution,) * 2
+        return np.stack(
+            [control_image(c, resize_mask(job.mask[job.box.slices], size), request.control_from) for c, job in zip(crops, jobs)]
+        )
 
     def _prepare_slice(
         self, volume: Volume, intensity: IntensityMap, mask2d: np.ndarray, k: int, request: InpaintRequest
@@ -324,7 +348,7 @@ class Inpainter:
                 raise RuntimeError(f"slice {job.index}: paste-back changed pixels outside the dilated mask")
         return pixels
 
-    def _provenance(self, request, volume, window, slice_indices, seeds, adapters=()) -> dict:
+    def _provenance(self, request, volume, window, slice_indices, seeds, adapters=(), prompts=None) -> dict:
         from medgen.dicom.provenance import build_provenance
 
         parameters = {
@@ -336,6 +360,7 @@ class Inpainter:
                 "window_width": window.width,
                 "slices_inpainted": slice_indices,
                 "seeds": seeds,
+                "variant_prompts": prompts or [request.prompt] * len(seeds),
                 "scheduler": self.model.scheduler_name,
                 "resolution": self.model.resolution,
             }
@@ -350,7 +375,9 @@ class Inpainter:
             adapters=adapters,
         )
 
-    def _write_outputs(self, request, volume, intensity, jobs, variant_pixels, provenance, seeds) -> InpaintResult:
+    def _write_outputs(
+        self, request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts
+    ) -> InpaintResult:
         from medgen.dicom.provenance import write_provenance_json
         from medgen.dicom.writer import default_series_number
 
@@ -364,7 +391,7 @@ class Inpainter:
                 name = f"variant-{v + 1:02d}"
                 series_number = default_series_number(volume, v)
                 files += self._write_variant(
-                    request, volume, pixels, staging / name, provenance, seeds[v], jobs, series_number
+                    request, volume, pixels, staging / name, provenance, seeds[v], prompts[v], jobs, series_number
                 )
                 variant_dirs.append(out / name)
             write_provenance_json(staging / "provenance.json", provenance)
@@ -392,7 +419,7 @@ class Inpainter:
         )
 
     def _write_variant(
-        self, request, volume, pixels, variant_dir, provenance, seed, jobs, series_number
+        self, request, volume, pixels, variant_dir, provenance, seed, prompt, jobs, series_number
     ) -> list[Path]:
         from medgen.dicom.provenance import format_derivation_description
         from medgen.dicom.writer import SyntheticSeriesWriter, write_secondary_capture
@@ -400,7 +427,7 @@ class Inpainter:
 
         modified = [job.index for job in jobs]
         description = format_derivation_description(
-            prompt=request.prompt,
+            prompt=prompt,
             model_name=self.model_path.name,
             seed=seed,
             negative_prompt=request.negative_prompt,
@@ -411,9 +438,9 @@ class Inpainter:
         if volume.source_format is SourceFormat.DICOM:
             writer = SyntheticSeriesWriter(
                 volume,
-                series_description=f"SYNTHETIC {request.prompt}",
+                series_description=f"SYNTHETIC {prompt}",
                 derivation_description=description,
-                provenance={**provenance, "variant_seed": seed},
+                provenance={**provenance, "variant_seed": seed, "variant_prompt": prompt},
                 software_version=__version__,
                 model_name=self.model_path.name,
                 series_number=series_number,
@@ -427,7 +454,7 @@ class Inpainter:
                         [f for f in files if f.suffix == ".dcm"],
                         {job.index: job.mask for job in jobs},
                         variant_dir.parent / f"{variant_dir.name}-seg" / "SEG.dcm",
-                        request.prompt,
+                        prompt,
                         source_volume=volume,
                         software_version=__version__,
                         model_name=self.model_path.name,
@@ -441,9 +468,9 @@ class Inpainter:
                 volume,
                 pixels,
                 variant_dir / "dicom",
-                series_description=f"SYNTHETIC {request.prompt}",
+                series_description=f"SYNTHETIC {prompt}",
                 derivation_description=description,
-                provenance={**provenance, "variant_seed": seed},
+                provenance={**provenance, "variant_seed": seed, "variant_prompt": prompt},
                 software_version=__version__,
                 model_name=self.model_path.name,
             )

@@ -44,6 +44,11 @@ def _add_inpaint_parser(subparsers) -> None:
         help="what the ControlNet's control image is made from (default: mask-edges)",
     )
     p.add_argument("--variants", type=int, default=1, dest="num_variants")
+    p.add_argument(
+        "--prompt-variations", metavar="FILE|LIST",
+        help="variant v gets variation v mod n in front of the prompt (or in place of '{}' in it): a file with "
+        "one per line, or a comma-separated list such as 'small,lobulated,rim-enhancing'",
+    )
     p.add_argument("--seed", type=int, help="seed of the first variant (variant v uses seed + v); random if omitted")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help="default: the model's medgen.json, else 30")
     p.add_argument("--guidance", type=float, dest="guidance_scale", help="default: the model's medgen.json, else 7.5")
@@ -68,7 +73,9 @@ def _add_inpaint_parser(subparsers) -> None:
 
 def _run_inpaint(args: argparse.Namespace) -> int:
     from medgen.api import Inpainter, InpaintRequest
+    from medgen.generate.prompt_variations import read_prompt_variations
 
+    variations = read_prompt_variations(args.prompt_variations) if args.prompt_variations else None
     request = InpaintRequest(
         input=args.input,
         mask=args.mask,
@@ -97,6 +104,7 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         token=args.token,
         controlnet=args.controlnet,
         control_from=args.control_from,
+        prompt_variations=variations,
     )
     inpainter = Inpainter(
         args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config

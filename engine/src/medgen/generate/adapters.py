@@ -172,6 +172,28 @@ def write_manifest(
 
 
 # --------------------------------------------------------------------------------------------------
+CONTROLNET = "controlnet"
+
+
+def describe_adapter(path: str | Path) -> dict:
+    """What an adapter path holds, checked as loading checks it: {"kind", "manifest"} where kind is
+    textual_inversion, lora or controlnet (a diffusers ControlNetModel folder) and manifest its
+    adapter.json or None. A server lists these; a bad file fails here, at start, not at the first job."""
+    path = Path(path)
+    config = path / "config.json"
+    if path.is_dir() and config.is_file():
+        try:
+            class_name = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError, AttributeError) as error:
+            raise InputError(config, f"cannot read the folder's config: {error}") from error
+        if class_name != "ControlNetModel":
+            raise InputError(path, f"a folder with config.json must be a ControlNetModel, got {class_name!r}")
+        manifest = _read_manifest(path, config)
+        return {"kind": CONTROLNET, "manifest": manifest}
+    kind, weights_file, _ = _read_adapter(path)
+    return {"kind": kind, "manifest": _read_manifest(path, weights_file)}
+
+
 # Reading files safely
 # --------------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medgen.api import InpaintResult, ProgressCallback
 from medgen.errors import OutputError
+from medgen.generate.control import CONTROL_KINDS
 from medgen.progress import ProgressBar
 
 DEMO_PROMPT = "hypodense liver lesion, 2 cm"
@@ -143,6 +144,11 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
                         help="inpaint under the true mask or a round disk around it (the border then comes from the model)")
     parser.add_argument("--case-types", nargs="+", choices=ALL_TYPE_NAMES,
                         help="the cases' own lesion types, in turn (default: all five)")
+    parser.add_argument("--mask-dilate-mm", type=float, default=defaults.mask_dilate_mm,
+                        help="the engine's inpaint region: the mask dilated by this much (default 2)")
+    parser.add_argument("--mask-blur", type=float, default=defaults.mask_blur_px, help="feather width in px (default 4)")
+    parser.add_argument("--controlnet", metavar="PATH[:SCALE]", help="a diffusers ControlNet for every row")
+    parser.add_argument("--control-from", choices=CONTROL_KINDS, default=defaults.control_from)
     args = parser.parse_args(argv)
     if args.token and not args.adapter:
         parser.error("--token names the token of an --adapter; no adapter was given")
@@ -163,6 +169,10 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
         token=args.token,
         mask_shape=args.mask_shape,
         case_types=tuple(args.case_types) if args.case_types else None,
+        mask_dilate_mm=args.mask_dilate_mm,
+        mask_blur_px=args.mask_blur,
+        controlnet=args.controlnet,
+        control_from=args.control_from,
     )
     if args.work_dir is not None:
         _check_new_folder(args.work_dir)

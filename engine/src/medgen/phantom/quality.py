@@ -83,6 +83,7 @@ class QualitySettings:
     guidance_scale: float = DEMO_GUIDANCE_SCALE
     crop_padding_px: int = DEMO_CROP_PADDING_PX
     mask_dilate_mm: float = 2.0  # the engine's default
+    mask_blur_px: float = 4.0  # the engine's default
     change_threshold_hu: float = 25.0
     types: tuple[str, ...] = tuple(t.value for t in ALL_TYPES)
     baseline: bool = True
@@ -93,6 +94,8 @@ class QualitySettings:
     mask_shape: str = "lesion"  # "lesion": the true mask; "disk": a round disk around it
     lesion_threshold_hu: float = 15.0
     case_types: tuple[str, ...] | None = None  # the cases' own lesion types, in turn (None: all five)
+    controlnet: str | None = None  # "PATH[:SCALE]", for every row (the baseline too)
+    control_from: str = "mask-edges"
 
 
 @dataclass
@@ -316,9 +319,12 @@ def _run_engine(inpainter, files, mask_path, prompt, prompt_type, folder, seeds,
         guidance_scale=settings.guidance_scale,
         crop_padding_px=settings.crop_padding_px,
         mask_dilate_mm=settings.mask_dilate_mm,
+        mask_blur_px=settings.mask_blur_px,
         window="soft_tissue",
         adapters=list(settings.adapters),
         token=settings.token,
+        controlnet=settings.controlnet,
+        control_from=settings.control_from,
     )
     result = inpainter(request)
     return [read_series_stored(directory) for directory in result.variant_dirs]
@@ -345,6 +351,9 @@ def _run_unprompted(inpainter, files, mask_path, seeds, settings) -> list[np.nda
         all_slices=True,
         crop_padding_px=settings.crop_padding_px,
         mask_dilate_mm=settings.mask_dilate_mm,
+        mask_blur_px=settings.mask_blur_px,
+        controlnet=settings.controlnet,
+        control_from=settings.control_from,
     )
     volume = read_volume(request.input)
     mask = read_mask(request.mask, volume)
@@ -363,6 +372,7 @@ def _run_unprompted(inpainter, files, mask_path, seeds, settings) -> list[np.nda
         seeds=seeds,
         num_inference_steps=settings.num_inference_steps,
         guidance_scale=settings.guidance_scale,
+        control_images=inpainter._control_images(request, crops, jobs),
     )
     return [inpainter._paste_variant(volume, intensity, jobs, generated[:, v]) for v in range(len(seeds))]
 
@@ -447,6 +457,8 @@ def format_report(report: QualityReport) -> str:
             + (f", adapters {', '.join(s.adapters)}" if s.adapters else "")
             + (f", token {s.token}" if s.token else "")
             + (", disk masks" if s.mask_shape == "disk" else "")
+            + (f", ControlNet {s.controlnet} from {s.control_from}" if s.controlnet else "")
+            + (f", mask dilated {s.mask_dilate_mm:g} mm, blur {s.mask_blur_px:g} px" if (s.mask_dilate_mm, s.mask_blur_px) != (2.0, 4.0) else "")
         ),
         (
             f"{'type':<14} {'prompt':<28} {'n':>3} {'fidelity':>8} {'mean HU':>8} {'truth HU':>8} "

@@ -29,6 +29,7 @@ from medgen.server.exports import ExportRunner, ExportStore
 from medgen.server.jobs import JobRecord, JobStore
 from medgen.server.results import ARRAY_FILENAME, DICOM_ZIP_FILENAME, PREVIEW_FILENAME, PROVENANCE_FILENAME
 from medgen.server.schemas import (
+    AdapterInfo,
     DestinationInfo,
     EngineInfo,
     ErrorBody,
@@ -218,7 +219,8 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
             version=__version__,
             device=registry.device(),
             models=registry.info(),
-            adapters=[],  # the engine applies no adapters yet; jobs that name one are refused
+            adapters=[AdapterInfo(name=a.name, kind=a.kind, token=a.token, base_model=a.base_model,
+                                  modality=a.modality) for a in config.adapters],
             schedulers=[s.value for s in Scheduler],
             limits=limits,
             queue=QueueInfo(queued=store.count(JobState.QUEUED), running=store.count(JobState.RUNNING)),
@@ -405,14 +407,22 @@ def _fixed_parameters(parameters: JobParameters, config: ServerConfig) -> JobPar
     unset = {name: value for name, value in recommended.items() if name not in parameters.model_fields_set}
     if unset:
         parameters = parameters.model_copy(update=unset)
-    if parameters.adapters:
-        names = ", ".join(adapter.name for adapter in parameters.adapters)
-        raise ApiError(400, "unknown_adapter", f"this engine has no adapters loaded; cannot apply: {names}")
+    unknown = [adapter.name for adapter in parameters.adapters if config.adapter(adapter.name) is None]
+    if unknown:
+        offered = ", ".join(adapter.name for adapter in config.adapters) or "none"
+        raise ApiError(400, "unknown_adapter", f"no adapter named {', '.join(map(repr, unknown))}; "
+                                               f"this engine offers: {offered}")
+    controlnets = [a.name for a in parameters.adapters if config.adapter(a.name).kind == "controlnet"]
+    if len(controlnets) > 1:
+        raise ApiError(400, "bad_adapters", f"one ControlNet per job, got {', '.join(controlnets)}")
     if parameters.seed is None:
         parameters = parameters.model_copy(update={"seed": secrets.randbelow(2**31)})
     from medgen.api import check_request
+    from medgen.generate.prompt_variations import check_prompt_variations
 
-    check_request(engine_request(parameters, source=Path("-"), mask=Path("-"), out=Path("-"), seed=parameters.seed))
+    check_prompt_variations(parameters.prompt, parameters.prompt_variations)
+    check_request(engine_request(parameters, config, source=Path("-"), mask=Path("-"), out=Path("-"),
+                                 seed=parameters.seed))
     return parameters
 
 

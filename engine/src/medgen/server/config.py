@@ -43,6 +43,18 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class AdapterEntry:
+    """An adapter the server offers by name: a textual inversion, a LoRA or a ControlNet."""
+
+    name: str
+    path: Path
+    kind: str
+    token: str | None = None
+    base_model: str | None = None
+    modality: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path
     models: tuple[ModelEntry, ...]
@@ -53,6 +65,8 @@ class ServerConfig:
     """Load the default model when the worker starts rather than at the first job."""
     destinations: tuple[ExportDestination, ...] = ()
     """Where finished variants may be exported; clients choose by name, never by host."""
+    adapters: tuple[AdapterEntry, ...] = ()
+    """Adapters jobs may name; clients choose by name, never by path."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -63,6 +77,9 @@ class ServerConfig:
         names = [destination.name for destination in self.destinations]
         if len(set(names)) != len(names):
             raise ValueError(f"destination names must be unique, got {names}")
+        names = [adapter.name for adapter in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter names must be unique, got {names}")
 
     @property
     def default_model(self) -> ModelEntry:
@@ -75,3 +92,6 @@ class ServerConfig:
 
     def destination(self, name: str) -> ExportDestination | None:
         return next((destination for destination in self.destinations if destination.name == name), None)
+
+    def adapter(self, name: str) -> AdapterEntry | None:
+        return next((adapter for adapter in self.adapters if adapter.name == name), None)

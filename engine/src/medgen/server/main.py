@@ -9,7 +9,15 @@ import os
 import sys
 from pathlib import Path
 
-from medgen.server.config import DEFAULT_HOST, DEFAULT_PORT, ModelEntry, ServerConfig, default_data_dir, default_limits
+from medgen.server.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    AdapterEntry,
+    ModelEntry,
+    ServerConfig,
+    default_data_dir,
+    default_limits,
+)
 from medgen.server.destinations import ExportDestination, load_destinations_file, parse_destination_option
 
 EXIT_BAD_USAGE = 2
@@ -35,6 +43,14 @@ def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
         metavar="[NAME=]PATH",
         help="diffusers folder or single-file checkpoint; repeat for several (the first is the default); "
         "NAME defaults to the file or folder name",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="a textual inversion, LoRA or ControlNet that jobs may name; repeat for several "
+        "(NAME defaults to the file or folder name)",
     )
     p.add_argument(
         "--destination",
@@ -84,6 +100,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     try:
         models = tuple(parse_model_option(value) for value in args.model) or (default_model(),)
         destinations = parse_destinations(args.destination, args.destinations)
+        adapters = tuple(parse_adapter_option(value) for value in args.adapter)
     except ValueError as exc:
         print(f"medgen serve: error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
@@ -132,9 +149,11 @@ def serve_main(argv: list[str] | None = None) -> int:
     from medgen.server.app import create_app
 
     config = ServerConfig(data_dir=data_dir, models=models, device=args.device, dtype=args.dtype, limits=limits,
-                          preload=not args.lazy, destinations=destinations)
+                          preload=not args.lazy, destinations=destinations, adapters=adapters)
     app = create_app(config, token)
     print(f"medgen serve: engine at {url} (model {models[0].name}; data in {data_dir})", flush=True)
+    for adapter in adapters:
+        print(f"medgen serve: adapter {adapter.name!r} ({adapter.kind}): {adapter.path}", flush=True)
     for destination in destinations:
         print(f"medgen serve: export destination {destination.name!r}: {destination.address}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
@@ -160,6 +179,33 @@ def parse_model_option(value: str) -> ModelEntry:
     if not path.exists():
         raise ValueError(f"--model {value}: no such file or folder")
     return ModelEntry(name=name or path.name.removesuffix(".safetensors"), path=path.resolve())
+
+
+def parse_adapter_option(value: str) -> AdapterEntry:
+    """``NAME=PATH`` or ``PATH``, read and checked now so a bad adapter fails at start."""
+    from medgen.errors import MedgenError
+    from medgen.generate.adapters import describe_adapter
+
+    name, sep, path_text = value.partition("=")
+    if not sep:
+        name, path_text = "", value
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise ValueError(f"--adapter {value}: no such file or folder")
+    try:
+        described = describe_adapter(path)
+    except MedgenError as exc:
+        raise ValueError(f"--adapter {value}: {exc}") from None
+    manifest = described["manifest"] or {}
+    base = manifest.get("base_model")
+    return AdapterEntry(
+        name=name or path.name.removesuffix(".safetensors"),
+        path=path.resolve(),
+        kind=described["kind"],
+        token=manifest.get("token") if isinstance(manifest.get("token"), str) else None,
+        base_model=base.get("name") if isinstance(base, dict) else None,
+        modality=manifest.get("modality") if isinstance(manifest.get("modality"), str) else None,
+    )
 
 
 def parse_destinations(options: list[str], file: Path | None) -> tuple[ExportDestination, ...]:

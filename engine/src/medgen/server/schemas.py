@@ -7,8 +7,11 @@ user of either recognizes them. Unknown fields are refused, never silently ignor
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+ControlFrom = Literal["mask-edges", "mask", "source-edges"]
 
 API_VERSION = 1
 MAX_SEED = 2**63  # exclusive; what survives JSON, SQLite and DICOM integer fields unchanged
@@ -67,6 +70,10 @@ class JobParameters(BaseModel):
     window: str | None = None
     window_center: float | None = None
     window_width: float | None = Field(default=None, gt=0)
+    control_from: ControlFrom = Field(default="mask-edges", description="a ControlNet's control image source")
+    prompt_variations: list[str] | None = Field(
+        default=None, max_length=64, description="variant v gets item v mod n in front of the prompt (or for '{}')"
+    )
 
 
 class Progress(BaseModel):
@@ -147,8 +154,13 @@ class ModelInfo(BaseModel):
 
 
 class AdapterInfo(BaseModel):
+    """An adapter jobs may name, with what its manifest says of it."""
+
     name: str
-    kind: str
+    kind: str = Field(description="textual_inversion, lora or controlnet")
+    token: str | None = Field(default=None, description="a textual inversion's token, to write in the prompt")
+    base_model: str | None = Field(default=None, description="the model it was trained on, per its manifest")
+    modality: str | None = None
 
 
 class Limits(BaseModel):

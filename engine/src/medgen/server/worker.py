@@ -83,15 +83,28 @@ class ModelRegistry:
             self._states[name] = self._states[name].model_copy(update=changes)
 
 
-def engine_request(parameters: JobParameters, *, source: Path, mask: Path, out: Path, seed: int):
-    """The `InpaintRequest` of one variant of a job (the server always writes DICOM, even for NRRD input)."""
+def engine_request(
+    parameters: JobParameters, config: ServerConfig, *, source: Path, mask: Path, out: Path, seed: int, variant: int = 0
+):
+    """The `InpaintRequest` of variant ``variant`` of a job (the server always writes DICOM, even for NRRD
+    input): its own prompt (prompt variations), its seed, and the named adapters as paths."""
     from medgen.api import InpaintRequest
+    from medgen.generate.prompt_variations import variant_prompts
 
+    adapters, controlnet = [], None
+    for choice in parameters.adapters:
+        entry = config.adapter(choice.name)
+        if entry is None:
+            raise ModelUnavailable(f"adapter {choice.name!r} is no longer offered by this server")
+        if entry.kind == "controlnet":
+            controlnet = f"{entry.path}:{float(choice.weight)!r}"
+        else:
+            adapters.append(f"{entry.path}:{float(choice.weight)!r}")
     return InpaintRequest(
         input=source,
         mask=mask,
         out=out,
-        prompt=parameters.prompt,
+        prompt=variant_prompts(parameters.prompt, parameters.prompt_variations, variant + 1)[variant],
         negative_prompt=parameters.negative_prompt,
         segment=parameters.segment,
         label=parameters.label,
@@ -110,6 +123,9 @@ def engine_request(parameters: JobParameters, *, source: Path, mask: Path, out: 
         window_width=parameters.window_width,
         only_modified=False,
         write_dicom=True,
+        adapters=adapters,
+        controlnet=controlnet,
+        control_from=parameters.control_from,
     )
 
 
@@ -189,7 +205,8 @@ class Worker:
             out = files.work_dir / f"run-{v + 1:02d}"
             shutil.rmtree(out, ignore_errors=True)
             files.work_dir.mkdir(parents=True, exist_ok=True)
-            request = engine_request(parameters, source=source, mask=mask, out=out, seed=job.seed + v)
+            request = engine_request(parameters, self._config, source=source, mask=mask, out=out,
+                                     seed=job.seed + v, variant=v)
 
             def progress(done: int, total: int, v: int = v) -> None:
                 self._check_interrupt(job.id)

@@ -1,4 +1,4 @@
-"""`medgen train textual-inversion|lora`: train an adapter on a folder/CSV of scans or on held-out phantoms."""
+"""`medgen train textual-inversion|lora|controlnet`: train an adapter on a folder/CSV of scans or on phantoms."""
 
 from __future__ import annotations
 
@@ -8,18 +8,22 @@ import sys
 from pathlib import Path
 
 from medgen.errors import MedgenError
-from medgen.train.loop import AdapterTrainSettings
+from medgen.train.loop import OPTIMIZERS, AdapterTrainSettings, check_optimizer
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgen train", description=__doc__)
     kinds = parser.add_subparsers(dest="kind", required=True)
-    for kind in ("textual-inversion", "lora"):
+    for kind in ("textual-inversion", "lora", "controlnet"):
         p = kinds.add_parser(kind)
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--data", type=Path, help="CSV with columns image,mask,prompt (or a folder with train.csv)")
-        source.add_argument("--phantom-spiculated", type=int, metavar="N",
-                            help="train on N crops of the held-out spiculated-mass phantoms")
+        if kind == "controlnet":
+            source.add_argument("--phantom", type=int, metavar="N",
+                                help="train on N crops of the four base phantom lesion types, each with its prompt")
+        else:
+            source.add_argument("--phantom-spiculated", type=int, metavar="N",
+                                help="train on N crops of the held-out spiculated-mass phantoms")
         p.add_argument("--base", type=Path, help="base inpainting model (default: the shipped phantom demo model)")
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--prompt", help="prompt for phantom crops (default: '<token> mass' or 'spiculated mass')")
@@ -33,12 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint-every", type=int, default=0)
         p.add_argument("--validation-every", type=int, default=0)
         p.add_argument("--resume", type=Path, help="an accelerate checkpoint folder (OUT/checkpoints/step-K)")
+        p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                       help="adamw-8bit needs bitsandbytes (a quarter of the optimizer state memory)")
         if kind == "textual-inversion":
             p.add_argument("--token", default="<spiculated>")
             p.add_argument("--initializer", default="mass")
             p.add_argument("--num-vectors", type=int, default=2)
-        else:
+        elif kind == "lora":
             p.add_argument("--rank", type=int, default=4)
+        else:
+            p.add_argument("--control-from", choices=("mask-edges", "mask"), default="mask-edges")
+            p.add_argument("--max-dilate-px", type=int, default=6,
+                           help="inpaint regions are the mask dilated by 0..N model pixels (default 6)")
     return parser
 
 
@@ -52,18 +62,23 @@ def _model_resolution(base: Path) -> int:
 def train_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medgen.phantom.model import demo_model_path
-    from medgen.train.data import file_crops, phantom_lesion_crops
+    from medgen.phantom.lesions import BASE_TYPES
+    from medgen.train.data import file_crops, phantom_lesion_crops, with_controls
 
     base = args.base or demo_model_path()
-    default_lr = 5e-3 if args.kind == "textual-inversion" else 1e-3
+    default_lr = {"textual-inversion": 5e-3, "lora": 1e-3, "controlnet": 1e-4}[args.kind]
     settings = AdapterTrainSettings(
+        optimizer=args.optimizer,
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate or default_lr, seed=args.seed,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, validation_every=args.validation_every, device=args.device,
     )
     try:
+        check_optimizer(args.optimizer)
         if args.data is not None:
             crops = file_crops(args.data, resolution=_model_resolution(Path(base)))
+        elif args.kind == "controlnet":
+            crops = phantom_lesion_crops(args.phantom, prompt=args.prompt, lesion_types=BASE_TYPES, seed=args.seed)
         else:
             default_prompt = f"{args.token} mass" if args.kind == "textual-inversion" else "spiculated mass"
             crops = phantom_lesion_crops(args.phantom_spiculated, prompt=args.prompt or default_prompt, seed=args.seed)
@@ -72,10 +87,16 @@ def train_main(argv: list[str] | None = None) -> int:
 
             path = train_textual_inversion(base, crops, args.out, token=args.token, initializer=args.initializer,
                                            num_vectors=args.num_vectors, settings=settings, resume=args.resume)
-        else:
+        elif args.kind == "lora":
             from medgen.train.lora import train_lora
 
             path = train_lora(base, crops, args.out, rank=args.rank, settings=settings, resume=args.resume)
+        else:
+            from medgen.train.controlnet import train_controlnet
+
+            crops = with_controls(crops, args.control_from, max_dilate_px=args.max_dilate_px, seed=args.seed)
+            path = train_controlnet(base, crops, args.out, control_from=args.control_from, settings=settings,
+                                    resume=args.resume)
     except (MedgenError, ValueError) as error:
         print(f"medgen train: error: {error}", file=sys.stderr)
         return 2

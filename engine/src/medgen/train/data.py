@@ -22,33 +22,66 @@ DEFAULT_CROP_PADDING_PX = 16
 
 @dataclass
 class AdapterCrops:
-    """N model-space crops (N, R, R) in [-1, 1], their masks (N, R, R) bool, and one prompt each."""
+    """N model-space crops (N, R, R) in [-1, 1], their inpaint regions (N, R, R) bool, one prompt each,
+    and for a ControlNet the control images (N, R, R) in [0, 1]."""
 
     images: np.ndarray
     masks: np.ndarray
     prompts: list[str]
+    controls: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
 
 def phantom_lesion_crops(
-    count: int, *, prompt: str, lesion_type: LesionType = LesionType.SPICULATED, seed: int = 0, resolution: int = 64
+    count: int,
+    *,
+    prompt: str | None,
+    lesion_types: tuple[LesionType, ...] = (LesionType.SPICULATED,),
+    seed: int = 0,
+    resolution: int = 64,
 ) -> AdapterCrops:
-    """``count`` crops of one phantom lesion type: healthy tissue outside the mask, the lesion inside."""
+    """``count`` crops of phantom lesions of the given types: healthy tissue outside the mask, the lesion
+    inside. Every crop gets ``prompt``, or with None its own type's prompt (the base model's words)."""
     from medgen.phantom.dataset import make_pair
+    from medgen.phantom.lesions import LESION_SPECS
 
+    types = tuple(LesionType(t) for t in lesion_types)
     rng = np.random.default_rng(seed)
     images = np.zeros((count, resolution, resolution), np.float32)
     masks = np.zeros((count, resolution, resolution), bool)
-    n = 0
-    while n < count:
-        pair = make_pair(rng, resolution, healthy_fraction=0.0, types=(LesionType(lesion_type),))
+    prompts = []
+    while len(prompts) < count:
+        pair = make_pair(rng, resolution, healthy_fraction=0.0, types=types)
         if pair is None or not pair[1].any():
             continue
-        images[n], masks[n] = pair[0], pair[1]
-        n += 1
-    return AdapterCrops(images, masks, [prompt] * count)
+        images[len(prompts)], masks[len(prompts)] = pair[0], pair[1]
+        prompts.append(prompt if prompt is not None else LESION_SPECS[types[pair[2]]].prompt)
+    return AdapterCrops(images, masks, prompts)
+
+
+def with_controls(crops: AdapterCrops, kind: str, *, max_dilate_px: int, seed: int = 0) -> AdapterCrops:
+    """ControlNet training crops: the control image from each lesion mask (as `medgen inpaint` makes it
+    from the segment), and the inpaint region that mask dilated by 0..``max_dilate_px`` pixels, so the
+    ControlNet learns to keep the lesion to the outline inside a larger region.
+
+    "source-edges" is refused: training images hold the lesion, the sources it would see do not.
+    """
+    from scipy import ndimage
+
+    from medgen.generate.control import control_image
+
+    if kind not in ("mask-edges", "mask"):
+        raise ValueError(f"ControlNet training makes control images from the mask: 'mask-edges' or 'mask', got {kind!r}")
+    rng = np.random.default_rng(seed)
+    controls = np.stack([control_image(image, mask, kind) for image, mask in zip(crops.images, crops.masks)])
+    regions = np.empty_like(crops.masks)
+    for i, mask in enumerate(crops.masks):
+        radius = int(rng.integers(0, max_dilate_px + 1))
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        regions[i] = ndimage.binary_dilation(mask, yy**2 + xx**2 <= radius**2) if radius else mask
+    return AdapterCrops(crops.images, regions, crops.prompts, controls.astype(np.float32))
 
 
 def read_training_table(data: str | Path) -> list[tuple[Path, Path, str]]:

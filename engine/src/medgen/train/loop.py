@@ -1,10 +1,12 @@
-"""The inpainting-aware training loop shared by textual inversion and LoRA.
+"""The inpainting-aware training loop shared by textual inversion, LoRA and ControlNet.
 
 The UNet sees exactly the conditioning `StableDiffusionInpaintPipeline` gives it at inference (the
 mask at latent size by nearest-neighbour interpolation, the VAE latents of the image with the mask
 zeroed), and the noise-prediction loss counts only latents under or next to the lesion mask, so the
 adapter learns the lesion, not the anatomy around it. Built on accelerate: mixed precision, gradient
 checkpointing, `save_state`/`load_state` checkpoints for `--resume`, seeded, a tqdm bar with the loss.
+The loss on one fixed batch (same crops, noise and timesteps) is measured before and after training
+and written into adapter.json, so "did it learn" has an answer that step-to-step noise cannot blur.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from medgen.train.data import AdapterCrops
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+FIXED_BATCH_SIZE = 16
+"""Crops in the fixed batch whose loss is measured before and after training (adapter.json)."""
 
 
 @dataclass
@@ -47,6 +51,7 @@ class AdapterTrainSettings:
     validation_steps: int = 20
     validation_guidance_scale: float = 1.4
     device: str = "auto"
+    optimizer: str = "adamw"  # or "adamw-8bit" (bitsandbytes)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,6 +79,30 @@ def make_accelerator(settings: AdapterTrainSettings, device: torch.device) -> Ac
     if device.type != "cuda" and precision != "no":
         raise ValueError(f"mixed precision {precision!r} needs CUDA; got device {device}")
     return Accelerator(mixed_precision=precision, cpu=device.type != "cuda")
+
+
+OPTIMIZERS = ("adamw", "adamw-8bit")
+
+
+def check_optimizer(name: str) -> None:
+    """Fail before any work when the optimizer is unknown or its package is missing."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    if name == "adamw-8bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ValueError("--optimizer adamw-8bit needs bitsandbytes: pip install bitsandbytes") from None
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], settings: AdapterTrainSettings) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (a quarter of the optimizer memory) when asked for and installed."""
+    check_optimizer(settings.optimizer)
+    if settings.optimizer == "adamw-8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(parameters, lr=settings.learning_rate, weight_decay=0.0)
+    return torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
 
 
 @torch.no_grad()
@@ -111,8 +140,13 @@ def train_adapter(
     save_adapter: Callable[[Path], None],
     validation_prompt: str,
     resume: Path | None = None,
+    predict_noise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """Train ``parameters`` (inside ``trainable``, the module accelerate prepares) and return the loss history."""
+    """Train ``parameters`` (inside ``trainable``, the module accelerate prepares) and return the loss history.
+
+    ``predict_noise(unet_input, timesteps, prompt_embeddings, crop_indices)`` replaces the plain UNet
+    call where the adapter sits outside the UNet (a ControlNet adds residuals to it).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = model.pipe
@@ -122,7 +156,7 @@ def train_adapter(
     latents = encode_crops(model, crops)
     scaling = float(pipe.vae.config.scaling_factor)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = make_optimizer(parameters, settings)
     prepared, optimizer = accelerator.prepare(trainable, optimizer)
     accelerator.register_for_checkpointing(state)
     if resume is not None:
@@ -137,25 +171,41 @@ def train_adapter(
     history: list[dict] = []
     bar = tqdm(range(state.step, settings.steps), desc="adapter", unit="step", initial=state.step,
                total=settings.steps, mininterval=2.0)
-    for step in bar:
-        g = state.generator
-        index = torch.randint(len(crops), (settings.batch_size,), generator=g)
+    def batch_loss(index: torch.Tensor, g: torch.Generator, t: torch.Tensor | None = None) -> torch.Tensor:
         # 1. Latents sampled from the posterior, as the pipeline's VAE encode does
-        x0 = (latents["mean"][index] + latents["std"][index] * torch.randn(latents["mean"][index].shape, generator=g))
+        x0 = latents["mean"][index] + latents["std"][index] * torch.randn(latents["mean"][index].shape, generator=g)
         masked = latents["masked_mean"][index] + latents["masked_std"][index] * torch.randn(
             latents["masked_mean"][index].shape, generator=g
         )
         x0, masked = x0 * scaling, masked * scaling
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=g)
+        if t is None:
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=g)
         noisy = scheduler.add_noise(x0, noise, t)
         unet_in = torch.cat([noisy, latents["mask"][index], masked], dim=1).to(device)
-        weight = (latents["near_mask"][index] + settings.outside_loss_weight * (1 - latents["near_mask"][index])).to(device)
+        near = latents["near_mask"][index]
+        weight = (near + settings.outside_loss_weight * (1 - near)).to(device)
         # 2. Predict the noise with the prompts' embeddings; loss on the lesion's latents only
         with accelerator.autocast():
             hidden = encode_prompts([crops.prompts[i] for i in index.tolist()])
-            pred = pipe.unet(unet_in.to(pipe.unet.dtype), t.to(device), encoder_hidden_states=hidden).sample
-            loss = (weight * (pred.float() - noise.to(device)) ** 2).sum() / weight.sum().clamp(min=1.0)
+            if predict_noise is None:
+                pred = pipe.unet(unet_in.to(pipe.unet.dtype), t.to(device), encoder_hidden_states=hidden).sample
+            else:
+                pred = predict_noise(unet_in.to(pipe.unet.dtype), t.to(device), hidden, index)
+            return (weight * (pred.float() - noise.to(device)) ** 2).sum() / weight.sum().clamp(min=1.0)
+
+    @torch.no_grad()
+    def fixed_batch_loss() -> float:
+        """The loss on the same crops, noise and timesteps every time: comparable across steps and runs."""
+        count = min(len(crops), FIXED_BATCH_SIZE)
+        index = torch.arange(count)
+        t = torch.linspace(50, scheduler.config.num_train_timesteps - 50, count).long()
+        return float(batch_loss(index, torch.Generator().manual_seed(settings.seed + 1), t))
+
+    history.append({"step": state.step, "fixed_batch_loss": fixed_batch_loss()})
+    for step in bar:
+        index = torch.randint(len(crops), (settings.batch_size,), generator=state.generator)
+        loss = batch_loss(index, state.generator)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if after_step is not None:
@@ -168,6 +218,8 @@ def train_adapter(
             accelerator.save_state(str(out / CHECKPOINTS_DIR / f"step-{state.step}"))
         if settings.validation_every and state.step % settings.validation_every == 0:
             write_validation(model, crops, validation_prompt, settings, out / "validation" / f"step-{state.step}.png")
+    history.append({"step": state.step, "fixed_batch_loss": fixed_batch_loss()})
+    logger.info("loss on the fixed batch: %.4f -> %.4f", history[0]["fixed_batch_loss"], history[-1]["fixed_batch_loss"])
     pipe.unet.eval()
     accelerator.save_state(str(out / CHECKPOINTS_DIR / "last"))
     save_adapter(out)
@@ -182,9 +234,10 @@ def write_validation(model: InpaintModel, crops: AdapterCrops, prompt: str, sett
 
     n = min(settings.validation_count, len(crops))
     fresh = dataclasses.replace(model, _fast_runner=None)  # prompt embeddings change while training
+    controls = crops.controls[:n] if crops.controls is not None else None
     out = fresh.inpaint(crops.images[:n], crops.masks[:n], prompt=prompt, seeds=[settings.seed],
                         num_inference_steps=settings.validation_steps,
-                        guidance_scale=settings.validation_guidance_scale)[:, 0]
+                        guidance_scale=settings.validation_guidance_scale, control_images=controls)[:, 0]
     grid = np.concatenate([np.concatenate(list(crops.images[:n]), axis=1), np.concatenate(list(out), axis=1)], axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.uint8(np.clip((grid + 1) * 127.5, 0, 255))).save(path)
@@ -197,6 +250,9 @@ def write_manifest(out: Path, *, kind: str, base: Path, settings: AdapterTrainSe
     trained on, and how."""
     from medgen.generate.adapters import write_manifest as write_adapter_manifest
 
+    steps = [h["loss"] for h in history if "loss" in h]
+    fixed = [h["fixed_batch_loss"] for h in history if "fixed_batch_loss" in h]
+
     return write_adapter_manifest(
         Path(out),
         kind=kind,
@@ -205,6 +261,7 @@ def write_manifest(out: Path, *, kind: str, base: Path, settings: AdapterTrainSe
         **extra,
         num_crops=num_crops,
         settings=settings.to_json(),
-        final_loss=float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
+        final_loss=float(np.mean(steps[-20:])) if steps else None,
+        fixed_batch_loss={"before": fixed[0], "after": fixed[-1]} if fixed else None,
         torch=torch.__version__,
     )

@@ -25,6 +25,17 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def add_lora(unet: torch.nn.Module, rank: int) -> list[torch.nn.Parameter]:
+    """Freeze ``unet`` and give its attention projections rank-``rank`` LoRA layers; returns their parameters.
+
+    At rank 4 that is 0.093% of SD 1.5's inpainting UNet and 0.096% of SD 2's (tests/test_train_adapters.py).
+    """
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=list(LORA_TARGETS)))
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
 def train_lora(
     base: str | Path,
     crops: AdapterCrops,
@@ -44,11 +55,9 @@ def train_lora(
     tokenizer, text_encoder, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
 
     # 1. Freeze everything, then add the adapters (only they take gradients)
-    for module in (pipe.vae, text_encoder, unet):
+    for module in (pipe.vae, text_encoder):
         module.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                target_modules=list(LORA_TARGETS)))
-    parameters = [p for p in unet.parameters() if p.requires_grad]
+    parameters = add_lora(unet, rank)
     trainable = sum(p.numel() for p in parameters)
     total = sum(p.numel() for p in unet.parameters()) - trainable
     share = trainable / total

@@ -100,6 +100,5 @@ def train_textual_inversion(
     write_manifest(out, kind="textual_inversion", base=Path(base), settings=settings, history=history,
                    num_crops=len(crops), token=token, num_vectors=num_vectors, initializer=initializer,
                    weights=EMBEDDINGS_FILE, trainable_parameters=num_vectors * embeddings.shape[1])
-    logger.info("textual inversion %s: %d vector(s) x %d, final loss %.4f", token, num_vectors,
-                embeddings.shape[1], history[-1]["loss"] if history else float("nan"))
+    logger.info("textual inversion %s: %d vector(s) x %d", token, num_vectors, embeddings.shape[1])
     return out / EMBEDDINGS_FILE

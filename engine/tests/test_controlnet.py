@@ -90,3 +90,16 @@ def test_mismatched_tiny_random_weight_controlnet_is_refused(
     assert len(err.splitlines()) == 1, err
     assert str(bad) in err and "cross-attention" in err
     assert not out.exists()
+
+
+def test_controlnet_trained_on_another_base_warns(tiny_model_dir, tiny_base_model_dir, tmp_path, caplog):
+    """Its adapter.json (as `medgen train controlnet` writes it) names a base other than the model in use."""
+    import logging
+
+    from medgen.generate.adapters import write_manifest
+
+    controlnet = _tiny_controlnet(tiny_base_model_dir, tmp_path / "cn")
+    write_manifest(controlnet, kind="controlnet", base_model=tiny_base_model_dir, modality="CT")
+    with caplog.at_level(logging.WARNING, logger="medgen.generate.adapters"):
+        assert _run(tmp_path, tiny_model_dir, tmp_path / "out", "--controlnet", controlnet) == 0
+    assert any("was trained on base model tiny-base" in r.getMessage() for r in caplog.records)

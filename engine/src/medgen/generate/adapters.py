@@ -111,7 +111,7 @@ def load_adapters(
     pipe = model.pipe
     # 2. Load: textual inversions into the tokenizer and text encoder, LoRAs as named peft adapters
     for spec, kind, weights_file, state_dict in loaded:
-        manifest = _read_manifest(spec.path, weights_file)
+        manifest = read_manifest(spec.path, weights_file)
         record: dict[str, Any] = {
             "path": str(spec.path),
             "kind": kind,
@@ -131,7 +131,7 @@ def load_adapters(
         if manifest:
             record["modality"] = manifest.get("modality")
             record["base_model"] = manifest.get("base_model")
-            _warn_if_other_base(model, spec.path, manifest)
+            warn_if_other_base(model, spec.path, manifest)
         records.append(record)
     if lora_names:
         pipe.set_adapters(lora_names, lora_weights)
@@ -188,10 +188,10 @@ def describe_adapter(path: str | Path) -> dict:
             raise InputError(config, f"cannot read the folder's config: {error}") from error
         if class_name != "ControlNetModel":
             raise InputError(path, f"a folder with config.json must be a ControlNetModel, got {class_name!r}")
-        manifest = _read_manifest(path, config)
+        manifest = read_manifest(path, config)
         return {"kind": CONTROLNET, "manifest": manifest}
     kind, weights_file, _ = _read_adapter(path)
-    return {"kind": kind, "manifest": _read_manifest(path, weights_file)}
+    return {"kind": kind, "manifest": read_manifest(path, weights_file)}
 
 
 # Reading files safely
@@ -293,7 +293,7 @@ def _file_manifest_path(weights_file: Path) -> Path:
     return weights_file.with_name(f"{weights_file.stem}.adapter.json")
 
 
-def _read_manifest(path: Path, weights_file: Path) -> dict | None:
+def read_manifest(path: Path, weights_file: Path) -> dict | None:
     candidates = (
         [path / MANIFEST_NAME]
         if path.is_dir()
@@ -315,7 +315,7 @@ def _read_manifest(path: Path, weights_file: Path) -> dict | None:
     return None
 
 
-def _warn_if_other_base(model: InpaintModel, path: Path, manifest: dict) -> None:
+def warn_if_other_base(model: InpaintModel, path: Path, manifest: dict) -> None:
     from medgen.dicom.provenance import sha256_model
 
     base = manifest.get("base_model") or {}

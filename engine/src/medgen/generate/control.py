@@ -101,6 +101,12 @@ def load_controlnet(model: InpaintModel, path: str | Path, scale: float = 1.0, k
             f"{model.pipe.vae_scale_factor}; it was made for another base model",
         )
 
+    from medgen.generate.adapters import read_manifest, warn_if_other_base
+
+    manifest = read_manifest(path, path / "config.json")  # adapter.json, as `medgen train controlnet` writes
+    if manifest is not None:
+        warn_if_other_base(model, path, manifest)
+
     # 3. A ControlNet inpainting pipeline sharing the model's components
     controlnet.to(model.device)
     pipe = StableDiffusionControlNetInpaintPipeline(

@@ -10,6 +10,7 @@ No `from __future__ import annotations` here: parameterNodeWrapper reads the ann
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -52,7 +53,19 @@ SETTINGS_URL = "MedGenSlicer/EngineURL"
 SETTINGS_TOKEN = "MedGenSlicer/EngineToken"
 SETTINGS_OUTPUT = "MedGenSlicer/OutputDirectory"
 TIMER_INTERVAL_MS = 200
+THREAD_SLICE_S = 0.02  # each timer tick gives the engine threads this long to run (see onTimer)
 SYNTHETIC_ATTRIBUTE = "MedGenSlicer.Synthetic"
+
+
+def moduleResourcePath(relativePath: str) -> str:
+    """A resource file of this module: ``Resources/`` beside this file where a build or install put it,
+    else the extension's top-level ``Resources/`` when the module is loaded from the source tree."""
+    moduleDir = Path(__file__).resolve().parent
+    for candidate in (moduleDir / "Resources" / relativePath, moduleDir.parent / "Resources" / relativePath):
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"MedGenSlicer resource {relativePath} is in neither {moduleDir}/Resources nor "
+                            f"{moduleDir.parent}/Resources")
 
 
 #
@@ -73,6 +86,8 @@ class MedGenSlicer(ScriptedLoadableModule):
             "the DICOM it writes. Start the engine with <code>medgen serve</code> and paste its token below."
         )
         self.parent.acknowledgementText = "Synthetic images are for research, testing and teaching; never for diagnosis."
+        # Slicer looks for the icon beside this file only; from the source tree it sits one level up
+        self.parent.icon = qt.QIcon(moduleResourcePath("Icons/MedGenSlicer.png"))
 
 
 #
@@ -125,7 +140,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedGenSlicer.ui"))
+        uiWidget = slicer.util.loadUI(moduleResourcePath("UI/MedGenSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -183,6 +198,10 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        # the variant volumes and their source leave with the scene
+        self._variants = []
+        self._jobSource = None
+        self.ui.variantsListWidget.clear()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -203,9 +222,11 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            # read first: setting the segmentation can select its first segment and overwrite segmentId
+            segmentId = self._parameterNode.segmentId
             self.ui.segmentSelector.setCurrentNode(self._parameterNode.segmentation)
-            if self._parameterNode.segmentId:
-                self.ui.segmentSelector.setCurrentSegmentID(self._parameterNode.segmentId)
+            if segmentId:
+                self.ui.segmentSelector.setCurrentSegmentID(segmentId)
             self.ui.currentSliceRadioButton.checked = self._parameterNode.currentSliceOnly
             self.ui.allSlicesRadioButton.checked = not self._parameterNode.currentSliceOnly
             self._updateButtons()
@@ -281,13 +302,20 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.modelComboBox
         # what each model recommends (its medgen.json), applied when the user picks it
         self._modelRecommendations = {model["name"]: model.get("recommended", {}) for model in info["models"]}
-        combo.clear()
-        for model in info["models"]:
-            combo.addItem(model["name"])
-            if model.get("error"):
-                combo.setItemData(combo.count - 1, f"failed to load: {model['error']}", qt.Qt.ToolTipRole)
-        default = next((m["name"] for m in info["models"] if m["default"]), "")
-        combo.setCurrentText(previous if previous in [m["name"] for m in info["models"]] else default)
+        # refilling is not the user picking a model: signals stay off so their steps and guidance are kept
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for model in info["models"]:
+                combo.addItem(model["name"])
+                if model.get("error"):
+                    combo.setItemData(combo.count - 1, f"failed to load: {model['error']}", qt.Qt.ToolTipRole)
+            default = next((m["name"] for m in info["models"] if m["default"]), "")
+            combo.setCurrentText(previous if previous in [m["name"] for m in info["models"]] else default)
+        finally:
+            combo.blockSignals(wasBlocked)
+        if combo.currentText != previous:
+            self.onModelChanged(combo.currentText)
         table = self.ui.adaptersTableWidget
         table.setRowCount(0)
         for adapter in info.get("adapters", []):
@@ -397,7 +425,12 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.cancelButton.enabled = False
 
     def onTimer(self) -> None:
-        """Everything the background threads produced since the last tick; never waits."""
+        """Everything the background threads produced since the last tick; waits only THREAD_SLICE_S.
+
+        Slicer's PythonQt keeps the GIL on the main thread between Python calls, so the engine threads
+        run only while this sleep releases it.
+        """
+        time.sleep(THREAD_SLICE_S)
         if self._connectionCall is not None and self._connectionCall.done():
             self._finishConnectionCheck()
         if self._acceptCall is not None and self._acceptCall.done():
@@ -448,6 +481,9 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _addVariant(self, variant: VariantInfo, image: NrrdImage, result: JobResult) -> None:
+        if self._jobSource is None or not slicer.mrmlScene.IsNodePresent(self._jobSource):
+            self._showStatus(f"Variant {variant.index} arrived after its source volume left the scene", error=True)
+            return
         try:
             node = self.logic.addVariantVolume(self._jobSource, image, result, variant, self._monitor.job_id)
         except (GeometryError, ValueError) as error:
@@ -494,8 +530,13 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (EngineError, ValueError, OSError) as error:
             self._showStatus(f"Accept failed: {error}", error=True)
             return
-        with slicer.util.tryWithErrorDisplay("The series was written but could not be added to the DICOM database."):
+        # reported in the panel, not raised: this runs in the timer, which must go on draining the monitors
+        try:
             self.logic.importIntoDicomDatabase(self._acceptFolder)
+        except Exception as error:  # noqa: BLE001 - the series is on disk either way
+            self._showStatus(f"Wrote {len(files)} synthetic instance(s) to {self._acceptFolder}, but could not add "
+                             f"them to the DICOM database: {error}", error=True)
+        else:
             self._showStatus(f"Accepted: {len(files)} synthetic instance(s) in {self._acceptFolder} and in the "
                              f"DICOM database (series description starts with SYNTHETIC).")
         self._updateButtons()
@@ -571,8 +612,8 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
     def dicomInstances(volumeNode):
         """The volume's DICOM files and positions in Slicer's database, or None if it did not come from DICOM."""
         uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        database = slicer.dicomDatabase
-        if not uids or database is None:
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None or not database.isOpen:
             return None
         paths, positions = [], []
         for uid in uids:
@@ -615,10 +656,14 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showSideBySide(sourceNode, variantNode) -> None:
-        """Source on the left, variant on the right, same orientation, slices linked for visual QA."""
+        """Source on the left, variant on the right, both on the plane the Red view shows now (where the
+        user painted; FitSliceToAll alone would move them to the volume's centre), slices linked."""
         layoutManager = slicer.app.layoutManager()
+        redSliceNode = layoutManager.sliceWidget("Red").mrmlSliceNode()
+        sliceToRAS = vtk.vtkMatrix4x4()
+        sliceToRAS.DeepCopy(redSliceNode.GetSliceToRAS())  # also right for oblique (Reformat) views
+        offset = redSliceNode.GetSliceOffset()
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        orientation = layoutManager.sliceWidget("Red").mrmlSliceNode().GetOrientation()
         for viewName, node in (("Red", sourceNode), ("Yellow", variantNode)):
             sliceWidget = layoutManager.sliceWidget(viewName)
             compositeNode = sliceWidget.mrmlSliceCompositeNode()
@@ -626,14 +671,22 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
             compositeNode.SetForegroundVolumeID(None)
             compositeNode.SetLinkedControl(True)
             compositeNode.SetHotLinkedControl(True)
-            sliceWidget.mrmlSliceNode().SetOrientation(orientation)
+            sliceNode = sliceWidget.mrmlSliceNode()
+            sliceNode.GetSliceToRAS().DeepCopy(sliceToRAS)
+            sliceNode.UpdateMatrices()
             sliceWidget.sliceLogic().FitSliceToAll()
+            sliceNode.SetSliceOffset(offset)
 
     @staticmethod
     def importIntoDicomDatabase(folder: Path) -> None:
+        """Raises when the import fails: DICOMUtils.importDicom only logs and returns False."""
         from DICOMLib import DICOMUtils
 
-        DICOMUtils.importDicom(str(folder))
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None or not database.isOpen:
+            raise RuntimeError("Slicer's DICOM database is not open; choose its folder in the DICOM module")
+        if not DICOMUtils.importDicom(str(folder), database):
+            raise RuntimeError(f"importing {folder} into the DICOM database failed; see the Python console")
 
 
 #

@@ -74,3 +74,16 @@ def test_prompt_variations_missing_file_is_a_clear_cli_error(tiny_model_dir, tmp
     out = tmp_path / "out"
     assert _inpaint(tmp_path, tiny_model_dir, out, "--prompt-variations", tmp_path / "nope.txt") != 0
     assert "nope.txt" in capsys.readouterr().err and not out.exists()
+
+
+def test_progress_only_grows_across_prompt_groups_tiny_random_weight(tiny_model_dir, tmp_path):
+    from medgen.api import Inpainter, InpaintRequest
+
+    calls = []
+    request = InpaintRequest(input=dicom_testfile("CT_small.dcm"), mask=_mask(tmp_path), prompt="cyst",
+                             out=tmp_path / "out", num_variants=3, seed=1, num_inference_steps=2,
+                             prompt_variations=["small", "large"])
+    Inpainter(tiny_model_dir)(request, progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len({t for _, t in calls}) == 1
+    assert calls[-1][0] == calls[-1][1] > 0

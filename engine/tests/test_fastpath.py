@@ -281,6 +281,18 @@ def test_tiny_random_weight_speed_bench_loads_a_model_folder(tmp_path, capsys):
         main(["--arch", "demo", "--batch", "1", "--random-weights", "--model", str(tmp_path / "model")])
 
 
+def test_speed_bench_demo_arch_runs_the_shipped_phantom_model(tmp_path, capsys):
+    from medgen.phantom.model import demo_model_path
+
+    assert main(["--arch", "demo", "--batch", "1", "--steps", "2", "--dpm-steps", "", "--repeats", "1",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"demo (weights from {demo_model_path()})" in out and "engine/diffusers" in out
+    with pytest.raises(SystemExit):
+        main(["--arch", "demo", "--model", str(tmp_path / "missing")])
+    assert "no such model folder" in capsys.readouterr().err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_tiny_random_weight_cuda_graphs_and_compile_stay_close_to_eager_on_gpu():

@@ -156,8 +156,6 @@ def _build_pipeline(arch: str, model_path: str | None, device: torch.device, dty
     from medgen.generate.archs import build_random_pipeline
 
     if model_path is None:
-        if arch == "demo":
-            raise ValueError("--arch demo needs --model PATH (a diffusers inpainting model folder)")
         return build_random_pipeline(arch, dtype=dtype, device=device, seed=seed)
     pipe = StableDiffusionInpaintPipeline.from_pretrained(
         model_path, torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -238,6 +236,10 @@ def run_speed_bench(
 
     # 2. Model and inputs
     build_start = time.perf_counter()
+    if model_path is None and arch == "demo":
+        from medgen.phantom.model import demo_model_path
+
+        model_path = str(demo_model_path())  # the shipped phantom model, trained weights
     pipe = _build_pipeline(arch, model_path, dev, dtype, seed)
     build_s = time.perf_counter() - build_start
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -431,8 +433,9 @@ def format_table(result: dict) -> str:
     """The result as a plain-text table with its conditions, warm-up and agreement lines."""
     meta = result["meta"]
     v = meta["versions"]
+    weights = "random weights" if meta["weights"] == "random" else f"weights from {meta['weights']}"
     lines = [
-        f"medgen bench speed: {meta['arch']} ({meta['weights']} weights), {meta['resolution'][0]}x"
+        f"medgen bench speed: {meta['arch']} ({weights}), {meta['resolution'][0]}x"
         f"{meta['resolution'][1]}, {meta['steps']} steps {meta['scheduler']}, guidance {meta['guidance_scale']}, "
         f"{meta['dtype']}, compiled={meta['compiled']}, cuda_graphs={meta['cuda_graphs']}",
         f"device: {meta['device']} (bf16 dense peak {_fmt(meta['peak_bf16_tflops'], '.0f')} TFLOP/s, "
@@ -492,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time the engine's inpainting path against plain diffusers on the same inputs.",
     )
     parser.add_argument("--arch", choices=_ARCHS, default="sd15-inpaint",
-                        help="model architecture; demo loads --model PATH, tiny is for CPU tests")
+                        help="model architecture; demo is the shipped phantom model (or --model PATH), tiny is for CPU tests")
     parser.add_argument("--random-weights", action="store_true",
                         help="random weights for sd15-inpaint/sd2-inpaint (the default unless --model is given)")
     parser.add_argument("--model", help="diffusers inpainting model folder to load instead of random weights")
@@ -518,12 +521,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.model and args.random_weights:
         build_parser().error("--model and --random-weights exclude each other")
-    result = run_speed_bench(
-        args.arch, args.batch, args.steps, model_path=args.model, device=args.device, dtype=args.dtype,
-        json_path=args.json_path, repeats=args.repeats, dpm_steps=args.dpm_steps,
-        guidance_scale=args.guidance_scale, resolution=args.resolution,
-        compile=False if args.no_compile else None, seed=args.seed,
-    )
+    if args.model and not Path(args.model).is_dir():
+        build_parser().error(f"--model {args.model}: no such model folder")
+    try:
+        result = run_speed_bench(
+            args.arch, args.batch, args.steps, model_path=args.model, device=args.device, dtype=args.dtype,
+            json_path=args.json_path, repeats=args.repeats, dpm_steps=args.dpm_steps,
+            guidance_scale=args.guidance_scale, resolution=args.resolution,
+            compile=False if args.no_compile else None, seed=args.seed,
+        )
+    except ValueError as error:
+        print(f"medgen bench speed: error: {error}", file=sys.stderr)
+        return 2
     print(format_table(result))
     return 0
 

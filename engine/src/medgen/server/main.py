@@ -170,28 +170,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_model_option(value: str) -> ModelEntry:
-    """``NAME=PATH`` or ``PATH``; the path must exist so a typo fails at start, not at the first job."""
+def _named_path(option: str, value: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (NAME: the file or folder name); the path must exist so a typo fails at
+    start, not at the first job."""
     name, sep, path_text = value.partition("=")
     if not sep:
         name, path_text = "", value
     path = Path(path_text).expanduser()
     if not path.exists():
-        raise ValueError(f"--model {value}: no such file or folder")
-    return ModelEntry(name=name or path.name.removesuffix(".safetensors"), path=path.resolve())
+        raise ValueError(f"{option} {value}: no such file or folder")
+    return name or path.name.removesuffix(".safetensors"), path.resolve()
+
+
+def parse_model_option(value: str) -> ModelEntry:
+    name, path = _named_path("--model", value)
+    return ModelEntry(name=name, path=path)
 
 
 def parse_adapter_option(value: str) -> AdapterEntry:
-    """``NAME=PATH`` or ``PATH``, read and checked now so a bad adapter fails at start."""
+    """Read and checked now, so a bad adapter fails at start."""
     from medgen.errors import MedgenError
     from medgen.generate.adapters import describe_adapter
 
-    name, sep, path_text = value.partition("=")
-    if not sep:
-        name, path_text = "", value
-    path = Path(path_text).expanduser()
-    if not path.exists():
-        raise ValueError(f"--adapter {value}: no such file or folder")
+    name, path = _named_path("--adapter", value)
     try:
         described = describe_adapter(path)
     except MedgenError as exc:
@@ -199,8 +200,8 @@ def parse_adapter_option(value: str) -> AdapterEntry:
     manifest = described["manifest"] or {}
     base = manifest.get("base_model")
     return AdapterEntry(
-        name=name or path.name.removesuffix(".safetensors"),
-        path=path.resolve(),
+        name=name,
+        path=path,
         kind=described["kind"],
         token=manifest.get("token") if isinstance(manifest.get("token"), str) else None,
         base_model=base.get("name") if isinstance(base, dict) else None,

@@ -42,6 +42,7 @@ from MedGenSlicerLib import (
     dicom_upload,
     export_summary,
     extract_zip,
+    parse_prompt_variations,
     random_seed,
     slice_in_view,
     variant_on_source,
@@ -105,6 +106,7 @@ class MedGenSlicerParameterNode:
     currentSliceOnly: bool = True
     prompt: str = ""
     negativePrompt: str = ""
+    promptVariations: str = ""
     model: str = ""
     steps: Annotated[int, WithinRange(1, 200)] = 30
     guidance: Annotated[float, WithinRange(0.0, 30.0)] = 7.5
@@ -396,6 +398,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters = InpaintParameters(
                 prompt=node.prompt,
                 negative_prompt=node.negativePrompt or None,
+                prompt_variations=parse_prompt_variations(node.promptVariations),
                 model=node.model or None,
                 adapters=self._chosenAdapters(),
                 num_inference_steps=node.steps,

@@ -8,6 +8,7 @@ the source grid, unpack the synthetic DICOM, and show the right message for each
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from MedGenSlicerLib import (
     dicom_upload,
     extract_zip,
     normalize_url,
+    parse_prompt_variations,
     variant_on_source,
 )
 from MedGenSlicerLib.geometry import crop_slab
@@ -156,6 +158,20 @@ def test_array_job_of_the_red_slice_comes_back_on_the_source_grid(engine):
         variants.append(full)
     assert [e.variant.seed for e in events if e.kind == "variant"] == [21, 22]
     assert not np.array_equal(variants[0], variants[1])
+
+
+def test_prompt_variations_field_reaches_each_variant(engine):
+    """The panel's comma-separated field: one word per variant, in turn, recorded in each provenance."""
+    assert parse_prompt_variations(" small, ,large ") == ["small", "large"] and parse_prompt_variations("") is None
+    client = EngineClient(engine.url, engine.token)
+    volume, mask = volume_and_mask()
+    upload = array_upload(volume, IJK_TO_RAS, mask, parameters(
+        num_variants=2, prompt_variations=parse_prompt_variations("small, large")), slices=[2])
+    events = follow(JobMonitor(client, upload, poll_interval=0.1).start())
+    assert events[-1].status["state"] == "succeeded"
+    variants = [e for e in events if e.kind == "variant"]
+    prompts = [json.loads(client.download(e.variant.provenance_url))["parameters"]["prompt"] for e in variants]
+    assert prompts == ["small hypodense liver lesion", "large hypodense liver lesion"]
 
 
 def test_dicom_job_returns_a_synthetic_series_of_the_same_study(engine, tmp_path):

@@ -24,7 +24,7 @@ from .client import (
 )
 from .geometry import GeometryError, paste_on_grid, slice_in_view, touched_slices
 from .nrrd import NrrdImage, nrrd_bytes, read_nrrd, write_nrrd
-from .payload import InpaintParameters, JobUpload, array_upload, dicom_upload, random_seed
+from .payload import InpaintParameters, JobUpload, array_upload, dicom_upload, parse_prompt_variations, random_seed
 from .results import JobResult, extract_zip, variant_on_source
 from .tasks import BackgroundCall, ExportEvent, ExportMonitor, JobEvent, JobMonitor, export_summary
 

@@ -26,12 +26,19 @@ def random_seed() -> int:
     return random.SystemRandom().randint(0, MAX_SEED)
 
 
+def parse_prompt_variations(text: str) -> Optional[List[str]]:
+    """The panel's comma-separated field: the words, or None when it is empty."""
+    words = [word.strip() for word in (text or "").split(",") if word.strip()]
+    return words or None
+
+
 @dataclass
 class InpaintParameters:
     """The generation settings of the panel; names follow `medgen inpaint` and diffusers."""
 
     prompt: str
     negative_prompt: Optional[str] = None
+    prompt_variations: Optional[List[str]] = None
     model: Optional[str] = None
     adapters: List[Tuple[str, float]] = field(default_factory=list)
     num_inference_steps: int = 30
@@ -57,6 +64,7 @@ class InpaintParameters:
         parameters = {
             "prompt": self.prompt.strip(),
             "negative_prompt": (self.negative_prompt or "").strip() or None,
+            "prompt_variations": list(self.prompt_variations) if self.prompt_variations else None,
             "model": self.model or None,
             "adapters": [{"name": name, "weight": float(weight)} for name, weight in self.adapters],
             "num_inference_steps": int(self.num_inference_steps),

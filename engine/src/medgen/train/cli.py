@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="train on N crops of the held-out spiculated-mass phantoms")
         p.add_argument("--base", type=Path, help="base inpainting model (default: the shipped phantom demo model)")
         p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--prompt", help="prompt for phantom crops (default: '<token> mass' or 'spiculated mass')")
+        p.add_argument("--prompt", help="one prompt for every phantom crop (default: " + {
+            "textual-inversion": "'<token> mass'", "lora": "'spiculated mass'",
+            "controlnet": "each lesion type's own prompt"}[kind] + ")")
         p.add_argument("--steps", type=int, default=400)
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--learning-rate", type=float)

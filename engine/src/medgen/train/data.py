@@ -68,19 +68,15 @@ def with_controls(crops: AdapterCrops, kind: str, *, max_dilate_px: int, seed: i
 
     "source-edges" is refused: training images hold the lesion, the sources it would see do not.
     """
-    from scipy import ndimage
-
     from medgen.generate.control import control_image
+    from medgen.imaging.crop import dilate_mask
 
     if kind not in ("mask-edges", "mask"):
         raise ValueError(f"ControlNet training makes control images from the mask: 'mask-edges' or 'mask', got {kind!r}")
     rng = np.random.default_rng(seed)
     controls = np.stack([control_image(image, mask, kind) for image, mask in zip(crops.images, crops.masks)])
-    regions = np.empty_like(crops.masks)
-    for i, mask in enumerate(crops.masks):
-        radius = int(rng.integers(0, max_dilate_px + 1))
-        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-        regions[i] = ndimage.binary_dilation(mask, yy**2 + xx**2 <= radius**2) if radius else mask
+    radii = rng.integers(0, max_dilate_px + 1, size=len(crops))
+    regions = np.stack([dilate_mask(mask, float(r), (1.0, 1.0)) for mask, r in zip(crops.masks, radii)])
     return AdapterCrops(crops.images, regions, crops.prompts, controls.astype(np.float32))
 
 

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 TEXTUAL_INVERSION = "textual_inversion"
 LORA = "lora"
+CONTROLNET = "controlnet"  # a diffusers ControlNetModel folder (control.py loads it)
 
 MAX_BYTES = {TEXTUAL_INVERSION: 50 * 2**20, LORA: 2 * 2**30}
 """Refused before reading: a textual inversion is a few KB to a few MB, a LoRA at most a few hundred MB."""
@@ -171,10 +172,6 @@ def write_manifest(
     return target
 
 
-# --------------------------------------------------------------------------------------------------
-CONTROLNET = "controlnet"
-
-
 def describe_adapter(path: str | Path) -> dict:
     """What an adapter path holds, checked as loading checks it: {"kind", "manifest"} where kind is
     textual_inversion, lora or controlnet (a diffusers ControlNetModel folder) and manifest its
@@ -188,12 +185,12 @@ def describe_adapter(path: str | Path) -> dict:
             raise InputError(config, f"cannot read the folder's config: {error}") from error
         if class_name != "ControlNetModel":
             raise InputError(path, f"a folder with config.json must be a ControlNetModel, got {class_name!r}")
-        manifest = read_manifest(path, config)
-        return {"kind": CONTROLNET, "manifest": manifest}
+        return {"kind": CONTROLNET, "manifest": read_manifest(path, config)}
     kind, weights_file, _ = _read_adapter(path)
     return {"kind": kind, "manifest": read_manifest(path, weights_file)}
 
 
+# --------------------------------------------------------------------------------------------------
 # Reading files safely
 # --------------------------------------------------------------------------------------------------
 

@@ -136,6 +136,44 @@ def test_tiny_random_weight_batched_variants_are_independent(pipe):
     assert (same_image[:1] - alone_first).abs().max() < TOLERANCE
 
 
+class _ReusedOutput:
+    """Stands in for CUDA graphs on the CPU: every call of a shape returns the same, overwritten buffer."""
+
+    def __init__(self, fn):
+        self.fn, self.outs = fn, {}
+
+    def __call__(self, *inputs):
+        result = self.fn(*inputs)
+        return self.outs.setdefault(result.shape, torch.empty_like(result)).copy_(result)
+
+
+def test_tiny_random_weight_generic_schedulers_match_plain_diffusers(pipe):
+    """Schedulers without a host-side sampler: stochastic steps draw from the request's generators,
+    and a scheduler that keeps past model outputs (PNDM) never sees a graph's reused output buffer."""
+    from diffusers import EulerAncestralDiscreteScheduler, PNDMScheduler
+
+    image, mask = inputs(2)
+    seeds = [3, 11]
+    cases = [
+        (EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config),
+         dict(num_inference_steps=5, guidance_scale=7.5, strength=0.8)),
+        (PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True),
+         dict(num_inference_steps=6, guidance_scale=1.0, strength=1.0)),
+    ]
+    references = []
+    for scheduler, kwargs in cases:
+        pipe.scheduler = scheduler
+        references.append(plain_diffusers(pipe, image, mask, seeds, **kwargs))
+
+    runner = FastInpaintRunner(pipe)
+    runner._unet = _ReusedOutput(runner._unet)
+    for (scheduler, kwargs), reference in zip(cases, references):
+        pipe.scheduler = scheduler
+        out = runner(image, mask, prompt=PROMPT, generator=generators(seeds), **kwargs)
+        error = (out - reference).abs().max().item()
+        assert error < TOLERANCE, f"{type(scheduler).__name__} {kwargs}: max abs difference {error}"
+
+
 def test_tiny_random_weight_compile_failure_falls_back_to_eager_once(pipe, monkeypatch, caplog):
     image, mask = inputs(2)
     kwargs = dict(prompt=PROMPT, num_inference_steps=3, guidance_scale=7.5, generator=generators([1, 2]))
@@ -234,6 +272,20 @@ def test_tiny_random_weight_pipeline_is_reproducible_with_77_token_prompts():
     assert int(ids.max()) < a.text_encoder.config.vocab_size
     with pytest.raises(ValueError, match="arch must be one of"):
         build_random_pipeline("sd3")
+
+
+def test_peak_tflops_by_device_name():
+    """Dense bf16 datasheet peaks for the names torch.cuda.get_device_name reports."""
+    from medgen.bench.speed import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA H100 NVL") == 835.0
+    assert peak_tflops("NVIDIA H800 PCIe") == 756.0
+    assert peak_tflops("NVIDIA GH200 480GB") == 989.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops("NVIDIA H100 80GB HBM3 MIG 3g.40gb") is None
+    assert peak_tflops("NVIDIA GeForce RTX 4090") is None
 
 
 def strict_json(text: str):

@@ -28,11 +28,13 @@ __all__ = ["PEAK_BF16_TFLOPS", "format_table", "main", "peak_tflops", "run_speed
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 tensor-core peak by device name (datasheet, no sparsity). First match wins, so the
-# PCIe and NVL H100 variants come before the plain "H100" of the SXM part.
+# Dense bf16 (= fp16) tensor-core peak by device name (datasheet, no sparsity). First match wins, so
+# the PCIe and NVL variants come before the plain name of the SXM part ("NVIDIA H100 80GB HBM3").
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
+    ("H800 PCIe", 756.0),
+    ("H200 NVL", 835.0),
     ("GH200", 989.0),
     ("H100", 989.0),
     ("H200", 989.0),
@@ -46,7 +48,12 @@ _ARCHS = ("sd15-inpaint", "sd2-inpaint", "demo", "tiny")
 
 
 def peak_tflops(device_name: str) -> float | None:
-    """Datasheet bf16 dense peak for a CUDA device name, None when unknown (or a CPU)."""
+    """Datasheet bf16 dense peak for a CUDA device name, None when unknown (or a CPU).
+
+    None for a MIG slice too: it has a fraction of the named device's tensor cores.
+    """
+    if "MIG" in device_name:
+        return None
     for key, peak in PEAK_BF16_TFLOPS:
         if key.lower() in device_name.lower():
             return peak
@@ -134,19 +141,23 @@ def count_flops(pipe, batch: int, height: int, width: int, *, cfg: bool, vae_enc
 
 
 def _matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int = 8192) -> float:
-    """Measured ceiling: one large matrix product on random data, median of 10 timed with events."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    """Measured ceiling: one large matrix product on random data, median of 10 timed with events.
+
+    Runs with `device` current: events are recorded on the current device's stream.
+    """
+    with torch.cuda.device(device):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
@@ -245,7 +256,8 @@ def run_speed_bench(
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     height = width = resolution
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
-    peak = peak_tflops(device_name) if dev.type == "cuda" else None
+    # The tensor-core peak is a bf16/fp16 figure: a float32 run has no share of it.
+    peak = peak_tflops(device_name) if dev.type == "cuda" and dtype in (torch.bfloat16, torch.float16) else None
     cfg = guidance_scale > 1.0
 
     def gens(batch: int) -> list[torch.Generator]:
@@ -282,6 +294,8 @@ def run_speed_bench(
         return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
 
     def reset_peak() -> None:
+        """Called before a path's first call: for the engine that is before warm-up, since a CUDA
+        graph allocates its working memory while it is captured and replay allocates nothing."""
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
 

@@ -10,6 +10,8 @@ neither, and for the same generators it reproduces the plain pipeline to float r
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import math
 import threading
@@ -37,11 +39,14 @@ class _Sampler:
     """One request's denoising schedule: timesteps on the host and the update x_t -> x_{t-1}.
 
     A fresh scheduler is made from the pipeline's config for each request, so requests never share
-    scheduler state and the pipeline's own scheduler is never touched.
+    scheduler state and the pipeline's own scheduler is never touched. Stochastic schedulers draw
+    their step noise from the request's generators, as in diffusers' pipeline.
     """
 
-    def __init__(self, scheduler, num_inference_steps: int, strength: float):
+    def __init__(self, scheduler, num_inference_steps: int, strength: float, generator=None):
         self.scheduler = scheduler.__class__.from_config(scheduler.config)
+        accepts = inspect.signature(self.scheduler.step).parameters
+        self.step_kwargs = {"generator": generator} if generator is not None and "generator" in accepts else {}
         self.scheduler.set_timesteps(num_inference_steps, device="cpu")
         # Same truncation as diffusers' get_timesteps: strength < 1 starts part-way down the schedule.
         init_steps = min(int(num_inference_steps * strength), num_inference_steps)
@@ -59,7 +64,7 @@ class _Sampler:
 
     def step(self, i: int, model_output: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         # Host-side timestep: the diffusers schedulers then index their CPU tables without a sync.
-        return self.scheduler.step(model_output, self.timesteps[i], latents, return_dict=False)[0]
+        return self.scheduler.step(model_output, self.timesteps[i], latents, **self.step_kwargs, return_dict=False)[0]
 
 
 def _prediction_to_x0_eps(prediction_type: str, alpha: float, sigma: float) -> tuple[float, float, float, float]:
@@ -195,11 +200,11 @@ class _DPMSolverPlusPlusSampler(_Sampler):
         return out
 
 
-def _make_sampler(scheduler, num_inference_steps: int, strength: float) -> _Sampler:
+def _make_sampler(scheduler, num_inference_steps: int, strength: float, generator=None) -> _Sampler:
     for fast in (_DDIMSampler, _DPMSolverPlusPlusSampler):
         if fast.supports(scheduler):
             return fast(scheduler, num_inference_steps, strength)
-    return _Sampler(scheduler, num_inference_steps, strength)
+    return _Sampler(scheduler, num_inference_steps, strength, generator)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,15 +249,18 @@ class _GraphedCall:
     """
 
     def __init__(self, fn: Callable, inputs: Sequence[torch.Tensor], pool):
+        device = inputs[0].device
         self.static_inputs = [x.clone() for x in inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        # Warm-up and capture on one side stream of the inputs' device (torch.cuda.graph's own
+        # default stream is made once per process, on whichever device was current then).
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(_GRAPH_WARMUP_ITERS):  # compiles, autotunes and allocates outside capture
                 fn(*self.static_inputs)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph, pool=pool, stream=side):
             self.static_outputs = fn(*self.static_inputs)
 
     def __call__(self, *inputs: torch.Tensor):
@@ -305,6 +313,11 @@ def _compile_supported(device: torch.device) -> bool:
     except ImportError:
         return False
     return has_triton()
+
+
+def _on_device(device: torch.device):
+    """Make a CUDA `device` current, so streams and graphs are made on it even when it is not cuda:0."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _has_adapter_layers(module: torch.nn.Module) -> bool:
@@ -501,7 +514,7 @@ class FastInpaintRunner:
         given, replaces the encoded `prompt` (a blended prompt); the negative side is encoded as usual. `callback(step, timestep, latents)` runs
         after each step; reading values from `latents` there makes the host wait for the device.
         """
-        with self._lock:
+        with self._lock, _on_device(self.device):
             return self._run(image, mask, prompt, negative_prompt, num_inference_steps, guidance_scale,
                              strength, generator, callback, prompt_embeds)
 
@@ -528,7 +541,7 @@ class FastInpaintRunner:
             embeds = torch.cat([negative.expand(batch, -1, -1), embeds])
 
         # 4. Timesteps on the host, once for the whole request
-        sampler = _make_sampler(pipe.scheduler, num_inference_steps, strength)
+        sampler = _make_sampler(pipe.scheduler, num_inference_steps, strength, generator)
         timesteps_host = sampler.timesteps.tolist()
         timesteps_device = sampler.timesteps.to(self.device)
 
@@ -554,7 +567,9 @@ class FastInpaintRunner:
             model_input = sampler.scale_model_input(model_input, i)
             model_input = torch.cat([model_input.to(self.dtype), mask_latent, masked_latents], dim=1)
             timestep = timesteps_device[i].expand(model_input.shape[0])
-            noise_pred = self._unet(model_input, timestep, embeds).float()
+            # Always a copy: a graph's output buffer is rewritten by the next step, and a scheduler may
+            # keep the model output it was given (PNDM does).
+            noise_pred = self._unet(model_input, timestep, embeds).to(torch.float32, copy=True)
             if cfg:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (text - uncond)
@@ -562,9 +577,10 @@ class FastInpaintRunner:
             if callback is not None:
                 callback(i, t, latents)
 
-        # 8. Decode (a fresh tensor: the graph's output buffer is reused by the next call)
+        # 8. Decode (a fresh tensor: the graph's output buffer is reused by the next call; contiguous,
+        #    not the channels_last layout of the VAE's convolutions)
         decoded = self._decode((latents / pipe.vae.config.scaling_factor).to(pipe.vae.dtype))
-        return torch.clamp(decoded.float(), -1.0, 1.0)
+        return torch.clamp(decoded.to(torch.float32, memory_format=torch.contiguous_format), -1.0, 1.0)
 
     # ----------------------------------------------------------------------------------------------
 

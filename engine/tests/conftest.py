@@ -30,3 +30,15 @@ def phantom_model_dir() -> Path:
     from medgen.phantom.model import demo_model_path
 
     return demo_model_path()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine spinning OpenMP threads make timings erratic and
+    training steps slow."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,13 +26,7 @@ SIZE = ARCHS["tiny"].resolution  # 32
 PROMPT = "hypodense lesion"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine spinning OpenMP threads make timings erratic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

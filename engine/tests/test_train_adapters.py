@@ -15,12 +15,7 @@ from medgen.train.cli import train_main
 TOKEN = "<spiculated>"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _plain_pipe():

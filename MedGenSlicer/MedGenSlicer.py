@@ -401,6 +401,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 prompt_variations=parse_prompt_variations(node.promptVariations),
                 model=node.model or None,
                 adapters=self._chosenAdapters(),
+                control_from=self.ui.controlFromComboBox.currentText,
                 num_inference_steps=node.steps,
                 guidance_scale=node.guidance,
                 strength=node.strength,

@@ -160,18 +160,22 @@ def test_array_job_of_the_red_slice_comes_back_on_the_source_grid(engine):
     assert not np.array_equal(variants[0], variants[1])
 
 
-def test_prompt_variations_field_reaches_each_variant(engine):
-    """The panel's comma-separated field: one word per variant, in turn, recorded in each provenance."""
+def test_prompt_variations_and_control_source_reach_each_variant(engine):
+    """The panel's comma-separated field gives one word per variant, in turn; the ControlNet source
+    choice travels too; both are recorded in each variant's provenance."""
     assert parse_prompt_variations(" small, ,large ") == ["small", "large"] and parse_prompt_variations("") is None
     client = EngineClient(engine.url, engine.token)
     volume, mask = volume_and_mask()
     upload = array_upload(volume, IJK_TO_RAS, mask, parameters(
-        num_variants=2, prompt_variations=parse_prompt_variations("small, large")), slices=[2])
+        num_variants=2, prompt_variations=parse_prompt_variations("small, large"), control_from="mask"), slices=[2])
     events = follow(JobMonitor(client, upload, poll_interval=0.1).start())
     assert events[-1].status["state"] == "succeeded"
     variants = [e for e in events if e.kind == "variant"]
-    prompts = [json.loads(client.download(e.variant.provenance_url))["parameters"]["prompt"] for e in variants]
-    assert prompts == ["small hypodense liver lesion", "large hypodense liver lesion"]
+    used = [json.loads(client.download(e.variant.provenance_url))["parameters"] for e in variants]
+    assert [p["prompt"] for p in used] == ["small hypodense liver lesion", "large hypodense liver lesion"]
+    assert {p["control_from"] for p in used} == {"mask"}
+    with pytest.raises(ValueError, match="ControlNet source"):
+        parameters(control_from="sobel").check()
 
 
 def test_dicom_job_returns_a_synthetic_series_of_the_same_study(engine, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 from .geometry import crop_slab, instances_in_slab, mask_on_slices, slab_range
 from .nrrd import nrrd_bytes
 
+CONTROL_FROM = ("mask-edges", "mask", "source-edges")
 MAX_SEED = 2**31 - 1  # what a Qt spin box holds; the engine accepts up to 2**63
 
 
@@ -41,6 +42,7 @@ class InpaintParameters:
     prompt_variations: Optional[List[str]] = None
     model: Optional[str] = None
     adapters: List[Tuple[str, float]] = field(default_factory=list)
+    control_from: str = "mask-edges"  # what a ControlNet adapter is conditioned on
     num_inference_steps: int = 30
     guidance_scale: float = 7.5
     strength: float = 1.0
@@ -58,6 +60,8 @@ class InpaintParameters:
             raise ValueError(f"steps must be at least 1, got {self.num_inference_steps}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if self.control_from not in CONTROL_FROM:
+            raise ValueError(f"ControlNet source must be one of {', '.join(CONTROL_FROM)}, got {self.control_from!r}")
 
     def to_json(self) -> dict:
         """The engine's JobParameters; the mask sent holds exactly the slices to inpaint."""
@@ -67,6 +71,7 @@ class InpaintParameters:
             "prompt_variations": list(self.prompt_variations) if self.prompt_variations else None,
             "model": self.model or None,
             "adapters": [{"name": name, "weight": float(weight)} for name, weight in self.adapters],
+            "control_from": self.control_from,
             "num_inference_steps": int(self.num_inference_steps),
             "guidance_scale": float(self.guidance_scale),
             "strength": float(self.strength),

@@ -85,7 +85,11 @@ class ModelRegistry:
         if model.device.type != "cuda" or model.fast_runner is None:
             return {}
         guidance = read_recommended_settings(entry.path).get("guidance_scale", 7.5) if Path(entry.path).is_dir() else 7.5
-        seconds = model.fast_runner.warmup([1], model.resolution, guidance_scale=guidance)
+        try:
+            seconds = model.fast_runner.warmup([1], model.resolution, guidance_scale=guidance)
+        except Exception as exc:  # noqa: BLE001 - a cold start is slower, not broken: the first job compiles
+            logger.warning("model %s: warm-up failed (%s); the first job will compile instead", entry.name, exc)
+            return {}
         logger.info("model %s warmed for batch 1 in %.1f s", entry.name, seconds[1])
         return seconds
 

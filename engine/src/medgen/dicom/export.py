@@ -126,7 +126,9 @@ class ExportReport:
     def table(self) -> str:
         if not self.results:
             return f"{self.destination}: nothing to send"
-        names = [_short(r.path) for r in self.results]
+        from medgen.dicom.validate import display_path
+
+        names = [display_path(r.path) for r in self.results]
         width = min(max(len(n) for n in names), 60)
         lines = [f"{'FILE':<{width}}  {'STATUS':<12}  {'CODE':<6}  MESSAGE"]
         for name, r in zip(names, self.results):
@@ -135,13 +137,6 @@ class ExportReport:
         summary = ", ".join(f"{self.count(s)} {s.value}" for s in InstanceStatus if self.count(s))
         lines.append(f"{self.destination}: {len(self.results)} instance(s): {summary}")
         return "\n".join(lines)
-
-
-def _short(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 # ---------------------------------------------------------------------- destinations

@@ -104,7 +104,7 @@ class ValidationReport:
         """One line per file, then one indented line per warning or failure."""
         if not self.files:
             return "no DICOM files found"
-        names = [_short(f.path) for f in self.files]
+        names = [display_path(f.path) for f in self.files]
         width = min(max(len(n) for n in names), 72)
         lines = [f"{'FILE':<{width}}  RESULT"]
         for name, report in zip(names, self.files):
@@ -119,7 +119,8 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _short(path: Path) -> str:
+def display_path(path: Path) -> str:
+    """A report's file column: relative to the working directory where it lies below it."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from medgen.errors import InputError
+from medgen.generate.path_spec import split_path_number
 
 if TYPE_CHECKING:
     from medgen.generate.models import InpaintModel
@@ -61,22 +61,10 @@ class AdapterSpec:
 
     @classmethod
     def parse(cls, text: str | AdapterSpec) -> AdapterSpec:
-        """Split on the last ':' only when what follows is a number, so 'C:/x' and 'a:b/c' stay paths."""
+        """`PATH[:WEIGHT]`, weight 1 when left out (see `path_spec.split_path_number`)."""
         if isinstance(text, AdapterSpec):
             return text
-        head, sep, tail = str(text).rpartition(":")
-        if sep and head:
-            try:
-                weight = float(tail)
-            except ValueError:
-                pass
-            else:
-                if not math.isfinite(weight):
-                    raise InputError(
-                        None, f"--adapter weight must be a finite number, got {tail!r}"
-                    )
-                return cls(Path(head), weight)
-        return cls(Path(text))
+        return cls(*split_path_number(text, number_label="--adapter weight"))
 
 
 def load_adapters(

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from medgen.errors import InputError
+from medgen.generate.path_spec import split_path_number
 
 if TYPE_CHECKING:
     from medgen.generate.models import InpaintModel
@@ -26,18 +27,8 @@ CONTROL_KINDS = ("mask-edges", "mask", "source-edges")
 
 
 def parse_controlnet_spec(text: str) -> tuple[Path, float]:
-    """`PATH[:SCALE]`: split on the last ':' only when what follows is a number (so 'C:/x' stays a path)."""
-    head, sep, tail = str(text).rpartition(":")
-    if sep and head:
-        try:
-            scale = float(tail)
-        except ValueError:
-            pass
-        else:
-            if not np.isfinite(scale):
-                raise InputError(None, f"--controlnet scale must be a finite number, got {tail!r}")
-            return Path(head), scale
-    return Path(text), 1.0
+    """`PATH[:SCALE]`, scale 1 when left out."""
+    return split_path_number(text, number_label="--controlnet scale")
 
 
 def control_image(source_crop: np.ndarray, mask_crop: np.ndarray, kind: str = "mask-edges") -> np.ndarray:

@@ -7,7 +7,7 @@
 #   <repo>/.venv              the engine's environment (MEDGEN_VENV overrides); works with PEP 668
 #                             "externally managed" system Pythons because nothing is installed into them
 #   <dir on PATH>/medgen      a launcher for .venv/bin/medgen: /usr/local/bin as root, else ~/.local/bin
-#                             (or another directory of yours already on PATH)
+#                             (or another directory of yours already on PATH; MEDGEN_BIN overrides)
 #   <repo>/.venv/setup.log    everything the package managers printed
 # Re-running is safe and quick: each stage checks what is there first. A PyTorch that the chosen
 # Python already has (for example a CUDA build) is kept: the environment then sees the system packages.
@@ -92,8 +92,10 @@ fi
 step "the engine (medgen)"
 extras=""; [[ $with_tests == 1 ]] && extras="[test]"
 run "${pip[@]}" -e "${repo}/engine${extras}" || fail "installing the engine failed: see the log"
-launcher_dir=""
-if [[ $is_root == 1 ]]; then
+launcher_dir="${MEDGEN_BIN:-}"
+if [[ -n "$launcher_dir" ]]; then
+    mkdir -p "$launcher_dir" || fail "cannot create MEDGEN_BIN=${launcher_dir}"
+elif [[ $is_root == 1 ]]; then
     launcher_dir=/usr/local/bin
 else
     IFS=: read -ra path_dirs <<<"$PATH"

@@ -173,14 +173,16 @@ class Inpainter:
 
     def __init__(
         self,
-        model_path: str | Path,
+        model_path: str | Path | None = None,
         *,
         device: str = "auto",
         dtype: str | None = None,
         scheduler: str | None = None,
         config: str | Path | None = None,
     ):
-        self.model_path = Path(model_path)
+        from medgen.phantom.model import resolve_model_path
+
+        self.model_path = resolve_model_path(model_path)  # None or "demo": the shipped demo model
         self._load_options = {"device": device, "dtype": dtype, "scheduler": scheduler, "config": config}
         self._model = None
         self._adapter_key: tuple | None = None
@@ -244,8 +246,9 @@ class Inpainter:
 
         # 3. Fill unset settings from the model's own recommendation, then the engine's defaults;
         #    load the request's adapters and ControlNet
+        model = self.model  # a folder that fails to load is its own error, not a medgen.json one
         try:
-            request = with_model_defaults(request, self.model.recommended_settings)
+            request = with_model_defaults(request, model.recommended_settings)
         except InputError as error:
             raise InputError(self.model_path / "medgen.json", f"recommended setting refused: {error.problem}") from None
         adapters = self._apply_adapters(request)
@@ -482,8 +485,8 @@ def inpaint(
     mask: str | Path,
     *,
     prompt: str,
-    model: str | Path,
     out: str | Path,
+    model: str | Path | None = None,
     device: str = "auto",
     dtype: str | None = None,
     scheduler: str | None = None,

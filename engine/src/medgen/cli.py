@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from medgen.errors import MedgenError
+from medgen.phantom.model import DEMO_MODEL_HELP
 from medgen.progress import ProgressBar
 
 EXIT_BAD_INPUT = 2
@@ -31,7 +32,7 @@ def _add_inpaint_parser(subparsers) -> None:
     slices.add_argument("--all-slices", action="store_true", help="every slice the mask touches")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt")
-    p.add_argument("--model", type=Path, required=True, help="diffusers folder or single-file .safetensors")
+    p.add_argument("--model", help=DEMO_MODEL_HELP)
     p.add_argument("--model-config", type=Path, help="local diffusers folder giving a single-file model's layout")
     p.add_argument(
         "--adapter", action="append", default=[], dest="adapters", metavar="PATH[:WEIGHT]",

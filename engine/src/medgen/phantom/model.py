@@ -7,6 +7,12 @@ from pathlib import Path
 from medgen.errors import InputError
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+DEMO_MODEL_NAME = "demo"
+"""What `--model` (and every `model=` of the Python API) may say instead of a path; leaving it out means the same."""
+DEMO_MODEL_HELP = (
+    "a diffusers folder, a single-file .safetensors, or 'demo' (default: demo, the phantom model shipped in "
+    "the package; it knows phantom anatomy only, not patients)"
+)
 DEMO_GUIDANCE_SCALE = 1.4
 """Guidance the demo and the bench use. The demo model's unconditional branch is "healthy tissue", so
 guidance amplifies exactly the lesion; small values already give the prompted type (PHANTOM.md)."""
@@ -25,3 +31,10 @@ def demo_model_path() -> Path:
             "rebuild it with `medgen phantom train-base --out <dir>` (see engine/PHANTOM.md)",
         )
     return DEMO_MODEL_DIR
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """The folder or file a `--model` value names: nothing or 'demo' is the shipped demo model."""
+    if model is None or str(model) == DEMO_MODEL_NAME:
+        return demo_model_path()
+    return Path(model)

@@ -41,8 +41,9 @@ def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[NAME=]PATH",
-        help="diffusers folder or single-file checkpoint; repeat for several (the first is the default); "
-        "NAME defaults to the file or folder name",
+        help="diffusers folder, single-file checkpoint or 'demo'; repeat for several (the first is the default); "
+        "NAME defaults to the file or folder name (default: phantom-demo=demo, the phantom model shipped in "
+        "the package, which knows phantom anatomy only)",
     )
     p.add_argument(
         "--adapter",
@@ -183,6 +184,10 @@ def _named_path(option: str, value: str) -> tuple[str, Path]:
 
 
 def parse_model_option(value: str) -> ModelEntry:
+    """``[NAME=]PATH``; PATH 'demo' is the shipped demo model, as everywhere else."""
+    name, sep, path_text = value.partition("=")
+    if (path_text if sep else value) == "demo":
+        return ModelEntry(name=name if sep else default_model().name, path=default_model().path)
     name, path = _named_path("--model", value)
     return ModelEntry(name=name, path=path)
 

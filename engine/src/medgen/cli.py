@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from medgen.cli_help import HelpFormatter, hidden_alias
 from medgen.errors import MedgenError
 from medgen.phantom.model import DEMO_MODEL_HELP
 from medgen.progress import ProgressBar
@@ -25,15 +26,22 @@ def _add_inpaint_parser(subparsers) -> None:
     p.add_argument("input", type=Path, help="DICOM file, folder holding one series, NIfTI/NRRD volume or PNG")
     p.add_argument("--mask", type=Path, required=True, help=".seg.nrrd, NIfTI/NRRD labelmap, DICOM SEG or PNG")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--segment", help="segment name (.seg.nrrd) or segment label (DICOM SEG)")
-    which.add_argument("--label", type=int, help="label value (labelmap) or segment number (DICOM SEG)")
+    which.add_argument("--segment", help="segment name (.seg.nrrd) or segment label (DICOM SEG) "
+                       "(default: the only segment; an error when there are several)")
+    which.add_argument("--label", type=int, help="label value (labelmap) or segment number (DICOM SEG) "
+                       "(default: every non-zero voxel of a labelmap)")
     slices = p.add_mutually_exclusive_group()
     slices.add_argument("--slice", type=int, nargs="+", dest="slices", metavar="K", help="0-based slice indices")
     slices.add_argument("--all-slices", action="store_true", help="every slice the mask touches")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt")
+    p.add_argument(
+        "--prompt", required=True,
+        help="what to draw in the mask, e.g. 'hypodense liver lesion, 2 cm'; '[a:0.3|b:0.7]' blends alternatives",
+    )
+    p.add_argument("--negative-prompt", help="what to steer away from, e.g. 'artifact' (default: none)")
     p.add_argument("--model", help=DEMO_MODEL_HELP)
-    p.add_argument("--model-config", type=Path, help="local diffusers folder giving a single-file model's layout")
+    p.add_argument("--model-config", type=Path, metavar="DIR",
+                   help="local diffusers folder giving a single-file model's layout (default: none; needed for a "
+                   "single-file --model)")
     p.add_argument(
         "--adapter", action="append", default=[], dest="adapters", metavar="PATH[:WEIGHT]",
         help="textual inversion or LoRA (.safetensors, or a diffusers adapter folder); repeatable",
@@ -44,31 +52,50 @@ def _add_inpaint_parser(subparsers) -> None:
         "--control-from", choices=["mask-edges", "mask", "source-edges"], default="mask-edges",
         help="what the ControlNet's control image is made from (default: mask-edges)",
     )
-    p.add_argument("--variants", type=int, default=1, dest="num_variants")
+    p.add_argument("--variants", type=int, default=1, dest="num_variants", metavar="N",
+                   help="synthetic series to write, each from its own seed")
     p.add_argument(
         "--prompt-variations", metavar="FILE|LIST",
         help="variant v gets variation v mod n in front of the prompt (or in place of '{}' in it): a file with "
         "one per line, or a comma-separated list such as 'small,lobulated,rim-enhancing'",
     )
-    p.add_argument("--seed", type=int, help="seed of the first variant (variant v uses seed + v); random if omitted")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", help="default: the model's medgen.json, else 30")
-    p.add_argument("--guidance", type=float, dest="guidance_scale", help="default: the model's medgen.json, else 7.5")
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "unipc"])
-    p.add_argument("--mask-dilate", type=float, default=2.0, dest="mask_dilate_mm", metavar="MM")
-    p.add_argument("--mask-blur", type=float, default=4.0, dest="mask_blur_px", metavar="PX")
+    p.add_argument("--seed", type=int, help="seed of the first variant (variant v uses seed + v) "
+                   "(default: random, recorded in provenance.json)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N",
+                   help="denoising steps (default: the model's medgen.json, else 30; the demo model: 20)")
+    p.add_argument("--guidance", type=float, dest="guidance_scale", metavar="SCALE",
+                   help="classifier-free guidance scale; 1 turns guidance off "
+                   "(default: the model's medgen.json, else 7.5; the demo model: 1.4)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="0-1: how far the masked region is re-noised; 1 replaces it entirely")
+    p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "unipc"],
+                   help="sampler (default: the one in the model folder's scheduler/scheduler_config.json)")
+    p.add_argument("--mask-dilate", type=float, default=2.0, dest="mask_dilate_mm", metavar="MM",
+                   help="grow the mask by this many millimetres before inpainting, so the lesion's rim is generated too")
+    hidden_alias(p, "--mask-dilate-mm", dest="mask_dilate_mm", type=float)
+    p.add_argument("--mask-blur", type=float, default=4.0, dest="mask_blur_px", metavar="PX",
+                   help="width of the feathered edge, in pixels of the slice, over which generated and source blend")
     p.add_argument(
-        "--crop-padding", type=int, dest="crop_padding_px", metavar="PX", help="default: the model's medgen.json, else 32"
+        "--crop-padding", type=int, dest="crop_padding_px", metavar="PX",
+        help="pixels of context kept around the mask in the crop the model sees "
+        "(default: the model's medgen.json, else 32; the demo model: 16)"
     )
-    p.add_argument("--window", help="CT window preset: soft_tissue, lung, bone, brain, liver, mediastinum")
-    p.add_argument("--window-center", type=float)
-    p.add_argument("--window-width", type=float)
+    p.add_argument("--window", help="CT window preset: soft_tissue, lung, bone, brain, liver, mediastinum "
+                   "(default: the model's medgen.json, else soft_tissue for CT)")
+    p.add_argument("--window-center", type=float, metavar="VALUE",
+                   help="window centre in modality units (HU for CT); with --window-width overrides --window "
+                   "(default: the preset, or the 0.5-99.5 percentiles for MR, X-ray and US)")
+    p.add_argument("--window-width", type=float, metavar="VALUE",
+                   help="window width in modality units; given with --window-center (default: as --window-center)")
     p.add_argument("--only-modified", action="store_true", help="write just the inpainted slices")
     p.add_argument("--seg", action="store_true", dest="write_seg", help="also write a DICOM SEG of the inpainted region")
     p.add_argument("--dicom", action="store_true", dest="write_dicom", help="NIfTI/NRRD/PNG input: also write DICOM")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs; auto takes CUDA when there is one")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"],
+                   help="model precision (default: bf16 or fp16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="new or empty folder for variant-01/, ..., provenance.json and preview.png")
     p.set_defaults(handler=_run_inpaint)
 
 
@@ -130,9 +157,9 @@ def _add_model_parser(subparsers) -> None:
     tiny = model_commands.add_parser(
         "create-tiny", help="write a tiny random-weight SD inpainting model (for plumbing tests; its output is noise)"
     )
-    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("dir", type=Path, help="new folder for the diffusers model")
     tiny.add_argument("--kind", choices=["inpaint", "base"], default="inpaint", help="9-channel or 4-channel UNet")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (the same seed, the same bytes)")
     tiny.set_defaults(handler=_run_create_tiny)
 
 
@@ -148,11 +175,12 @@ def _add_bench_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks")
     bench_commands = p.add_subparsers(dest="bench_command", required=True)
     speed = bench_commands.add_parser("speed", help="engine path vs plain diffusers, same process", add_help=False)
-    speed.set_defaults(handler=_run_bench_speed, passes_arguments_on=True)
+    speed.set_defaults(handler=_run_bench_speed, passes_arguments_on=True, own_parser="medgen.bench.speed:build_parser")
     quality = bench_commands.add_parser(
         "quality", help="does generation obey prompt and mask? (phantom cases, demo model)", add_help=False
     )
-    quality.set_defaults(handler=_run_bench_quality, passes_arguments_on=True)
+    quality.set_defaults(handler=_run_bench_quality, passes_arguments_on=True,
+                         own_parser="medgen.phantom.commands:build_bench_quality_parser")
 
 
 def _run_bench_quality(args: argparse.Namespace) -> int:
@@ -165,9 +193,11 @@ def _add_phantom_parser(subparsers) -> None:
     p = subparsers.add_parser("phantom", help="procedural CT phantoms and the demo model trained on them")
     phantom_commands = p.add_subparsers(dest="phantom_command", required=True)
     make = phantom_commands.add_parser("make", help="write phantom CT series with lesion masks", add_help=False)
-    make.set_defaults(handler=_run_phantom_make, passes_arguments_on=True)
+    make.set_defaults(handler=_run_phantom_make, passes_arguments_on=True,
+                      own_parser="medgen.phantom.commands:build_make_parser")
     train = phantom_commands.add_parser("train-base", help="train the demo model on phantoms", add_help=False)
-    train.set_defaults(handler=_run_phantom_train_base, passes_arguments_on=True)
+    train.set_defaults(handler=_run_phantom_train_base, passes_arguments_on=True,
+                       own_parser="medgen.phantom.commands:build_train_base_parser")
 
 
 def _run_phantom_make(args: argparse.Namespace) -> int:
@@ -186,7 +216,7 @@ def _add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a textual inversion or LoRA adapter on images with lesion masks", add_help=False
     )
-    p.set_defaults(handler=_run_train, passes_arguments_on=True)
+    p.set_defaults(handler=_run_train, passes_arguments_on=True, own_parser="medgen.train.cli:build_parser")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -203,7 +233,7 @@ def _run_bench_speed(args: argparse.Namespace) -> int:
 
 def _add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the engine over HTTP on loopback for the Slicer panel", add_help=False)
-    p.set_defaults(handler=_run_serve, passes_arguments_on=True)
+    p.set_defaults(handler=_run_serve, passes_arguments_on=True, own_parser="medgen.server.main:build_parser")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -214,8 +244,10 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 def _add_demo_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="phantom CT, mask, prompt, shipped demo model: the whole path once")
-    p.add_argument("--out", type=Path, default=Path("medgen-demo"))
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", type=Path, default=Path("medgen-demo"),
+                   help="folder for the phantom, its masks and the synthetic series; must be new or empty")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs; auto takes CUDA when there is one")
     p.set_defaults(handler=_run_demo)
 
 
@@ -246,7 +278,8 @@ def _add_export_parser(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="medgen", description="Inpaint synthetic pathology into real scans and write clearly synthetic DICOM."
+        prog="medgen", description="Inpaint synthetic pathology into real scans and write clearly synthetic DICOM.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show informational messages")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -259,7 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate_parser(subparsers)
     _add_serve_parser(subparsers)
     _add_export_parser(subparsers)
+    for sub in all_subparsers(parser):
+        sub.formatter_class = HelpFormatter
     return parser
+
+
+def all_subparsers(parser: argparse.ArgumentParser):
+    """Every parser below `parser`, depth first (the commands and their subcommands)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield sub
+                yield from all_subparsers(sub)
+
+
+def own_parser(sub: argparse.ArgumentParser) -> argparse.ArgumentParser | None:
+    """The full parser of a command that parses its own options (serve, train, bench speed, ...)."""
+    from importlib import import_module
+
+    target = sub.get_default("own_parser")
+    if not target:
+        return None
+    module, _, function = target.partition(":")
+    return getattr(import_module(module), function)()
 
 
 def _quiet_library_progress_bars() -> None:

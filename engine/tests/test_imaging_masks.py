@@ -102,7 +102,7 @@ def test_cropped_labelmap_is_embedded_at_its_offset(ct_volume, tmp_path):
     ],
 )
 def test_flipped_or_permuted_half_resolution_mask_is_resampled_by_nearest_neighbour(
-    ct_volume, tmp_path, direction, corner
+    ct_volume, tmp_path, direction, corner, caplog
 ):
     rng = np.random.default_rng(0)
     coarse = (rng.random((2, 64, 64)) > 0.7).astype(np.uint8)  # k, j, i
@@ -111,7 +111,11 @@ def test_flipped_or_permuted_half_resolution_mask_is_resampled_by_nearest_neighb
     spacing_ijk = (2 * SPACING, 2 * SPACING, 10.0)
     path = write_itk_mask(tmp_path / "coarse.nii.gz", coarse, origin=origin, spacing_ijk=spacing_ijk,
                           direction=direction)
-    fitted = read_mask(path, ct_volume)
+    with pytest.raises(InputError, match=r"voxels are 2x2x2 times the volume's.*pass --resample-mask"):
+        read_mask(path, ct_volume)
+    with caplog.at_level("INFO", logger="medgen.imaging.masks"):
+        fitted = read_mask(path, ct_volume, resample=True)
+    assert "resampled the mask onto the volume's grid by nearest neighbour" in caplog.text
 
     # brute force: the nearest coarse voxel of every volume voxel centre
     image = sitk.ReadImage(str(path))
@@ -134,7 +138,8 @@ def test_oblique_mask_is_refused_with_both_grids(ct_volume, tmp_path):
     path = write_itk_mask(tmp_path / "oblique.nii.gz", np.ones((4, 128, 128), np.uint8),
                           origin=voxel_lps(ct_volume, 0, 0, 0), spacing_ijk=(SPACING, SPACING, 5.0),
                           direction=direction)
-    with pytest.raises(InputError, match=r"lies on another grid: mask 4x128x128 voxels .* volume 4x128x128"):
+    with pytest.raises(InputError, match=r"lies on another grid: mask 4x128x128 voxels .* volume 4x128x128.* "
+                                         r"turned by up to 20 degrees.*--resample-mask"):
         read_mask(path, ct_volume)
 
 

@@ -46,6 +46,8 @@ class InpaintRequest:
     label: int | None = None
     slices: list[int] | None = None
     all_slices: bool = False
+    # nearest-neighbour resampling of a mask whose voxels do not map one-to-one onto the source's
+    resample_mask: bool = False
     num_variants: int = 1
     seed: int | None = None
     # None: the model's recommendation (medgen.json in its folder), else DEFAULT_SETTINGS
@@ -234,7 +236,9 @@ class Inpainter:
 
         # 2. Read the source and the mask on the same grid; pick the slices
         volume = read_volume(request.input)
-        mask = read_mask(request.mask, volume, segment=request.segment, label=request.label)
+        mask = read_mask(
+            request.mask, volume, segment=request.segment, label=request.label, resample=request.resample_mask
+        )
         slice_indices = select_slices(mask, request.slices, request.all_slices, volume)
         if request.write_seg:
             from medgen.dicom.seg import seg_refusal

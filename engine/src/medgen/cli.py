@@ -34,6 +34,11 @@ def _add_inpaint_parser(subparsers) -> None:
     slices.add_argument("--slice", type=int, nargs="+", dest="slices", metavar="K", help="0-based slice indices")
     slices.add_argument("--all-slices", action="store_true", help="every slice the mask touches")
     p.add_argument(
+        "--resample-mask", action="store_true",
+        help="resample a mask drawn on another plane or spacing onto INPUT's voxels by nearest neighbour "
+        "(default: off; such a mask is refused)",
+    )
+    p.add_argument(
         "--prompt", required=True,
         help="what to draw in the mask, e.g. 'hypodense liver lesion, 2 cm'; '[a:0.3|b:0.7]' blends alternatives",
     )
@@ -114,6 +119,7 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         label=args.label,
         slices=args.slices,
         all_slices=args.all_slices,
+        resample_mask=args.resample_mask,
         num_variants=args.num_variants,
         seed=args.seed,
         num_inference_steps=args.num_inference_steps,

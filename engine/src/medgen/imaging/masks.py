@@ -1,13 +1,18 @@
 """Read the region to inpaint as a bool array on the volume's grid, and pick the slices to work on.
 
 Masks come as Slicer ``.seg.nrrd``, NIfTI/NRRD labelmaps, DICOM SEG or (for 2-D images) PNG. A 3-D
-mask on another grid is re-indexed onto the volume when its axes run along the volume's axes
-(equal grid, crop/embed, flips, nearest-neighbour resampling); anything else is refused.
+mask on another grid is re-indexed onto the volume when its voxels map one-to-one onto the volume's
+(same grid, crop/embed, flips, axis order, sub-voxel drift, or the grid another reader gives a tilted
+series); another plane or spacing is resampled by nearest neighbour on request, else refused.
+
+Slice index k (``--slice``, the server's ``slices``) is the k-th slice of the volume as
+:func:`medgen.imaging.read.read_volume` orders it; see ``SLICE_INDEX_HELP``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -19,10 +24,12 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
 from medgen.errors import InputError
+from medgen.imaging.limits import check_size
 from medgen.imaging.read import (
     NIFTI_SUFFIXES,
     NRRD_SUFFIXES,
     PLAIN_IMAGE_SUFFIXES,
+    check_regular_file,
     is_slicer_segmentation,
     itk_ijk_to_lps,
     read_itk_image,
@@ -31,9 +38,11 @@ from medgen.imaging.volume import SourceFormat, Volume
 
 logger = logging.getLogger(__name__)
 
-# A mask axis counts as parallel to a volume axis when its other components are below this
-# fraction of its length (1e-3: half a voxel of drift across 500 voxels).
-_AXIS_PARALLEL_TOLERANCE = 1e-3
+# A mask re-indexes onto the volume when each mask voxel centre lies within this many voxels (on
+# each axis) of the volume voxel centre it is assigned to, over the extent of its labelled voxels.
+_MAX_DISPLACEMENT_VOXELS = 0.25
+# Below this the two grids are the same up to rounding in the file headers.
+_SAME_GRID_VOXELS = 1e-3
 # Fractional DICOM SEG values at or above this are inside.
 _FRACTIONAL_THRESHOLD = 0.5
 
@@ -44,22 +53,28 @@ def read_mask(
     *,
     segment: str | None = None,
     label: int | None = None,
+    resample: bool = False,
 ) -> np.ndarray:
-    """The chosen segment/label of the mask file as a bool array (slices, rows, columns) on ``volume``'s grid."""
+    """The chosen segment/label of the mask file as a bool array (slices, rows, columns) on ``volume``'s grid.
+
+    ``resample`` allows nearest-neighbour resampling of a mask whose voxels do not map one-to-one onto
+    the volume's (another plane or spacing); without it such a mask is refused.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such mask file")
     if path.is_dir():
         raise InputError(path, "is a folder; a mask is one file (.seg.nrrd, .nii.gz, .nrrd, DICOM SEG or .png)")
+    check_regular_file(path, "mask")
     name = path.name.lower()
     if name.endswith(NRRD_SUFFIXES) and is_slicer_segmentation(path):
-        mask = _read_slicer_segmentation(path, volume, segment, label)
+        mask = _read_slicer_segmentation(path, volume, segment, label, resample)
     elif name.endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES):
-        mask = _read_labelmap(path, volume, segment, label)
+        mask = _read_labelmap(path, volume, segment, label, resample)
     elif name.endswith(PLAIN_IMAGE_SUFFIXES):
         mask = _read_image_mask(path, volume, segment, label)
     else:
-        mask = _read_dicom_seg(path, volume, segment, label)
+        mask = _read_dicom_seg(path, volume, segment, label, resample)
 
     if not mask.any():
         raise InputError(path, "mask is empty on the volume's grid")
@@ -103,7 +118,9 @@ def select_slices(
 # --- Slicer segmentation -----------------------------------------------------------------------
 
 
-def _read_slicer_segmentation(path: Path, volume: Volume, segment: str | None, label: int | None) -> np.ndarray:
+def _read_slicer_segmentation(
+    path: Path, volume: Volume, segment: str | None, label: int | None, resample: bool
+) -> np.ndarray:
     """One segment of a .seg.nrrd; slicerio resolves layers and converts RAS headers to LPS."""
     if label is not None:
         raise InputError(path, "is a Slicer segmentation; choose a segment by name (--segment), not by label")
@@ -130,13 +147,15 @@ def _read_slicer_segmentation(path: Path, volume: Volume, segment: str | None, l
     mask_ijk = layer == int(chosen.get("labelValue", 1))
     if not mask_ijk.any():
         raise InputError(path, f"mask is empty: segment {chosen.get('name')!r} has no voxels")
-    return _fit_to_volume_grid(mask_ijk.transpose(2, 1, 0), np.asarray(segmentation["ijkToLPS"]), volume, path)
+    return _fit_to_volume_grid(
+        mask_ijk.transpose(2, 1, 0), np.asarray(segmentation["ijkToLPS"]), volume, path, resample
+    )
 
 
 # --- NIfTI / NRRD labelmap ---------------------------------------------------------------------
 
 
-def _read_labelmap(path: Path, volume: Volume, segment: str | None, label: int | None) -> np.ndarray:
+def _read_labelmap(path: Path, volume: Volume, segment: str | None, label: int | None, resample: bool) -> np.ndarray:
     if segment is not None:
         raise InputError(path, "is a labelmap without segment names; choose a value with --label, not --segment")
     image = read_itk_image(path, "labelmap")
@@ -146,7 +165,7 @@ def _read_labelmap(path: Path, volume: Volume, segment: str | None, label: int |
     if image.GetDimension() == 2:
         values = values[np.newaxis]
     mask = _select_label(values, label, path)
-    return _fit_to_volume_grid(mask, itk_ijk_to_lps(image), volume, path)
+    return _fit_to_volume_grid(mask, itk_ijk_to_lps(image), volume, path, resample)
 
 
 def _select_label(values: np.ndarray, label: int | None, path: Path) -> np.ndarray:
@@ -174,6 +193,7 @@ def _read_image_mask(path: Path, volume: Volume, segment: str | None, label: int
         raise InputError(path, f"an image mask fits a one-slice image; the volume has {volume.num_slices} slices")
     try:
         with Image.open(path) as image:
+            check_size(path, rows=image.size[1], columns=image.size[0])
             image.load()
             if image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
                 values = np.array(image)
@@ -181,8 +201,8 @@ def _read_image_mask(path: Path, volume: Volume, segment: str | None, label: int
                 values = np.array(image)[..., 0]
             else:
                 values = np.array(image.convert("RGB")).max(axis=-1)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(path, f"cannot read mask image: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(path, f"cannot read mask image: {' '.join(str(exc).split())}") from exc
     if values.shape != volume.shape2d:
         raise InputError(
             path,
@@ -195,7 +215,7 @@ def _read_image_mask(path: Path, volume: Volume, segment: str | None, label: int
 # --- DICOM SEG ---------------------------------------------------------------------------------
 
 
-def _read_dicom_seg(path: Path, volume: Volume, segment: str | None, label: int | None) -> np.ndarray:
+def _read_dicom_seg(path: Path, volume: Volume, segment: str | None, label: int | None, resample: bool) -> np.ndarray:
     """Classic series: match frames by source SOP Instance UID; multi-frame or unmatched: by position."""
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -217,7 +237,7 @@ def _read_dicom_seg(path: Path, volume: Volume, segment: str | None, label: int 
         mask = _seg_by_source_instances(seg, number, volume, path)
         if mask is not None:
             return mask
-    return _seg_by_position(seg, number, volume, path)
+    return _seg_by_position(seg, number, volume, path, resample)
 
 
 def _choose_seg_segment(seg: hd.seg.Segmentation, segment: str | None, label: int | None, path: Path) -> int:
@@ -261,7 +281,9 @@ def _seg_by_source_instances(seg: hd.seg.Segmentation, number: int, volume: Volu
     return mask
 
 
-def _seg_by_position(seg: hd.seg.Segmentation, number: int, volume: Volume, path: Path) -> np.ndarray:
+def _seg_by_position(
+    seg: hd.seg.Segmentation, number: int, volume: Volume, path: Path, resample: bool
+) -> np.ndarray:
     seg_frame = seg.get("FrameOfReferenceUID")
     volume_frame = volume.datasets[0].get("FrameOfReferenceUID") if volume.datasets else None
     if seg_frame and volume_frame and seg_frame != volume_frame:
@@ -279,63 +301,173 @@ def _seg_by_position(seg: hd.seg.Segmentation, number: int, volume: Volume, path
         raise InputError(path, f"mask is empty: segment {number} has no pixels")
     # highdicom's affine maps (slice, row, column); ours maps (column i, row j, slice k).
     ijk_to_lps = np.asarray(seg_volume.affine, dtype=np.float64)[:, [2, 1, 0, 3]]
-    return _fit_to_volume_grid(mask, ijk_to_lps, volume, path)
+    return _fit_to_volume_grid(mask, ijk_to_lps, volume, path, resample)
 
 
 # --- geometry ----------------------------------------------------------------------------------
 
 
-def _fit_to_volume_grid(mask: np.ndarray, mask_ijk_to_lps: np.ndarray, volume: Volume, source: Path) -> np.ndarray:
-    """Re-index a (k, j, i) mask onto the volume grid by nearest neighbour along each axis.
+@dataclass(frozen=True)
+class _GridMatch:
+    """How mask voxel indices map onto volume voxel indices: volume ijk = permutation @ mask ijk + offset."""
 
-    Works when every mask axis runs along one volume axis (same grid, crop/embed, flips, axis
-    permutations, other spacing); an oblique mask is refused rather than silently interpolated.
+    grid_name: str
+    permutation: np.ndarray  # 3x3, one +-1 per row and column
+    offset: np.ndarray  # 3 integers
+    displacement_voxels: float  # largest, over the labelled extent and the three axes
+    displacement_mm: float
+    scales: np.ndarray  # length of each mask axis step in volume voxels (1 on a matching grid)
+    angle_degrees: float  # largest angle between a mask axis and the volume axis it runs along
+
+    def mismatch(self) -> str:
+        """Why the mask does not re-index, in words."""
+        if np.any(np.abs(self.scales - 1) > 0.01):
+            sizes = "x".join(f"{v:.3g}" for v in self.scales[::-1])
+            return f"its voxels are {sizes} times the volume's (slices x rows x columns)"
+        if self.angle_degrees > 0.01:
+            return f"its axes are turned by up to {self.angle_degrees:.3g} degrees against the volume's"
+        return f"its voxel centres lie up to {self.displacement_voxels:.3g} voxel off the volume's"
+
+
+def _fit_to_volume_grid(
+    mask: np.ndarray, mask_ijk_to_lps: np.ndarray, volume: Volume, source: Path, resample: bool
+) -> np.ndarray:
+    """Put a (k, j, i) mask onto the volume's grid, re-indexing it when its voxels map one-to-one.
+
+    A mask maps one-to-one when, over the extent of its labelled voxels, every mask voxel centre lies
+    within a quarter voxel of the centre of the volume voxel it is assigned to (same grid, crop or
+    embed, flips, axis permutations, sub-voxel drift). Anything else (an oblique plane, another
+    spacing) is resampled by nearest neighbour only when asked, else refused.
     """
-    # mask (i, j, k, 1) → volume (i, j, k, 1)
-    transform = np.linalg.inv(volume.ijk_to_lps) @ mask_ijk_to_lps
-    linear, offset = transform[:3, :3], transform[:3, 3]
-    volume_axis_of = np.argmax(np.abs(linear), axis=0)  # for each mask axis c
-    scales = linear[volume_axis_of, [0, 1, 2]]
-    off_axis = np.abs(linear).copy()
-    off_axis[volume_axis_of, [0, 1, 2]] = 0
-    parallel = sorted(volume_axis_of.tolist()) == [0, 1, 2] and np.all(
-        off_axis.max(axis=0) <= _AXIS_PARALLEL_TOLERANCE * np.abs(scales)
-    )
-    if not parallel:
+    extent = _labelled_extent(mask)
+    matches = [m for m in (_match_grid(name, grid, mask_ijk_to_lps, extent) for name, grid in volume.reader_grids())
+               if m is not None]
+    best = min(matches, key=lambda m: m.displacement_voxels, default=None)
+    if best is not None and best.displacement_voxels < _MAX_DISPLACEMENT_VOXELS:
+        return _reindex(mask, best, volume, source, mask_ijk_to_lps)
+
+    why = best.mismatch() if best is not None else "its axes are not parallel to the volume's"
+    if not resample:
         raise InputError(
             source,
-            f"mask lies on another grid: {_grid_text(mask, mask_ijk_to_lps, volume)}; "
-            f"its axes are not parallel to the volume's",
+            f"mask lies on another grid: {_grid_text(mask, mask_ijk_to_lps, volume)}; {why}, so its voxels "
+            f"do not map one-to-one onto the volume's; pass --resample-mask to resample it by nearest neighbour",
         )
+    return _resample(mask, mask_ijk_to_lps, volume, source, why)
 
-    mask_axis_of = np.empty(3, dtype=int)
-    mask_axis_of[volume_axis_of] = [0, 1, 2]
-    volume_sizes = (volume.pixels.shape[2], volume.pixels.shape[1], volume.pixels.shape[0])  # i, j, k
-    mask_sizes = (mask.shape[2], mask.shape[1], mask.shape[0])
-    indices, valid = [], []
-    for volume_axis in range(3):
-        mask_axis = mask_axis_of[volume_axis]
-        positions = (np.arange(volume_sizes[volume_axis]) - offset[volume_axis]) / scales[mask_axis]
-        nearest = np.floor(positions + 0.5).astype(np.int64)
-        indices.append(nearest)
-        valid.append((nearest >= 0) & (nearest < mask_sizes[mask_axis]))
 
-    exact = np.allclose(np.abs(scales), 1.0, atol=1e-4) and np.allclose(offset, np.rint(offset), atol=1e-3)
-    if exact and mask.shape == volume.pixels.shape[:3] and np.allclose(transform, np.eye(4), atol=1e-3):
-        return mask.astype(bool, copy=False)
-    logger.info("%s: %s mask onto the volume grid (%s)", source, "re-indexing" if exact else "resampling",
-                _grid_text(mask, mask_ijk_to_lps, volume))
+def _labelled_extent(mask: np.ndarray) -> np.ndarray:
+    """The 8 corner voxel indices (i, j, k) of the box around the labelled voxels (the whole grid if none)."""
+    labelled = np.argwhere(mask)
+    if labelled.size:
+        low, high = labelled.min(axis=0)[::-1], labelled.max(axis=0)[::-1]
+    else:
+        low, high = np.zeros(3, int), np.array(mask.shape[::-1]) - 1
+    return np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)], dtype=np.float64)
 
-    # Bring the mask array into volume axis order (k, j, i), then gather.
-    mask_ijk = mask.transpose(2, 1, 0)
-    ordered = mask_ijk.transpose([mask_axis_of[0], mask_axis_of[1], mask_axis_of[2]]).transpose(2, 1, 0)
-    fitted = np.zeros(volume.pixels.shape[:3], dtype=bool)
-    i, j, k = indices
-    vi, vj, vk = valid
-    fitted[np.ix_(vk, vj, vi)] = ordered[np.ix_(k[vk], j[vj], i[vi])]
-    if mask.any() and not fitted.any():
+
+def _match_grid(name: str, grid: np.ndarray, mask_ijk_to_lps: np.ndarray, corners: np.ndarray) -> _GridMatch | None:
+    """The nearest index map from mask voxels onto ``grid``'s voxels, or None when no axis pairing exists."""
+    transform = np.linalg.inv(grid) @ mask_ijk_to_lps  # mask (i, j, k, 1) -> volume continuous (i, j, k, 1)
+    linear, offset = transform[:3, :3], transform[:3, 3]
+    volume_axis_of = np.argmax(np.abs(linear), axis=0)  # for each mask axis
+    if sorted(volume_axis_of.tolist()) != [0, 1, 2]:
+        return None
+    permutation = np.zeros((3, 3))
+    permutation[volume_axis_of, [0, 1, 2]] = np.sign(linear[volume_axis_of, [0, 1, 2]])
+    integer_offset = np.rint(linear @ corners[0] + offset - permutation @ corners[0])
+    deviations = corners @ (linear - permutation).T + (offset - integer_offset)  # (8, 3) in volume voxels
+    return _GridMatch(
+        grid_name=name,
+        permutation=permutation,
+        offset=integer_offset.astype(np.int64),
+        displacement_voxels=float(np.abs(deviations).max()),
+        displacement_mm=float(np.linalg.norm(deviations @ grid[:3, :3].T, axis=1).max()),
+        scales=np.linalg.norm(linear, axis=0),
+        angle_degrees=max(_angle_degrees(mask_ijk_to_lps[:3, c], grid[:3, volume_axis_of[c]]) for c in range(3)),
+    )
+
+
+def _angle_degrees(a: np.ndarray, b: np.ndarray) -> float:
+    """The angle between two lines (0 to 90 degrees)."""
+    cosine = abs(float(np.dot(a, b))) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.degrees(np.arccos(min(cosine, 1.0))))
+
+
+def _reindex(mask: np.ndarray, match: _GridMatch, volume: Volume, source: Path, mask_ijk_to_lps: np.ndarray) -> np.ndarray:
+    volume_shape = volume.pixels.shape[:3]
+    mask_ijk = np.argwhere(mask)[:, ::-1]
+    volume_ijk = mask_ijk @ match.permutation.T.astype(np.int64) + match.offset
+    inside = np.all((volume_ijk >= 0) & (volume_ijk < np.array(volume_shape[::-1])), axis=1)
+    if not inside.any():
         raise InputError(source, f"mask does not overlap the volume: {_grid_text(mask, mask_ijk_to_lps, volume)}")
+    fitted = np.zeros(volume_shape, dtype=bool)
+    i, j, k = volume_ijk[inside].T
+    fitted[k, j, i] = True
+
+    same_grid = (mask.shape == volume_shape and np.array_equal(match.permutation, np.eye(3))
+                 and not match.offset.any())
+    if match.displacement_voxels < _SAME_GRID_VOXELS:
+        case = "same grid" if same_grid else "re-indexed (crop, flip or axis order)"
+    else:
+        case = (f"within tolerance (mask voxel centres up to {match.displacement_voxels:.3g} voxel, "
+                f"{match.displacement_mm:.3g} mm from the volume's)")
+    outside = int((~inside).sum())
+    logger.info("%s: mask on the volume's grid: %s; matched as read with %s%s", source, case, match.grid_name,
+                f"; {outside} labelled voxels lie outside the volume and are dropped" if outside else "")
     return fitted
+
+
+def _resample(mask: np.ndarray, mask_ijk_to_lps: np.ndarray, volume: Volume, source: Path, why: str) -> np.ndarray:
+    """Nearest neighbour on voxel centres: each volume voxel takes the label of the mask voxel holding its centre."""
+    volume_shape = volume.pixels.shape[:3]
+    volume_to_mask = np.linalg.inv(mask_ijk_to_lps) @ volume.ijk_to_lps
+    mask_to_volume = np.linalg.inv(volume_to_mask)
+    corners = _labelled_extent(mask)
+    # Only volume voxels near the labelled box can take a label.
+    reach = corners @ mask_to_volume[:3, :3].T + mask_to_volume[:3, 3]
+    low = np.maximum(np.floor(reach.min(axis=0)) - 1, 0).astype(int)
+    high = np.minimum(np.ceil(reach.max(axis=0)) + 1, np.array(volume_shape[::-1]) - 1).astype(int)
+    fitted = np.zeros(volume_shape, dtype=bool)
+    if np.all(low <= high):
+        fitted[low[2]:high[2] + 1, low[1]:high[1] + 1, low[0]:high[0] + 1] = _sample(
+            mask, volume_to_mask, low, high
+        )
+    labelled = int(mask.sum())
+    if labelled and not fitted.any():
+        raise InputError(source, f"mask does not overlap the volume: {_grid_text(mask, mask_ijk_to_lps, volume)}")
+
+    # Round trip: a mask voxel changed label when the volume voxel holding its centre has another label.
+    margin = np.ceil(np.abs(volume_to_mask[:3, :3]).sum(axis=1)).astype(int) + 1
+    mask_low = np.maximum(corners.min(axis=0).astype(int) - margin, 0)
+    mask_high = np.minimum(corners.max(axis=0).astype(int) + margin, np.array(mask.shape[::-1]) - 1)
+    back = _sample(fitted, mask_to_volume, mask_low, mask_high)
+    region = mask[mask_low[2]:mask_high[2] + 1, mask_low[1]:mask_high[1] + 1, mask_low[0]:mask_high[0] + 1]
+    changed = int(np.count_nonzero(region != back))
+    logger.info("%s: resampled the mask onto the volume's grid by nearest neighbour (%s; %s): %d labelled mask "
+                "voxels, %d labelled volume voxels, %d mask voxels changed label", source,
+                _grid_text(mask, mask_ijk_to_lps, volume), why, labelled, int(fitted.sum()), changed)
+    return fitted
+
+
+def _sample(labels: np.ndarray, ijk_to_labels_ijk: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``labels`` (k, j, i) at the nearest voxel to each voxel centre of the box [low, high] (i, j, k) of another grid.
+
+    Centres outside ``labels`` read as False. Goes slice by slice to keep memory small.
+    """
+    i = np.arange(low[0], high[0] + 1)
+    j = np.arange(low[1], high[1] + 1)
+    out = np.zeros((high[2] - low[2] + 1, j.size, i.size), dtype=bool)
+    jj, ii = np.meshgrid(j, i, indexing="ij")
+    limits = np.array(labels.shape[::-1])
+    for n, k in enumerate(range(low[2], high[2] + 1)):
+        points = np.stack([ii, jj, np.full_like(ii, k), np.ones_like(ii)], axis=-1).astype(np.float64)
+        index = np.floor(points @ ijk_to_labels_ijk[:3].T + 0.5).astype(np.int64)
+        inside = np.all((index >= 0) & (index < limits), axis=-1)
+        slab = np.zeros(ii.shape, dtype=bool)
+        slab[inside] = labels[index[inside][:, 2], index[inside][:, 1], index[inside][:, 0]]
+        out[n] = slab
+    return out
 
 
 def _grid_text(mask: np.ndarray, mask_ijk_to_lps: np.ndarray, volume: Volume) -> str:

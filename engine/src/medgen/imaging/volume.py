@@ -66,6 +66,34 @@ class Volume:
     # the original image object for NIfTI/NRRD (a SimpleITK image) so it can be written back alike
     itk_image: object | None = None
 
+    def reader_grids(self) -> list[tuple[str, np.ndarray]]:
+        """The grids other readers give these same voxels, ``ijk_to_lps`` first.
+
+        ``ijk_to_lps`` steps from slice to slice by the mean step between the first and last slice
+        positions, as Slicer 5.8 and later read a series (itk::ImageSeriesReader with
+        ForceOrthogonalDirection off); on a gantry-tilted or sheared series that step leaves the plane's
+        normal. ITK's default (SimpleITK, Slicer up to 5.6) puts the slice axis on the normal with the
+        length of that step as spacing, and nibabel-style affines use the normal with the step's
+        component along it. Slice k is the same image in all three, so a mask drawn on any of them
+        means the same voxels.
+        """
+        grids = [("slice positions (as Slicer 5.8+ reads a series)", self.ijk_to_lps)]
+        step = self.ijk_to_lps[:3, 2]
+        normal = np.cross(self.ijk_to_lps[:3, 0], self.ijk_to_lps[:3, 1])
+        normal /= np.linalg.norm(normal)
+        if np.dot(step, normal) < 0:
+            normal = -normal
+        for name, length in (
+            ("plane normal, spacing = slice step length (as ITK/SimpleITK and Slicer 5.6 read a series)",
+             float(np.linalg.norm(step))),
+            ("plane normal, spacing = slice step along the normal (nibabel-style affine)", float(np.dot(step, normal))),
+        ):
+            grid = self.ijk_to_lps.copy()
+            grid[:3, 2] = normal * length
+            if not any(np.allclose(grid, other, atol=1e-6) for _, other in grids):
+                grids.append((name, grid))
+        return grids
+
     @property
     def num_slices(self) -> int:
         return int(self.pixels.shape[0])

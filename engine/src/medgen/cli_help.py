@@ -19,8 +19,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if "default" in text.lower() or "%(default)" in text:
             return text
-        if action.default in (None, False, SUPPRESS, []) or isinstance(action, argparse._HelpAction):
-            return text
+        default = action.default
+        if default is None or default is False or default == SUPPRESS or default == [] or isinstance(
+            action, argparse._HelpAction
+        ):
+            return text  # a flag, or an option whose absence the help already explains
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text  # a required positional has no default to state
         return f"{text} (default: %(default)s)"

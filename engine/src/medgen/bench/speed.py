@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from medgen.cli_help import hidden_alias, new_parser
+
 __all__ = ["PEAK_BF16_TFLOPS", "format_table", "main", "peak_tflops", "run_speed_bench"]
 
 log = logging.getLogger(__name__)
@@ -504,27 +506,27 @@ def _int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medgen bench speed",
-        description="Time the engine's inpainting path against plain diffusers on the same inputs.",
-    )
+    parser = new_parser("medgen bench speed", "Time the engine's inpainting path against plain diffusers on the same inputs.")
     parser.add_argument("--arch", choices=_ARCHS, default="sd15-inpaint",
                         help="model architecture; demo is the shipped phantom model (or --model PATH), tiny is for CPU tests")
     parser.add_argument("--random-weights", action="store_true",
                         help="random weights for sd15-inpaint/sd2-inpaint (the default unless --model is given)")
-    parser.add_argument("--model", help="diffusers inpainting model folder to load instead of random weights")
+    parser.add_argument("--model", help="diffusers inpainting model folder to load instead of random weights, or "
+                        "'demo' for the shipped phantom model (the same as --arch demo) (default: none)")
     parser.add_argument("--batch", type=_int_list, default=[1, 4, 8], help="batch sizes, e.g. 1,4,8")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps per request")
     parser.add_argument("--dpm-steps", type=_int_list, default=[15, 20],
                         help="DPM-Solver++ step counts to compare with --steps (empty to skip)")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=7.5, dest="guidance_scale", metavar="SCALE",
+                        help="classifier-free guidance scale; above 1 doubles the UNet batch")
+    hidden_alias(parser, "--guidance-scale", dest="guidance_scale", type=float)
     parser.add_argument("--resolution", type=int, help="image side (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
-                        help="default bfloat16 on CUDA, float32 on the CPU")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16", "float32", "float16", "bfloat16"),
+                        help="precision (default: bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed requests per row (median reported)")
     parser.add_argument("--no-compile", action="store_true", help="CUDA graphs of the eager UNet, no torch.compile")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     parser.add_argument("--json", dest="json_path", help="also write the full result as JSON to this file")
     return parser
 
@@ -533,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if os.environ.get("MEDGEN_BENCH_VERBOSE") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.model == "demo":  # the shipped model, by the name every other command accepts
+        args.model, args.arch = None, "demo"
+    args.dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(args.dtype, args.dtype)
     if args.model and args.random_weights:
         build_parser().error("--model and --random-weights exclude each other")
     if args.model and not Path(args.model).is_dir():

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 from medgen.api import InpaintResult, ProgressCallback
+from medgen.cli_help import hidden_alias, new_parser
 from medgen.errors import OutputError
 from medgen.generate.control import CONTROL_KINDS
+from medgen.phantom.model import DEMO_MODEL_HELP
 from medgen.progress import ProgressBar
 
 DEMO_PROMPT = "hypodense liver lesion, 2 cm"
@@ -27,15 +29,14 @@ ALL_TYPE_NAMES = ("cyst", "hyperdense", "calcification", "fat", "spiculated")
 # --- medgen phantom make --------------------------------------------------------------------------
 
 
-def make_main(argv: list[str] | None = None) -> int:
-    """Write N phantom cases (CT series, healthy twin, .seg.nrrd, DICOM SEG, truth.json) under --out."""
-    parser = argparse.ArgumentParser(
-        prog="medgen phantom make",
-        description="Write procedural CT phantoms with known lesions as DICOM series, .seg.nrrd and DICOM SEG.",
+def build_make_parser() -> argparse.ArgumentParser:
+    parser = new_parser(
+        "medgen phantom make",
+        "Write procedural CT phantoms with known lesions as DICOM series, .seg.nrrd and DICOM SEG.",
     )
     parser.add_argument("--out", type=Path, required=True, help="new or empty folder")
-    parser.add_argument("--cases", type=int, default=5, help="number of cases (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same cases")
+    parser.add_argument("--cases", type=int, default=5, help="number of cases")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same cases, byte for byte")
     parser.add_argument(
         "--types",
         nargs="+",
@@ -44,6 +45,12 @@ def make_main(argv: list[str] | None = None) -> int:
         help="lesion types, assigned to cases in turn (default: all five)",
     )
     parser.add_argument("--slices", type=int, default=8, help="slices per case (5 mm apart)")
+    return parser
+
+
+def make_main(argv: list[str] | None = None) -> int:
+    """Write N phantom cases (CT series, healthy twin, .seg.nrrd, DICOM SEG, truth.json) under --out."""
+    parser = build_make_parser()
     args = parser.parse_args(argv)
     if args.cases < 1:
         parser.error(f"--cases must be at least 1, got {args.cases}")
@@ -74,24 +81,31 @@ def _check_new_folder(out: Path) -> None:
 # --- medgen phantom train-base --------------------------------------------------------------------
 
 
+def build_train_base_parser() -> argparse.ArgumentParser:
+    from medgen.phantom.train_base import TrainSettings
+
+    defaults = TrainSettings()
+    parser = new_parser(
+        "medgen phantom train-base",
+        "Train the phantom demo model (VAE, UNet, text encoder) from scratch; settings in "
+        "medgen/phantom/train_base.py:TrainSettings, figures in engine/PHANTOM.md.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="new or empty folder for the diffusers model")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the crops, weights and noise")
+    parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="optimizer steps of the VAE")
+    parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps, help="optimizer steps of the UNet")
+    parser.add_argument("--pairs", type=int, default=defaults.num_pairs, help="phantom crops to train on")
+    parser.add_argument("--threads", type=int, default=defaults.num_threads, help="torch CPU threads")
+    parser.add_argument("--pairs-cache", type=Path,
+                        help="an .npz to keep the phantom crops between runs (default: none, made anew)")
+    return parser
+
+
 def train_base_main(argv: list[str] | None = None) -> int:
     """Train the demo model from scratch (about 45 minutes on 2 CPU cores) into --out."""
     from medgen.phantom.train_base import TrainSettings
 
-    defaults = TrainSettings()
-    parser = argparse.ArgumentParser(
-        prog="medgen phantom train-base",
-        description="Train the phantom demo model (VAE, UNet, text encoder) from scratch; settings in "
-        "medgen/phantom/train_base.py:TrainSettings, figures in engine/PHANTOM.md.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="new or empty folder for the diffusers model")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
-    parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
-    parser.add_argument("--pairs", type=int, default=defaults.num_pairs, help="phantom crops to train on")
-    parser.add_argument("--threads", type=int, default=defaults.num_threads)
-    parser.add_argument("--pairs-cache", type=Path, help="an .npz to keep the phantom crops between runs")
-    args = parser.parse_args(argv)
+    args = build_train_base_parser().parse_args(argv)
     _check_new_folder(args.out)
 
     import logging
@@ -116,39 +130,52 @@ def train_base_main(argv: list[str] | None = None) -> int:
 # --- medgen bench quality -------------------------------------------------------------------------
 
 
-def bench_quality_main(argv: list[str] | None = None) -> int:
-    """Print the quality table; exit 1 if outside-mask identity is below 100% (or, with --strict, any goal is missed)."""
+def build_bench_quality_parser() -> argparse.ArgumentParser:
     from medgen.phantom.quality import QualitySettings
 
     defaults = QualitySettings()
-    parser = argparse.ArgumentParser(
-        prog="medgen bench quality",
-        description="Prompt fidelity, mask adherence, outside-mask identity and diversity on held-out phantoms.",
+    parser = new_parser(
+        "medgen bench quality",
+        "Prompt fidelity, mask adherence, outside-mask identity and diversity on held-out phantoms.",
     )
-    parser.add_argument("--cases", type=int, default=defaults.cases)
+    parser.add_argument("--cases", type=int, default=defaults.cases, help="held-out phantom cases per lesion type")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="case stream (training never uses 1000)")
     parser.add_argument("--variants", type=int, default=defaults.variants, help="seeds per prompt (>= 2)")
-    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps)
-    parser.add_argument("--guidance", type=float, default=defaults.guidance_scale)
-    parser.add_argument("--types", nargs="+", choices=ALL_TYPE_NAMES, default=list(defaults.types))
+    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="classifier-free guidance scale")
+    parser.add_argument("--types", nargs="+", choices=ALL_TYPE_NAMES, default=list(defaults.types),
+                        help="lesion types to prompt for, one row each")
     parser.add_argument("--no-baseline", action="store_true", help="skip the empty-prompt row")
-    parser.add_argument("--model", type=Path, help="a diffusers folder (default: the shipped demo model)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument("--model", help=DEMO_MODEL_HELP)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where the model runs")
+    parser.add_argument("--json", type=Path, help="also write every number to this file (default: none)")
     parser.add_argument("--work-dir", type=Path, help="keep the cases and outputs here (default: a temp folder)")
     parser.add_argument("--strict", action="store_true", help="also fail when a fidelity/Dice/diversity goal is missed")
     parser.add_argument("--adapter", action="append", default=[], metavar="PATH[:WEIGHT]",
                         help="textual inversion or LoRA for the prompted rows (repeatable)")
-    parser.add_argument("--token", help="the textual inversion's token; the spiculated row is prompted '<token> mass'")
+    parser.add_argument("--token", help="the textual inversion's token; the spiculated row is prompted '<token> mass' "
+                        "(default: the adapter's own)")
     parser.add_argument("--mask-shape", choices=["lesion", "disk"], default=defaults.mask_shape,
                         help="inpaint under the true mask or a round disk around it (the border then comes from the model)")
     parser.add_argument("--case-types", nargs="+", choices=ALL_TYPE_NAMES,
                         help="the cases' own lesion types, in turn (default: all five)")
-    parser.add_argument("--mask-dilate-mm", type=float, default=defaults.mask_dilate_mm,
-                        help="the engine's inpaint region: the mask dilated by this much (default 2)")
-    parser.add_argument("--mask-blur", type=float, default=defaults.mask_blur_px, help="feather width in px (default 4)")
-    parser.add_argument("--controlnet", metavar="PATH[:SCALE]", help="a diffusers ControlNet for every row")
-    parser.add_argument("--control-from", choices=CONTROL_KINDS, default=defaults.control_from)
+    parser.add_argument("--mask-dilate", type=float, default=defaults.mask_dilate_mm, dest="mask_dilate_mm",
+                        metavar="MM", help="the engine's inpaint region: the mask grown by this many millimetres")
+    hidden_alias(parser, "--mask-dilate-mm", dest="mask_dilate_mm", type=float)
+    parser.add_argument("--mask-blur", type=float, default=defaults.mask_blur_px, metavar="PX",
+                        help="feather width in pixels of the slice")
+    parser.add_argument("--controlnet", metavar="PATH[:SCALE]",
+                        help="a diffusers ControlNet for every row (default: none)")
+    parser.add_argument("--control-from", choices=CONTROL_KINDS, default=defaults.control_from,
+                        help="what the ControlNet's control image is made from")
+    return parser
+
+
+def bench_quality_main(argv: list[str] | None = None) -> int:
+    """Print the quality table; exit 1 if outside-mask identity is below 100% (or, with --strict, any goal is missed)."""
+    from medgen.phantom.quality import QualitySettings
+
+    parser = build_bench_quality_parser()
     args = parser.parse_args(argv)
     if args.token and not args.adapter:
         parser.error("--token names the token of an --adapter; no adapter was given")
@@ -163,7 +190,7 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
         guidance_scale=args.guidance,
         types=tuple(args.types),
         baseline=not args.no_baseline,
-        model=str(args.model) if args.model else None,
+        model=args.model,
         device=args.device,
         adapters=tuple(args.adapter),
         token=args.token,

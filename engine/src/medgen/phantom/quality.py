@@ -61,7 +61,7 @@ from medgen.phantom.model import (
     DEMO_CROP_PADDING_PX,
     DEMO_GUIDANCE_SCALE,
     DEMO_STEPS,
-    demo_model_path,
+    resolve_model_path,
 )
 from medgen.phantom.series import RESCALE_INTERCEPT, SOFT_TISSUE_WINDOW, write_case, write_seg_nrrd
 
@@ -198,7 +198,7 @@ def run_quality_bench(settings: QualitySettings, work_dir: Path | None = None, p
     if settings.variants < 2:
         raise ValueError(f"variants must be at least 2 to measure diversity, got {settings.variants}")
     start = time.perf_counter()
-    model_path = Path(settings.model) if settings.model else demo_model_path()
+    model_path = resolve_model_path(settings.model)  # None or "demo": the shipped model
     inpainter = Inpainter(model_path, device=settings.device)
     with tempfile.TemporaryDirectory(prefix="medgen-quality-") as scratch:
         root = Path(work_dir) if work_dir is not None else Path(scratch)
@@ -374,7 +374,15 @@ def _run_unprompted(inpainter, files, mask_path, seeds, settings) -> list[np.nda
         guidance_scale=settings.guidance_scale,
         control_images=inpainter._control_images(request, crops, jobs),
     )
-    return [inpainter._paste_variant(volume, intensity, jobs, generated[:, v]) for v in range(len(seeds))]
+    from medgen.generate.compose import compose_variant
+
+    return [
+        compose_variant(
+            volume, intensity, jobs, generated[:, v], seed=seed,
+            match_noise=settings.match_noise, slice_consistency=settings.slice_consistency,
+        ).pixels
+        for v, seed in enumerate(seeds)
+    ]
 
 
 def read_series_stored(folder: Path) -> np.ndarray:

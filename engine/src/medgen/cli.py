@@ -282,6 +282,30 @@ def _add_export_parser(subparsers) -> None:
     p.set_defaults(handler=export.run_export)
 
 
+def _add_qa_parsers(subparsers) -> None:
+    report = subparsers.add_parser(
+        "report", help="one self-contained HTML report of an inpaint run (images, figures, marks, provenance)",
+        add_help=False,
+    )
+    report.set_defaults(handler=_run_report, passes_arguments_on=True)
+    review = subparsers.add_parser(
+        "review", help="blinded reader study in the browser: add-real, add-run, serve, summary", add_help=False
+    )
+    review.set_defaults(handler=_run_review, passes_arguments_on=True)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from medgen.qa.commands import report_main
+
+    return report_main(args.rest)
+
+
+def _run_review(args: argparse.Namespace) -> int:
+    from medgen.qa.commands import review_main
+
+    return review_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen", description="Inpaint synthetic pathology into real scans and write clearly synthetic DICOM.",
@@ -298,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate_parser(subparsers)
     _add_serve_parser(subparsers)
     _add_export_parser(subparsers)
+    _add_qa_parsers(subparsers)
     for sub in all_subparsers(parser):
         sub.formatter_class = HelpFormatter
     return parser

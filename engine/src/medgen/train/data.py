@@ -29,6 +29,8 @@ class AdapterCrops:
     masks: np.ndarray
     prompts: list[str]
     controls: np.ndarray | None = None
+    # where each crop came from (file, slice, crop box, or phantom seed): the adapter's training-crop index
+    origins: list[dict] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,14 +53,16 @@ def phantom_lesion_crops(
     rng = np.random.default_rng(seed)
     images = np.zeros((count, resolution, resolution), np.float32)
     masks = np.zeros((count, resolution, resolution), bool)
-    prompts = []
+    prompts, origins = [], []
     while len(prompts) < count:
         pair = make_pair(rng, resolution, healthy_fraction=0.0, types=types)
         if pair is None or not pair[1].any():
             continue
         images[len(prompts)], masks[len(prompts)] = pair[0], pair[1]
         prompts.append(prompt if prompt is not None else LESION_SPECS[types[pair[2]]].prompt)
-    return AdapterCrops(images, masks, prompts)
+        origins.append({"file": f"phantom (seed {seed}, crop {len(origins)})", "slice": None, "crop_box": None,
+                        "prompt": prompts[-1]})
+    return AdapterCrops(images, masks, prompts, origins=origins)
 
 
 def with_controls(crops: AdapterCrops, kind: str, *, max_dilate_px: int, seed: int = 0) -> AdapterCrops:
@@ -77,7 +81,7 @@ def with_controls(crops: AdapterCrops, kind: str, *, max_dilate_px: int, seed: i
     controls = np.stack([control_image(image, mask, kind) for image, mask in zip(crops.images, crops.masks)])
     radii = rng.integers(0, max_dilate_px + 1, size=len(crops))
     regions = np.stack([dilate_mask(mask, float(r), (1.0, 1.0)) for mask, r in zip(crops.masks, radii)])
-    return AdapterCrops(crops.images, regions, crops.prompts, controls.astype(np.float32))
+    return AdapterCrops(crops.images, regions, crops.prompts, controls.astype(np.float32), crops.origins)
 
 
 def read_training_table(data: str | Path) -> list[tuple[Path, Path, str]]:
@@ -111,7 +115,7 @@ def file_crops(
     from medgen.imaging.masks import read_mask
     from medgen.imaging.read import read_volume
 
-    images, masks, prompts = [], [], []
+    images, masks, prompts, origins = [], [], [], []
     for image_path, mask_path, prompt in read_training_table(data):
         volume = read_volume(image_path)
         mask3d = np.asarray(read_mask(mask_path, volume), dtype=bool)
@@ -123,6 +127,8 @@ def file_crops(
             images.append(np.clip(crop, -1.0, 1.0))
             masks.append(resize_mask(mask3d[k][box.slices], (resolution, resolution)))
             prompts.append(prompt)
+            origins.append({"file": str(image_path), "slice": k, "prompt": prompt,
+                            "crop_box": [box.row0, box.row1, box.col0, box.col1]})
     if not images:
         raise InputError(Path(data), "no masked slice in any row")
-    return AdapterCrops(np.stack(images).astype(np.float32), np.stack(masks).astype(bool), prompts)
+    return AdapterCrops(np.stack(images).astype(np.float32), np.stack(masks).astype(bool), prompts, origins=origins)

@@ -223,7 +223,16 @@ def train_adapter(
     pipe.unet.eval()
     accelerator.save_state(str(out / CHECKPOINTS_DIR / "last"))
     save_adapter(out)
+    write_training_crop_index(out, crops)
     return history
+
+
+def write_training_crop_index(out: Path, crops: AdapterCrops) -> None:
+    """The index of the crops this adapter saw, for the memorization check of `medgen report`."""
+    from medgen.qa.crop_index import write_crop_index
+
+    origins = crops.origins or [{"file": None, "slice": None, "crop_box": None, "prompt": p} for p in crops.prompts]
+    write_crop_index(out, crops.images, origins)
 
 
 @torch.no_grad()

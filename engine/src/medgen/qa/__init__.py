@@ -1,0 +1,1 @@
+"""Visual QA: a self-contained report of a run, quality figures, and a blinded reader study."""

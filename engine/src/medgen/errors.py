@@ -10,12 +10,17 @@ class MedgenError(Exception):
 
 
 class InputError(MedgenError):
-    """Bad input: a file that cannot be read, a mask that does not fit, an option out of range."""
+    """Bad input: a file that cannot be read, a mask that does not fit, an option out of range.
 
-    def __init__(self, source: str | Path | None, problem: str):
+    ``reason`` names an entry of ``medgen.imaging.unsupported.UNSUPPORTED`` when the input is refused
+    because it is something the engine does not support (as opposed to a mistake in the request).
+    """
+
+    def __init__(self, source: str | Path | None, problem: str, *, reason: str | None = None):
         self.source = None if source is None else str(source)
-        self.problem = problem
-        super().__init__(f"{self.source}: {problem}" if self.source else problem)
+        self.problem = " ".join(str(problem).split())  # one line, whatever a library put in it
+        self.reason = reason
+        super().__init__(f"{self.source}: {self.problem}" if self.source else self.problem)
 
 
 class OutputError(MedgenError):

@@ -1,0 +1,53 @@
+"""Keep pydicom's and highdicom's own warnings and logged tracebacks off the user's screen.
+
+pydicom logs a full traceback for every decoder plugin that fails before raising its own error,
+and warns about each odd value it meets. The engine's error already says what went wrong in one
+line; these messages are gathered instead, and the first of them can be added to that line.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_LIBRARY_LOGGERS = ("pydicom", "highdicom")
+
+
+class _Collector(logging.Handler):
+    def __init__(self, messages: list[str]):
+        super().__init__(level=logging.DEBUG)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.messages.append(" ".join(record.getMessage().split()))
+
+
+@contextmanager
+def captured_library_messages() -> Iterator[list[str]]:
+    """Collect the libraries' warnings and logged errors as one-line strings instead of printing them."""
+    messages: list[str] = []
+    collector = _Collector(messages)
+    saved = []
+    for name in _LIBRARY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        saved.append((library_logger, library_logger.propagate, list(library_logger.handlers)))
+        library_logger.handlers = [collector]
+        library_logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+        messages.extend(" ".join(str(w.message).split()) for w in caught)
+    finally:
+        for library_logger, propagate, handlers in saved:
+            library_logger.handlers = handlers
+            library_logger.propagate = propagate
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one short line (libraries put whole reports in theirs)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

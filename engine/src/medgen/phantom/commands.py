@@ -44,7 +44,7 @@ def build_make_parser() -> argparse.ArgumentParser:
         default=list(ALL_TYPE_NAMES),
         help="lesion types, assigned to cases in turn (default: all five)",
     )
-    parser.add_argument("--slices", type=int, default=8, help="slices per case (5 mm apart)")
+    parser.add_argument("--slices", type=int, default=8, dest="num_slices", help="slices per case (5 mm apart)")
     return parser
 
 
@@ -54,8 +54,8 @@ def make_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cases < 1:
         parser.error(f"--cases must be at least 1, got {args.cases}")
-    if args.slices < 3:
-        parser.error(f"--slices must be at least 3, got {args.slices}")
+    if args.num_slices < 3:
+        parser.error(f"--slices must be at least 3, got {args.num_slices}")
     _check_new_folder(args.out)
 
     from medgen.phantom.cases import make_case
@@ -64,7 +64,7 @@ def make_main(argv: list[str] | None = None) -> int:
     index = []
     for i in range(args.cases):
         lesion_type = args.types[i % len(args.types)]
-        case = make_case((args.seed, i), lesion_type, case_id=f"case-{i + 1:03d}", num_slices=args.slices)
+        case = make_case((args.seed, i), lesion_type, case_id=f"case-{i + 1:03d}", num_slices=args.num_slices)
         files = write_case(case, args.out / case.case_id)
         index.append({"case": case.case_id, "lesion_type": lesion_type, "folder": str(files.folder)})
         print(f"{files.folder}: {case.lesion.spec.label} in the {case.organ.name.lower()}, slices {case.lesion_slices}")
@@ -168,6 +168,13 @@ def build_bench_quality_parser() -> argparse.ArgumentParser:
                         help="a diffusers ControlNet for every row (default: none)")
     parser.add_argument("--control-from", choices=CONTROL_KINDS, default=defaults.control_from,
                         help="what the ControlNet's control image is made from")
+    parser.add_argument("--no-noise-match", action="store_false", dest="match_noise",
+                        help="keep the model's own texture in every run (default: the source's noise texture)")
+    parser.add_argument("--no-slice-consistency", action="store_false", dest="slice_consistency",
+                        help="every run without smoothing along the slice axis (default: with it)")
+    parser.add_argument("--no-consistency-compare", action="store_false", dest="compare_slice_consistency",
+                        help="skip the extra run per case with slice consistency off (default: run it and "
+                        "print the 3D figures both ways)")
     return parser
 
 
@@ -198,6 +205,9 @@ def bench_quality_main(argv: list[str] | None = None) -> int:
         case_types=tuple(args.case_types) if args.case_types else None,
         mask_dilate_mm=args.mask_dilate_mm,
         mask_blur_px=args.mask_blur,
+        match_noise=args.match_noise,
+        slice_consistency=args.slice_consistency,
+        compare_slice_consistency=args.compare_slice_consistency,
         controlnet=args.controlnet,
         control_from=args.control_from,
     )

@@ -7,15 +7,17 @@ import json
 import sys
 from pathlib import Path
 
+from medgen.cli_help import HelpFormatter, new_parser
 from medgen.errors import MedgenError
+from medgen.phantom.model import DEMO_MODEL_HELP
 from medgen.train.loop import OPTIMIZERS, AdapterTrainSettings, check_optimizer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medgen train", description=__doc__)
+    parser = new_parser("medgen train", __doc__)
     kinds = parser.add_subparsers(dest="kind", required=True)
     for kind in ("textual-inversion", "lora", "controlnet"):
-        p = kinds.add_parser(kind)
+        p = kinds.add_parser(kind, formatter_class=HelpFormatter, help=f"train a {kind.replace('-', ' ')} adapter")
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--data", type=Path, help="CSV with columns image,mask,prompt (or a folder with train.csv)")
         if kind == "controlnet":
@@ -24,31 +26,38 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             source.add_argument("--phantom-spiculated", type=int, metavar="N",
                                 help="train on N crops of the held-out spiculated-mass phantoms")
-        p.add_argument("--base", type=Path, help="base inpainting model (default: the shipped phantom demo model)")
-        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--base", help="base inpainting model: " + DEMO_MODEL_HELP)
+        p.add_argument("--out", type=Path, required=True, help="new or empty folder for the adapter")
         p.add_argument("--prompt", help="one prompt for every phantom crop (default: " + {
             "textual-inversion": "'<token> mass'", "lora": "'spiculated mass'",
             "controlnet": "each lesion type's own prompt"}[kind] + ")")
-        p.add_argument("--steps", type=int, default=400)
-        p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--learning-rate", type=float)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto")
-        p.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"))
-        p.add_argument("--gradient-checkpointing", action="store_true")
-        p.add_argument("--checkpoint-every", type=int, default=0)
-        p.add_argument("--validation-every", type=int, default=0)
+        p.add_argument("--steps", type=int, default=400, help="optimizer steps")
+        p.add_argument("--batch-size", type=int, default=16, help="crops per optimizer step")
+        p.add_argument("--learning-rate", type=float, help="(default: " + {
+            "textual-inversion": "5e-3", "lora": "1e-3", "controlnet": "1e-4"}[kind] + ")")
+        p.add_argument("--seed", type=int, default=0, help="seed of the crops, initial weights, noise and timesteps")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]; auto takes CUDA when there is one")
+        p.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
+                       help="accelerate's mixed precision; auto is bf16 or fp16 on CUDA, none on the CPU")
+        p.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass: less memory, about 30%% slower")
+        p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                       help="save an accelerate checkpoint every so many steps, for --resume; 0: only the last one")
+        p.add_argument("--validation-every", type=int, default=0, metavar="STEPS",
+                       help="write validation images every so many steps; 0: none")
         p.add_argument("--resume", type=Path, help="an accelerate checkpoint folder (OUT/checkpoints/step-K)")
         p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                        help="adamw-8bit needs bitsandbytes (a quarter of the optimizer state memory)")
         if kind == "textual-inversion":
-            p.add_argument("--token", default="<spiculated>")
-            p.add_argument("--initializer", default="mass")
-            p.add_argument("--num-vectors", type=int, default=2)
+            p.add_argument("--token", default="<spiculated>", help="the new word the prompt will use")
+            p.add_argument("--initializer", default="mass",
+                           help="an existing word whose embedding the token starts from")
+            p.add_argument("--num-vectors", type=int, default=2, help="embedding vectors behind the token")
         elif kind == "lora":
-            p.add_argument("--rank", type=int, default=4)
+            p.add_argument("--rank", type=int, default=4, help="LoRA rank of the q/k/v/out projections")
         else:
-            p.add_argument("--control-from", choices=("mask-edges", "mask"), default="mask-edges")
+            p.add_argument("--control-from", choices=("mask-edges", "mask"), default="mask-edges",
+                           help="what the control image is made from")
             p.add_argument("--max-dilate-px", type=int, default=6,
                            help="inpaint regions are the mask dilated by 0..N model pixels (default 6)")
     return parser
@@ -63,11 +72,11 @@ def _model_resolution(base: Path) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from medgen.phantom.model import demo_model_path
+    from medgen.phantom.model import resolve_model_path
     from medgen.phantom.lesions import BASE_TYPES
     from medgen.train.data import file_crops, phantom_lesion_crops, with_controls
 
-    base = args.base or demo_model_path()
+    base = resolve_model_path(args.base)
     default_lr = {"textual-inversion": 5e-3, "lora": 1e-3, "controlnet": 1e-4}[args.kind]
     settings = AdapterTrainSettings(
         optimizer=args.optimizer,

@@ -25,6 +25,7 @@ from pydicom.sr.coding import Code
 from medgen.dicom import codes
 from medgen.dicom.codes import MedgenCode
 from medgen.errors import InputError, OutputError
+from medgen.imaging.library_messages import first_line
 from medgen.imaging.volume import SourceFormat, Volume
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def seg_refusal(volume: Volume, slices_written: int) -> str | None:
     if volume.source_format != SourceFormat.DICOM or not volume.datasets:
         return "a DICOM SEG needs a DICOM source (its frames reference the synthetic DICOM instances)"
     if slices_written > 1 and get_image_coordinate_system(volume.datasets[0]) is None:
-        return (f"a DICOM SEG over {slices_written} slices needs patient geometry (Frame of Reference and "
-                "positions), which this source lacks; inpaint one slice, or omit --seg")
+        return (f"a DICOM SEG over a series of {slices_written} slices needs patient geometry (Frame of Reference "
+                "and positions), which this source lacks; write only the inpainted slice (--only-modified), "
+                "or omit --seg")
     return None
 
 
@@ -95,6 +97,25 @@ def write_inpaint_seg(
     # 1. Check inputs before reading anything
     if not synthetic_files:
         raise ValueError("synthetic_files must list the written instances, got none")
+    images = [_read(Path(p)) for p in synthetic_files]
+    seg = build_inpaint_seg(images, masks_per_slice, segment_label, source_volume=source_volume,
+                            software_version=software_version, model_name=model_name, series_number=series_number)
+    # Write atomically: a reader never sees half a SEG
+    return _save_atomically(seg, Path(out_path))
+
+
+def build_inpaint_seg(
+    images: Sequence[Dataset],
+    masks_per_slice: Mapping[int, np.ndarray],
+    segment_label: str,
+    *,
+    source_volume: Volume,
+    software_version: str,
+    model_name: str,
+    series_number: int | None = None,
+) -> Dataset:
+    """The SEG dataset of ``masks_per_slice`` over the synthetic ``images`` (the pre-flight builds it too)."""
+    source_name = source_volume.source_paths[0] if source_volume.source_paths else None
     if not isinstance(segment_label, str) or not segment_label.strip():
         raise ValueError(f"segment_label must be a non-empty string, got {segment_label!r}")
     for name, value in (("software_version", software_version), ("model_name", model_name)):
@@ -103,10 +124,8 @@ def write_inpaint_seg(
     if not masks_per_slice or not any(np.asarray(m).any() for m in masks_per_slice.values()):
         raise ValueError("masks_per_slice holds no masked pixel: there is no region to segment")
     keyed = masks_by_source_frame(source_volume, masks_per_slice)
-    out_path = Path(out_path)
 
-    # 2. Read the synthetic instances and give every frame its mask (empty where nothing was inpainted)
-    images = [_read(Path(p)) for p in synthetic_files]
+    # 2. Give every frame of the synthetic instances its mask (empty where nothing was inpainted)
     if len({str(ds.SeriesInstanceUID) for ds in images}) != 1:
         raise ValueError("synthetic_files must belong to one series")
     if len(images) > 1 and any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in images):
@@ -158,10 +177,12 @@ def write_inpaint_seg(
             contributing_equipment=[equipment],
             series_description=_series_description(label),
             omit_empty_frames=True,
-            pixel_measures=None if has_geometry else _pixel_measures(images[0], source_volume),
+            pixel_measures=_pixel_measures(images[0], source_volume) if _needs_pixel_measures(images[0]) else None,
         )
-    except ValueError as exc:  # highdicom's refusals name what the images lack
-        raise InputError(synthetic_files[0], f"cannot build a DICOM SEG over these images: {exc}") from exc
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        # highdicom's refusals name what the images lack; the source file is what the user can act on
+        raise InputError(source_name, f"cannot build a DICOM SEG over the synthetic images: {first_line(exc)}",
+                         reason="seg-source") from exc
 
     # 4. The synthetic marks highdicom does not know about, and the provenance of the images
     seg.SyntheticData = codes.SYNTHETIC_DATA
@@ -169,9 +190,19 @@ def write_inpaint_seg(
         # General Image, Type 2C where there is no plane orientation: the images' own letters, or empty
         seg.PatientOrientation = images[0].get("PatientOrientation", "")
     _copy_provenance(images[0], seg)
+    return seg
 
-    # 5. Write atomically: a reader never sees half a SEG
-    return _save_atomically(seg, out_path)
+
+def _needs_pixel_measures(image: Dataset) -> bool:
+    """highdicom copies Pixel Measures from the images only when they have geometry, and then leaves out
+    a Slice Thickness they lack (Type 1C in the SEG's Pixel Measures); we give it from the volume."""
+    if "FrameOfReferenceUID" not in image:
+        return True
+    shared = image.get("SharedFunctionalGroupsSequence")
+    if shared:
+        measures = shared[0].get("PixelMeasuresSequence")
+        return not measures or "SliceThickness" not in measures[0]
+    return "SliceThickness" not in image or "PixelSpacing" not in image
 
 
 def _pixel_measures(image: Dataset, volume: Volume) -> hd.PixelMeasuresSequence:

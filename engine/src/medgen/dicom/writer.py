@@ -48,6 +48,7 @@ from pydicom.uid import (
 from medgen.dicom import codes
 from medgen.dicom.codes import MedgenCode
 from medgen.dicom.provenance import provenance_to_json
+from medgen.dicom.repair import private_elements_as_unknown, repair_dates_and_times, uses_iso_2022
 from medgen.errors import InputError, OutputError
 from medgen.imaging.volume import PixelFormat, SourceFormat, Volume
 
@@ -152,6 +153,8 @@ class SyntheticSeriesWriter:
         self.model_name = _fit(_single_line(model_name), _LO_MAX)
         self.burn_in_label = bool(burn_in_label)
         self.series_number = int(series_number) if series_number is not None else default_series_number(source)
+        # notes of the source's values repaired in the derived instances (see medgen.dicom.repair)
+        self.repairs: list[str] = []
 
     # ------------------------------------------------------------------ public
 
@@ -170,11 +173,23 @@ class SyntheticSeriesWriter:
         The folder appears complete or not at all (written under a temporary name, then renamed).
         """
         # 1. Check inputs
-        modified = self._check_write_inputs(pixels, modified_slices, only_modified)
         out_dir = Path(out_dir)
         _check_out_dir(out_dir)
 
-        # 2. Choose the slices and name the new series
+        # 2. Build every instance, 3. write them into a temporary folder beside out_dir, then rename it
+        instances = self.derive_instances(pixels, modified_slices=modified_slices, only_modified=only_modified)
+        names: list[str] = []
+        with _staged_series_dir(out_dir, self._provenance_pretty) as tmp_dir:
+            for name, ds in instances:
+                names.append(_save(ds, tmp_dir / name))
+        logger.info("wrote %d synthetic instance(s) to %s", len(names), out_dir)
+        return [out_dir / name for name in names]
+
+    def derive_instances(
+        self, pixels: np.ndarray, *, modified_slices: Sequence[int], only_modified: bool = False
+    ) -> list[tuple[str, Dataset]]:
+        """The (file name, dataset) of every instance ``write`` would save; the pre-flight builds them too."""
+        modified = self._check_write_inputs(pixels, modified_slices, only_modified)
         slices = sorted(modified) if only_modified else list(range(self.source.num_slices))
         series_uid = codes.new_uid()
         now = _now_like(self.source.datasets[0])
@@ -182,22 +197,14 @@ class SyntheticSeriesWriter:
             pixels = pixels.copy()
             for k in slices:
                 pixels[k] = burn_in(pixels[k], self.source.pixel_format)
-
-        # 3. Write into a temporary folder beside out_dir, then rename it into place
-        names: list[str] = []
-        with _staged_series_dir(out_dir, self._provenance_pretty) as tmp_dir:
-            if self.source.is_multiframe:
-                order = sorted(slices, key=lambda k: self.source.frame_numbers[k])
-                frames = [self.source.frame_numbers[k] for k in order]
-                ds = self._derive(self.source.datasets[0], np.stack([pixels[k] for k in order]), series_uid, now,
-                                  frames=frames)
-                names.append(_save(ds, tmp_dir / "IM-0001.dcm"))
-            else:
-                for k in slices:
-                    ds = self._derive(self.source.datasets[k], pixels[k], series_uid, now, frames=None)
-                    names.append(_save(ds, tmp_dir / f"IM-{k + 1:04d}.dcm"))
-        logger.info("wrote %d synthetic instance(s) to %s", len(names), out_dir)
-        return [out_dir / name for name in names]
+        if self.source.is_multiframe:
+            order = sorted(slices, key=lambda k: self.source.frame_numbers[k])
+            frames = [self.source.frame_numbers[k] for k in order]
+            ds = self._derive(self.source.datasets[0], np.stack([pixels[k] for k in order]), series_uid, now,
+                              frames=frames)
+            return [("IM-0001.dcm", ds)]
+        return [(f"IM-{k + 1:04d}.dcm", self._derive(self.source.datasets[k], pixels[k], series_uid, now, frames=None))
+                for k in slices]
 
     # ------------------------------------------------------------------ checks
 
@@ -235,8 +242,15 @@ class SyntheticSeriesWriter:
         """The derived dataset for one source instance; ``frames`` (1-based) when it is multi-frame."""
         ds = _copy_without(src, _DROPPED_KEYWORDS)
         _drop_group_lengths(ds)
+        notes = private_elements_as_unknown(ds, src)
+        if uses_iso_2022(ds):
+            ds.decode()  # text becomes str and is written as UTF-8: same characters, no escape sequences
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            notes.append(f"text in {'/'.join(_as_list(src.SpecificCharacterSet))} (ISO 2022) re-encoded as UTF-8")
         _use_utf8_if_needed(ds, [self.series_description, self.derivation_description, self.model_name,
                                  self.software_version])
+        notes += repair_dates_and_times(ds)
+        self.repairs += [note for note in notes if note not in self.repairs]
 
         # identity: new series and instance, same study, patient and frame of reference
         sop_uid = codes.new_uid()
@@ -567,7 +581,7 @@ def _check_source(source: Volume) -> None:
     for ds in source.datasets:
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
             if not ds.get(keyword):
-                raise InputError(where, f"source instance lacks {keyword}")
+                raise InputError(where, f"source instance lacks {keyword}", reason="missing-uid")
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -613,10 +627,15 @@ def _save(ds: Dataset, path: Path) -> str:
 def _copy_without(src: Dataset, keywords: Iterable[str]) -> Dataset:
     """A deep copy of the source's elements, minus the dropped ones (pixel data never copied)."""
     dropped = {pydicom.datadict.tag_for_keyword(k) for k in keywords}
+    implicit = getattr(src, "original_encoding", (False, True))[0]
     ds = Dataset()
-    for element in src:
-        if element.tag not in dropped:
-            ds.add(copy.deepcopy(element))
+    for tag in src.keys():
+        if tag in dropped:
+            continue
+        if implicit and tag.is_private and tag.element > 0x00FF:
+            ds[tag] = copy.deepcopy(src.get_item(tag))  # left raw: private_elements_as_unknown decides its VR
+            continue
+        ds.add(copy.deepcopy(src[tag]))
     return ds
 
 
@@ -635,7 +654,9 @@ def _use_utf8_if_needed(ds: Dataset, texts: Iterable[str]) -> None:
 
 
 def _set_pixels(ds: Dataset, pixels: np.ndarray, fmt: PixelFormat) -> None:
-    frames = pixels if "NumberOfFrames" in ds else pixels[None]
+    # one frame is (rows, columns[, samples]); a source may carry NumberOfFrames = 1 on a single frame
+    single_frame_ndim = 2 if fmt.samples_per_pixel == 1 else 3
+    frames = pixels[None] if pixels.ndim == single_frame_ndim else pixels
     ds.Rows, ds.Columns = int(frames.shape[1]), int(frames.shape[2])
     ds.SamplesPerPixel = fmt.samples_per_pixel
     ds.PhotometricInterpretation = fmt.photometric

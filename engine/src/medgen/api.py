@@ -72,6 +72,8 @@ class InpaintRequest:
     control_from: str = "mask-edges"
     # Variant v is prompted with prompt_variations[v mod n] (see generate.prompt_variations)
     prompt_variations: list[str] | None = None
+    # Write the result even when no voxel changed (by default such a run warns and writes nothing)
+    allow_unchanged: bool = False
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -94,6 +96,7 @@ class InpaintResult:
 
 def check_request(request: InpaintRequest) -> None:
     """Check every number before any file is read, so a typo fails in milliseconds."""
+    check_numbers(request)
     if not request.prompt or not request.prompt.strip():
         raise InputError(None, "--prompt must not be empty")
     if request.num_variants < 1 or request.num_variants > 99:
@@ -116,6 +119,9 @@ def check_request(request: InpaintRequest) -> None:
         raise InputError(None, "give --slice or --all-slices, not both")
     if request.seed is not None and not 0 <= request.seed < 2**63:
         raise InputError(None, f"--seed must be in [0, 2**63), got {request.seed}")
+    if request.seed is not None and request.seed + request.num_variants - 1 >= 2**63:
+        raise InputError(None, f"--seed {request.seed} with {request.num_variants} variants runs past 2**63 - 1 "
+                         "(variant v uses seed + v)")
     if request.adapters:
         from medgen.generate.adapters import AdapterSpec
 
@@ -129,6 +135,35 @@ def check_request(request: InpaintRequest) -> None:
     if request.controlnet is not None and not parse_controlnet_spec(request.controlnet)[0].is_dir():
         raise InputError(request.controlnet, "--controlnet: no such ControlNet folder")
     check_prompt_variations(request.prompt, request.prompt_variations)
+
+
+# Upper bounds of the numeric options: far beyond any sensible value, small enough that no option
+# can ask for unbounded memory or time (a 1e6 mm dilation once asked for 90 TiB).
+NUMBER_BOUNDS = {
+    "num_inference_steps": ("--steps", 1000),
+    "guidance_scale": ("--guidance", 100.0),
+    "mask_dilate_mm": ("--mask-dilate", 100.0),
+    "mask_blur_px": ("--mask-blur", 256.0),
+    "crop_padding_px": ("--crop-padding", 4096),
+    "window_center": ("--window-center", 1e7),
+    "window_width": ("--window-width", 1e7),
+}
+
+
+def check_numbers(request: InpaintRequest) -> None:
+    """Every numeric option finite and within NUMBER_BOUNDS (NaN passes a check written as x < 0)."""
+    for name, (option, bound) in NUMBER_BOUNDS.items():
+        value = getattr(request, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise InputError(None, f"{option} must be a number, got {value!r}")
+        if not np.isfinite(value):
+            raise InputError(None, f"{option} must be a finite number, got {value}")
+        if abs(value) > bound:
+            raise InputError(None, f"{option} must be at most {bound:g} in size, got {value:g}")
+    if not isinstance(request.strength, (int, float)) or not np.isfinite(request.strength):
+        raise InputError(None, f"--strength must be a finite number, got {request.strength!r}")
 
 
 def check_output_dir(out: Path) -> None:
@@ -240,13 +275,11 @@ class Inpainter:
             request.mask, volume, segment=request.segment, label=request.label, resample=request.resample_mask
         )
         slice_indices = select_slices(mask, request.slices, request.all_slices, volume)
-        if request.write_seg:
-            from medgen.dicom.seg import seg_refusal
+        # every output asked for is built on the source pixels now, so nothing fails after generation
+        from medgen.dicom.preflight import preflight
 
-            written = len(slice_indices) if request.only_modified else volume.num_slices
-            reason = seg_refusal(volume, written)
-            if reason:
-                raise InputError(request.input, reason)
+        checked = preflight(volume, {k: mask[k] for k in slice_indices}, write_seg=request.write_seg,
+                            write_dicom=request.write_dicom, only_modified=request.only_modified)
 
         # 3. Fill unset settings from the model's own recommendation, then the engine's defaults;
         #    load the request's adapters and ControlNet
@@ -314,7 +347,15 @@ class Inpainter:
         ]
 
         # 8. Write everything into a staging folder, then move it into place in one rename
+        unchanged = unchanged_warning(volume, variant_pixels)
+        if unchanged and not request.allow_unchanged:
+            raise InputError(request.input, f"{unchanged}; nothing was written (pass --allow-unchanged to write it "
+                             "anyway)", reason="unchanged")
         provenance = self._provenance(request, volume, window, slice_indices, seeds, adapters, prompts)
+        provenance["source_repairs"] = checked.repairs
+        if unchanged:
+            logger.warning("%s: %s", request.input, unchanged)
+            provenance["warnings"] = [unchanged]
         return self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts)
 
     def _control_images(self, request: InpaintRequest, crops: np.ndarray, jobs: list[_SliceJob]) -> np.ndarray | None:
@@ -412,6 +453,10 @@ class Inpainter:
             if out.exists():
                 out.rmdir()  # checked empty above
             os.replace(staging, out)
+        except OutputError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            # the staging folder is gone: name the output the user asked for instead
+            raise OutputError(out, str(error).replace(str(staging), str(out))) from error
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -482,6 +527,13 @@ class Inpainter:
                 model_name=self.model_path.name,
             )
         return written
+
+
+def unchanged_warning(volume: Volume, variant_pixels: list[np.ndarray]) -> str | None:
+    """A sentence when no variant changed a single stored value (a blank image, a mask outside the body)."""
+    if any(not np.array_equal(pixels, volume.pixels) for pixels in variant_pixels):
+        return None
+    return "no voxel changed in any variant (a blank image, or a mask outside the body?)"
 
 
 def inpaint(

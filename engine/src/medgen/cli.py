@@ -94,6 +94,10 @@ def _add_inpaint_parser(subparsers) -> None:
                    help="window width in modality units; given with --window-center (default: as --window-center)")
     p.add_argument("--only-modified", action="store_true", help="write just the inpainted slices")
     p.add_argument("--seg", action="store_true", dest="write_seg", help="also write a DICOM SEG of the inpainted region")
+    p.add_argument(
+        "--allow-unchanged", action="store_true",
+        help="write the result even if no voxel changed (default: such a run warns and writes nothing)",
+    )
     p.add_argument("--dicom", action="store_true", dest="write_dicom", help="NIfTI/NRRD/PNG input: also write DICOM")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs; auto takes CUDA when there is one")
@@ -139,6 +143,7 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         controlnet=args.controlnet,
         control_from=args.control_from,
         prompt_variations=variations,
+        allow_unchanged=args.allow_unchanged,
     )
     inpainter = Inpainter(
         args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config

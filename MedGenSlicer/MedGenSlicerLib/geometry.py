@@ -106,6 +106,16 @@ def paste_on_grid(
     target: np.ndarray, target_ijk_to_ras: np.ndarray, piece: np.ndarray, piece_ijk_to_ras: np.ndarray
 ) -> np.ndarray:
     """A copy of ``target`` with ``piece`` written where it lies in space (both (k, j, i[, c]))."""
+    result = np.array(target, copy=True)
+    paste_into(result, target_ijk_to_ras, piece, piece_ijk_to_ras)
+    return result
+
+
+def paste_into(
+    target: np.ndarray, target_ijk_to_ras: np.ndarray, piece: np.ndarray, piece_ijk_to_ras: np.ndarray
+) -> None:
+    """Write ``piece`` into ``target`` in place, where it lies in space; only the piece's voxels are touched,
+    so a slab costs a slab of memory however large the target is."""
     axes, signs, offset = grid_mapping(target_ijk_to_ras, piece_ijk_to_ras)
     piece = np.asarray(piece)
     piece_sizes = (piece.shape[2], piece.shape[1], piece.shape[0])  # i, j, k
@@ -123,10 +133,8 @@ def paste_on_grid(
     order = [index[target_axis][0] for target_axis in range(3)]
     in_target_ijk = np.transpose(piece_ijk, order + list(range(3, piece.ndim)))
     in_target = np.moveaxis(in_target_ijk, [0, 1, 2], [2, 1, 0])
-    result = np.array(target, copy=True)
     i_pos, j_pos, k_pos = (index[axis][1] for axis in range(3))
-    result[np.ix_(k_pos, j_pos, i_pos)] = in_target.astype(result.dtype, copy=False)
-    return result
+    target[np.ix_(k_pos, j_pos, i_pos)] = in_target.astype(target.dtype, copy=False)
 
 
 def instances_in_slab(

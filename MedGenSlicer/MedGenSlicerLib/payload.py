@@ -19,6 +19,7 @@ from .geometry import crop_slab, instances_in_slab, mask_on_slices, slab_range
 from .nrrd import nrrd_bytes
 
 CONTROL_FROM = ("mask-edges", "mask", "source-edges")
+SOURCE_PIXELS_FIELD = "source_pixels"  # the voxels beside DICOM header templates (engine: template_check)
 MAX_SEED = 2**31 - 1  # what a Qt spin box holds; the engine accepts up to 2**63
 
 
@@ -159,14 +160,43 @@ def array_upload(
     k0, k1 = slab_range(chosen)
     source_slab, slab_matrix = crop_slab(volume, ijk_to_ras, k0, k1)
     mask_slab, _ = crop_slab(chosen, ijk_to_ras, k0, k1)
+    return slab_upload(source_slab, mask_slab, slab_matrix, k0, parameters)
+
+
+def slab_upload(
+    source_slab: np.ndarray,
+    mask_slab: np.ndarray,
+    slab_ijk_to_ras: np.ndarray,
+    slab_start: int,
+    parameters: InpaintParameters,
+    *,
+    templates: Sequence[str] = (),
+) -> JobUpload:
+    """The upload of a slab already cut out: its voxels, its mask, and where it starts in the volume.
+
+    The voxels sent are always ``source_slab``. ``templates`` (the slab's DICOM instances, in any order)
+    only give the engine the headers to write a series of the same study; the engine checks that their
+    pixels agree with ``source_slab`` outside the mask and refuses the job otherwise.
+    """
+    parameters.check()
+    source_slab, mask_slab = np.asarray(source_slab), np.asarray(mask_slab)
+    if mask_slab.shape != source_slab.shape[:3]:
+        raise ValueError(f"mask slab shape {mask_slab.shape} differs from the source slab's {source_slab.shape[:3]}")
+    pixels = nrrd_bytes(source_slab, slab_ijk_to_ras)
+    if templates:
+        files = [
+            FilePart("source", f"slice-{n:05d}.dcm", Path(path).read_bytes(), "application/dicom")
+            for n, path in enumerate(templates)
+        ]
+        files.append(FilePart(SOURCE_PIXELS_FIELD, "pixels.nrrd", pixels))
+    else:
+        files = [FilePart("source", "source.nrrd", pixels)]
+    files.append(FilePart("mask", "mask.nrrd", nrrd_bytes((mask_slab != 0).astype(np.uint8), slab_ijk_to_ras)))
     return JobUpload(
         fields=[("parameters", json.dumps(parameters.to_json()))],
-        files=[
-            FilePart("source", "source.nrrd", nrrd_bytes(source_slab, slab_matrix)),
-            FilePart("mask", "mask.nrrd", nrrd_bytes(mask_slab, slab_matrix)),
-        ],
-        slab_start=k0,
-        slab_stop=k1,
+        files=files,
+        slab_start=int(slab_start),
+        slab_stop=int(slab_start) + int(source_slab.shape[0]),
     )
 
 
@@ -178,12 +208,15 @@ def dicom_upload(
     parameters: InpaintParameters,
     *,
     slices: Optional[Sequence[int]] = None,
+    volume: Optional[np.ndarray] = None,
 ) -> JobUpload:
-    """The DICOM instances of the slab as sent by the scanner, and the mask as NRRD on that slab.
+    """The DICOM instances of the slab, and the mask as NRRD on that slab.
 
-    Sending the instances (not pixels) lets the engine keep the study, patient and frame of reference,
-    so Accept writes a synthetic series that sits beside the source in a PACS. ``positions_lps`` are the
-    instances' ImagePositionPatient, in the order of ``instance_paths``.
+    The instances let the engine keep the study, patient and frame of reference, so Accept writes a
+    synthetic series that sits beside the source in a PACS. ``positions_lps`` are the instances'
+    ImagePositionPatient, in the order of ``instance_paths``. With ``volume`` (the (k, j, i) voxels the
+    user sees) the instances are only header templates: the voxels are sent too and the engine refuses
+    the job where the two disagree outside the mask.
     """
     parameters.check()
     if len(instance_paths) != len(positions_lps):
@@ -192,6 +225,10 @@ def dicom_upload(
     k0, k1 = slab_range(chosen)
     numbers = instances_in_slab(positions_lps, ijk_to_ras, k0, k1)
     mask_slab, slab_matrix = crop_slab(chosen, ijk_to_ras, k0, k1)
+    if volume is not None:
+        source_slab, _ = crop_slab(volume, ijk_to_ras, k0, k1)
+        return slab_upload(source_slab, mask_slab, slab_matrix, k0, parameters,
+                           templates=[instance_paths[n] for n in numbers])
     files = [
         FilePart("source", f"slice-{n:05d}.dcm", Path(instance_paths[n]).read_bytes(), "application/dicom")
         for n in numbers

@@ -27,10 +27,11 @@ from starlette.requests import Request
 
 from medgen.server.errors import ApiError
 from medgen.server.schemas import JobParameters, Limits, SourceInfo
+from medgen.server.template_check import check_sent_pixels, save_sent_pixels
 
 logger = logging.getLogger(__name__)
 
-FORM_FIELDS = ("parameters", "source", "source_geometry", "mask")
+FORM_FIELDS = ("parameters", "source", "source_geometry", "mask", "source_pixels")
 _MAX_TEXT_PART_BYTES = 64 * 1024
 _COPY_CHUNK = 1 << 20
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -66,6 +67,7 @@ async def receive_upload(request: Request, limits: Limits, input_dir: Path) -> R
         input_dir.mkdir(parents=True, exist_ok=False)
         source_path = await _save_source(sources, geometry_text, input_dir)
         mask_path = await _save_mask(masks[0], input_dir)
+        await save_sent_pixels(form, input_dir)  # voxels beside DICOM header templates, if sent
     finally:
         await form.close()
     return ReceivedUpload(parameters=parameters, source_path=source_path, mask_path=mask_path)
@@ -258,6 +260,7 @@ def inspect_inputs(
         mask_path = npy_to_nrrd(mask_path, mask_path.with_suffix(".nrrd"), volume.ijk_to_lps, what="mask",
                                 expected_shape=volume.pixels.shape[:3])
     mask = read_mask(mask_path, volume, segment=parameters.segment, label=parameters.label)
+    check_sent_pixels(source_path, volume, mask, parameters.strength)
     chosen = select_slices(mask, parameters.slices, parameters.all_slices, volume)
     info = SourceInfo(
         format=volume.source_format.value,

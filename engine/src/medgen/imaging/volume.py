@@ -74,8 +74,8 @@ class Volume:
         ForceOrthogonalDirection off); on a gantry-tilted or sheared series that step leaves the plane's
         normal. ITK's default (SimpleITK, Slicer up to 5.6) puts the slice axis on the normal with the
         length of that step as spacing, and nibabel-style affines use the normal with the step's
-        component along it. Slice k is the same image in all three, so a mask drawn on any of them
-        means the same voxels.
+        component along it; such a grid starts at whichever end slice its reader sorts first. Slice k
+        is the same image in all of them, so a mask drawn on any of them means the same voxels.
         """
         grids = [("slice positions (as Slicer 5.8+ reads a series)", self.ijk_to_lps)]
         step = self.ijk_to_lps[:3, 2]
@@ -88,10 +88,12 @@ class Volume:
              float(np.linalg.norm(step))),
             ("plane normal, spacing = slice step along the normal (nibabel-style affine)", float(np.dot(step, normal))),
         ):
-            grid = self.ijk_to_lps.copy()
-            grid[:3, 2] = normal * length
-            if not any(np.allclose(grid, other, atol=1e-6) for _, other in grids):
-                grids.append((name, grid))
+            for end, anchor in (("first", 0), ("last", self.num_slices - 1)):
+                grid = self.ijk_to_lps.copy()
+                grid[:3, 2] = normal * length
+                grid[:3, 3] = self.ijk_to_lps[:3, 3] + anchor * (step - grid[:3, 2])  # slice `anchor` in place
+                if not any(np.allclose(grid, other, atol=1e-6) for _, other in grids):
+                    grids.append((f"{name}, from the {end} slice", grid))
         return grids
 
     @property

@@ -267,19 +267,20 @@ def test_cancel_stops_a_running_job_at_the_next_step_and_a_queued_one_at_once(se
         queued = post_job(http, inputs).json()["id"]
         wait_for(http, running, states=("running",), until=lambda s: s["progress"]["steps_done"] >= 1)
 
-        cancelled_queued = http.delete(f"/v1/jobs/{queued}")
+        cancelled_queued = http.post(f"/v1/jobs/{queued}/cancel")
         assert cancelled_queued.status_code == 200
         assert cancelled_queued.json()["state"] == "cancelled" and cancelled_queued.json()["queue_position"] is None
 
         asked = time.monotonic()
-        assert http.delete(f"/v1/jobs/{running}").json()["cancel_requested"]
+        assert http.post(f"/v1/jobs/{running}/cancel").json()["cancel_requested"]
         status = wait_for(http, running, timeout=30)
         assert status["state"] == "cancelled"
         assert status["progress"]["steps_done"] < LONG_STEPS
         assert time.monotonic() - asked < 20
         assert_error(http.get(f"/v1/jobs/{running}/result"), 409, "cancelled")
-        assert_error(http.delete(f"/v1/jobs/{running}"), 409, "nothing to cancel")
+        assert_error(http.post(f"/v1/jobs/{running}/cancel"), 409, "nothing to cancel")
         assert_error(http.get("/v1/jobs/0123456789abcdef"), 404, "no job")
+        assert_error(http.post("/v1/jobs/0123456789abcdef/cancel"), 404, "no job")
 
 
 def test_malformed_uploads_get_a_4xx_that_says_what_to_fix(server, inputs, tmp_path, phantom_model_dir):
@@ -302,10 +303,10 @@ def test_malformed_uploads_get_a_4xx_that_says_what_to_fix(server, inputs, tmp_p
     with client(server) as http:
         assert_error(post(data={}), 400, "parameters")
         assert_error(post(data={"parameters": "{not json"}), 400, "JSON")
-        assert_error(post(data={"parameters": json.dumps(job_parameters(stength=0.5))}), 400, "stength")
-        assert_error(post(data={"parameters": json.dumps(job_parameters(strength=2))}), 400, "strength")
-        assert_error(post(data={"parameters": json.dumps(job_parameters(prompt=""))}), 400, "prompt")
-        assert_error(post(data={"parameters": json.dumps(job_parameters(num_variants=99))}), 400, "num_variants")
+        assert_error(post(data={"parameters": json.dumps(job_parameters(stength=0.5))}), 422, "stength")
+        assert_error(post(data={"parameters": json.dumps(job_parameters(strength=2))}), 422, "strength")
+        assert_error(post(data={"parameters": json.dumps(job_parameters(prompt=""))}), 422, "prompt")
+        assert_error(post(data={"parameters": json.dumps(job_parameters(num_variants=99))}), 422, "num_variants")
         assert_error(post(data={"parameters": json.dumps(job_parameters(model="sd-xl"))}), 400, "sd-xl", phantom_model_dir.name)
         assert_error(post(data={"parameters": json.dumps(job_parameters(adapters=[{"name": "liver-lora"}]))}), 400,
                      "adapter")
@@ -343,7 +344,7 @@ def test_full_queue_answers_429_and_a_killed_server_finishes_its_queue_on_restar
         assert_error(post_job(http, inputs), 429, "queue is full")
         # Keep three; cancel the rest so the restart test stays short.
         for job_id in queued[3:]:
-            assert http.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+            assert http.post(f"/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
         queued = queued[:3]
 
     server.kill()
@@ -356,7 +357,7 @@ def test_full_queue_answers_429_and_a_killed_server_finishes_its_queue_on_restar
         assert [http.get(f"/v1/jobs/{j}").json()["queue_position"] for j in queued] == [
             p + (resumed["state"] == "queued") for p in (1, 2, 3)
         ]
-        http.delete(f"/v1/jobs/{long_job}")
+        http.post(f"/v1/jobs/{long_job}/cancel")
         statuses = [wait_for(http, job_id, timeout=120) for job_id in queued]
         assert [s["state"] for s in statuses] == ["succeeded"] * 3, statuses
         assert wait_for(http, long_job)["state"] == "cancelled"

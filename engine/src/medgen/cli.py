@@ -279,6 +279,14 @@ def _add_validate_parser(subparsers) -> None:
     p.set_defaults(handler=validate.run_validate)
 
 
+def _add_purge_parser(subparsers) -> None:
+    from medgen.server import purge_command
+
+    p = subparsers.add_parser("purge", help="delete finished jobs of an engine data folder past their retention time")
+    purge_command.build_parser(p)
+    p.set_defaults(handler=purge_command.run_purge)
+
+
 def _add_export_parser(subparsers) -> None:
     from medgen.dicom import export
 
@@ -326,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(subparsers)
     _add_validate_parser(subparsers)
     _add_serve_parser(subparsers)
+    _add_purge_parser(subparsers)
     _add_export_parser(subparsers)
     _add_qa_parsers(subparsers)
     for sub in all_subparsers(parser):

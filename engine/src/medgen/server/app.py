@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import sqlite3
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,11 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from medgen import __version__
 from medgen.errors import MedgenError
 from medgen.generate.settings import read_recommended_settings
-from medgen.server.auth import BearerTokenAuth
+from medgen.server.access_log import AccessLog, close_access_log, open_access_log
+from medgen.server.auth import BearerTokenAuth, token_matches
 from medgen.server.config import ServerConfig
 from medgen.server.errors import ApiError
 from medgen.server.exports import ExportRunner, ExportStore
-from medgen.server.jobs import JobRecord, JobStore
+from medgen.server.jobs import CancelOutcome, DeleteOutcome, JobRecord, JobStore
+from medgen.server.retention import Purger
+from medgen.server.storage import data_usage, format_size, is_disk_full, make_private
 from medgen.server.results import ARRAY_FILENAME, DICOM_ZIP_FILENAME, PREVIEW_FILENAME, PROVENANCE_FILENAME
 from medgen.server.schemas import (
     AdapterInfo,
@@ -43,6 +48,7 @@ from medgen.server.schemas import (
     QueueInfo,
     ResultManifest,
     Scheduler,
+    StorageInfo,
     VariantResult,
 )
 from medgen.server.uploads import inspect_inputs, receive_upload
@@ -57,8 +63,11 @@ _ERROR_RESPONSES = {
         401: "missing or wrong token",
         404: "no such job, export or file",
         409: "the job is not in a state that allows this",
+        410: "the job was deleted",
         413: "the upload or image is larger than this engine's limits",
+        422: "a parameter's value is refused; the message names the field",
         429: "the queue is full",
+        507: "the engine's data folder is at its quota, or its disk is full",
     }.items()
 }
 
@@ -95,18 +104,28 @@ _JOB_FORM_SCHEMA = {
 
 
 class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes`` (413) whether or not they announce a Content-Length."""
+    """Refuse request bodies over ``max_bytes`` (413) whether or not they announce a Content-Length.
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    The token is checked first: a request without it is answered 401 before one byte of its body is read.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, token: str):
         self.app = app
         self.max_bytes = max_bytes
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if not token_matches(headers.get(b"authorization", b""), self.token):
+                response = _error_response(401, "token_missing", "this endpoint needs the engine's token",
+                                           {"WWW-Authenticate": "Bearer", "Connection": "close"})
+                await response(scope, receive, send)
+                return
             # Read and drop the body first: a client still sending would see a reset, not our 413.
             while True:
                 message = await receive()
@@ -145,29 +164,39 @@ def _error_response(status: int, code: str, message: str, headers: dict | None =
 
 def create_app(config: ServerConfig, token: str) -> FastAPI:
     """The app of one server: its store, worker and routes; the worker starts and stops with the app."""
+    make_private(config.data_dir)
     store = JobStore(config.data_dir, max_queued_jobs=config.limits.max_queued_jobs)
     registry = ModelRegistry(config)
     worker = Worker(store, config, registry)
     exports = ExportStore(config.data_dir)
     exporter = ExportRunner(exports, store, config)
+    purger = Purger(store, config.retention)
+    access_logger = open_access_log(config.access_log_path)
     limits = config.limits
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        unreadable = store.fail_unreadable()
+        if unreadable:
+            logger.warning("failed %d stored job(s) this version cannot read: %s", len(unreadable), ", ".join(unreadable))
         requeued = store.recover_after_restart()
         if requeued:
             logger.info("put %d interrupted job(s) back in the queue", len(requeued))
         interrupted = exports.fail_interrupted()
         if interrupted:
             logger.info("marked %d export(s) interrupted by the last stop as failed", interrupted)
+        purger.run_once()
+        purger.start()
         worker.start()
         try:
             yield
         finally:
             await run_in_threadpool(exporter.stop)
             await run_in_threadpool(worker.stop)
+            await run_in_threadpool(purger.stop)
             exports.close()
             store.close()
+            close_access_log(access_logger)
 
     app = FastAPI(
         title="MedGenSlicer engine",
@@ -178,7 +207,8 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
         redoc_url=None,
         responses=_ERROR_RESPONSES,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes, token=token)
+    app.add_middleware(AccessLog, logger=access_logger)  # outermost: it sees every answer, 401 and 413 too
     app.state.store = store
     app.state.worker = worker
     authorized = [Depends(BearerTokenAuth(token))]
@@ -198,6 +228,15 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error_response(400, "bad_request", problems)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    @app.exception_handler(OSError)
+    async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            return _error_response(507, "disk_full", "the engine's disk is full; free space on it (or delete "
+                                                     "finished jobs) and try again")
+        logger.error("%s %s: %s", request.method, request.url.path, exc)
+        return _error_response(500, "storage_error", f"the engine could not read or write its data: {exc}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -226,6 +265,9 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
             queue=QueueInfo(queued=store.count(JobState.QUEUED), running=store.count(JobState.RUNNING)),
             destinations=[DestinationInfo(name=d.name, kind=d.kind.value, address=d.address)
                           for d in config.destinations],
+            storage=StorageInfo(used_bytes=data_usage(config.data_dir), max_data_bytes=limits.max_data_bytes,
+                                keep_results_s=config.retention.keep_results_s,
+                                keep_inputs_s=config.retention.keep_inputs_s),
         )
 
     @app.post(
@@ -240,8 +282,10 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
         """Queue an inpainting job; answers at once with its id (the work happens on the worker)."""
         try:
             store.check_room()
+            declared = request.headers.get("content-length", "")
+            await run_in_threadpool(_quota_check, config, int(declared) if declared.isdigit() else 0)
         except ApiError:
-            await _drain(request)  # a client still sending would see a reset instead of our 429
+            await _drain(request)  # a client still sending would see a reset instead of our 429 or 507
             raise
         job_id = store.new_id()
         files = store.files(job_id)
@@ -251,8 +295,15 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
             source_info, _ = await run_in_threadpool(
                 inspect_inputs, upload.source_path, upload.mask_path, parameters, limits
             )
+            await run_in_threadpool(_quota_check, config, 0)
             record = store.create(job_id, model=_model_name(parameters, config), parameters=parameters,
                                   source=source_info)
+        except (OSError, sqlite3.OperationalError) as exc:
+            shutil.rmtree(files.root, ignore_errors=True)
+            if is_disk_full(exc):
+                raise ApiError(507, "disk_full", "the engine's disk is full; delete finished jobs "
+                                                 "(DELETE /v1/jobs/{id}) or free space on its disk, then send again") from None
+            raise
         except BaseException:
             shutil.rmtree(files.root, ignore_errors=True)
             raise
@@ -270,13 +321,34 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
         """State, progress in denoising steps, place in the queue, and variants ready so far."""
         return store.status(_job(store, job_id))
 
-    @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, dependencies=authorized, tags=["jobs"])
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, dependencies=authorized, tags=["jobs"])
     def cancel_job(job_id: str) -> JobStatus:
-        """Cancel: a queued job ends now, a running one at its next denoising step."""
+        """Cancel and keep: a queued job ends now, a running one at its next denoising step. 200 means
+        the job will not succeed; 409 that it had already finished (its results stay)."""
+        _job(store, job_id)
+        outcome = store.request_cancel(job_id)
         record = _job(store, job_id)
-        if record.state.finished:
+        if outcome is CancelOutcome.FINISHED:
             raise ApiError(409, "job_finished", f"job {job_id} has already {record.state.value}; nothing to cancel")
-        record = store.request_cancel(job_id)
+        if outcome is CancelOutcome.CANCELLED and config.retention.keep_inputs_s == 0:
+            store.remove_inputs(job_id)
+        worker.notify()
+        return store.status(record)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, dependencies=authorized, tags=["jobs"])
+    def delete_job(job_id: str, request: Request) -> JobStatus:
+        """Delete the job: its upload, results, export copies and database contents (a tombstone of id,
+        times, state and who deleted it stays; later requests answer 410). A running job is cancelled
+        first and deleted when it stops (``delete_requested``); either way it will not succeed."""
+        record = _job(store, job_id)
+        if store.has_active_export(job_id):
+            raise ApiError(409, "export_running", f"an export of job {job_id} is running; delete the job once "
+                                                  f"it has finished")
+        client = request.client.host if request.client else "unknown"
+        outcome = store.request_delete(job_id, deleted_by=f"client {client}")
+        record = store.get(job_id) or record
+        if outcome is DeleteOutcome.GONE:
+            raise _gone(record)
         worker.notify()
         return store.status(record)
 
@@ -384,6 +456,19 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
     return app
 
 
+def _quota_check(config: ServerConfig, incoming: int) -> None:
+    """507 with the sizes when the data folder plus ``incoming`` bytes would pass ``--max-data-size``."""
+    quota = config.limits.max_data_bytes
+    if quota is None:
+        return
+    used = data_usage(config.data_dir)
+    if used + incoming > quota:
+        raise ApiError(507, "quota_exceeded",
+                       f"the engine's data folder holds {format_size(used)} of its {format_size(quota)} quota"
+                       + (f" and this upload of {format_size(incoming)} would pass it" if incoming else "")
+                       + "; delete finished jobs (DELETE /v1/jobs/{id}) or wait for the retention purge")
+
+
 async def _drain(request: Request) -> None:
     async for _ in request.stream():
         pass
@@ -393,10 +478,10 @@ def _fixed_parameters(parameters: JobParameters, config: ServerConfig) -> JobPar
     """Check the parameters against this server, and fix the seed so a restarted job makes the same images."""
     limits = config.limits
     if parameters.num_variants > limits.max_variants:
-        raise ApiError(400, "over_limit", f"num_variants must be at most {limits.max_variants} on this engine, "
+        raise ApiError(422, "over_limit", f"num_variants must be at most {limits.max_variants} on this engine, "
                                           f"got {parameters.num_variants}")
     if parameters.num_inference_steps > limits.max_inference_steps:
-        raise ApiError(400, "over_limit", f"num_inference_steps must be at most {limits.max_inference_steps} on "
+        raise ApiError(422, "over_limit", f"num_inference_steps must be at most {limits.max_inference_steps} on "
                                           f"this engine, got {parameters.num_inference_steps}")
     model = config.model(parameters.model)
     if model is None:
@@ -436,7 +521,15 @@ def _job(store: JobStore, job_id: str) -> JobRecord:
     record = store.get(job_id)
     if record is None:
         raise ApiError(404, "no_such_job", f"no job {job_id!r} on this engine (it may have been started on another)")
+    if record.deleted:
+        raise _gone(record)
     return record
+
+
+def _gone(record: JobRecord) -> ApiError:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.deleted_at or 0))
+    return ApiError(410, "job_deleted", f"job {record.id} was deleted at {when} by {record.deleted_by}; "
+                                        f"its files and parameters are gone")
 
 
 def _no_result_yet(record: JobRecord, what: str | None = None) -> ApiError:

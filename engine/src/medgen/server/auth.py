@@ -53,6 +53,12 @@ def _tighten_permissions(path: Path) -> None:
         os.chmod(path, 0o600)
 
 
+def token_matches(authorization: bytes, token: str) -> bool:
+    """Whether a raw ``Authorization`` header carries ``token`` (for checks made before routing)."""
+    scheme, _, credentials = authorization.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and secrets.compare_digest(credentials.strip(), token.encode("ascii"))
+
+
 class BearerTokenAuth:
     """FastAPI dependency: accept the request only with ``Authorization: Bearer <token>``."""
 

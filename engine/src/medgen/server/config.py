@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medgen.server.destinations import ExportDestination
+from medgen.server.retention import RetentionPolicy
 from medgen.server.schemas import Limits
 
 DEFAULT_PORT = 8765
@@ -67,6 +68,10 @@ class ServerConfig:
     """Where finished variants may be exported; clients choose by name, never by host."""
     adapters: tuple[AdapterEntry, ...] = ()
     """Adapters jobs may name; clients choose by name, never by path."""
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    """How long finished jobs and their uploads are kept."""
+    access_log: Path | None = None
+    """Where the access log goes; None: ``access.log`` in the data folder."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -80,6 +85,12 @@ class ServerConfig:
         names = [adapter.name for adapter in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError(f"adapter names must be unique, got {names}")
+
+    @property
+    def access_log_path(self) -> Path:
+        from medgen.server.access_log import DEFAULT_FILENAME
+
+        return self.access_log or self.data_dir / DEFAULT_FILENAME
 
     @property
     def default_model(self) -> ModelEntry:

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from medgen.cli_help import new_parser
 from medgen.server.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -19,16 +20,15 @@ from medgen.server.config import (
     default_limits,
 )
 from medgen.server.destinations import ExportDestination, load_destinations_file, parse_destination_option
+from medgen.server.retention import RetentionPolicy, format_duration, parse_duration
+from medgen.server.storage import PRIVATE_UMASK, parse_size
 
 EXIT_BAD_USAGE = 2
 _LOOPBACK_NAMES = ("localhost",)
 
 
 def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Serve the engine over HTTP for the MedGenSlicer module (token-protected, loopback by default).",
-    )
+    p = new_parser(prog, "Serve the engine over HTTP for the MedGenSlicer module (token-protected, loopback by default).")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument(
@@ -66,13 +66,28 @@ def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
                         '"password_file"}}: destinations with TLS files or a DICOMweb login')
     p.add_argument("--data-dir", type=Path, default=None, help="jobs, results and the token (default: %(default)s → "
                                                                "$MEDGEN_DATA_DIR or ~/.local/share/medgen)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs; auto takes CUDA when there is one")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"],
+                   help="model precision (default: bf16 or fp16 on CUDA, fp32 on the CPU)")
     limits = default_limits()
-    p.add_argument("--max-queue", type=int, default=limits.max_queued_jobs, help="queued jobs before 429 (%(default)s)")
-    p.add_argument("--max-upload-mb", type=int, default=limits.max_upload_bytes >> 20, help="(%(default)s)")
-    p.add_argument("--max-variants", type=int, default=limits.max_variants, help="(%(default)s)")
-    p.add_argument("--max-steps", type=int, default=limits.max_inference_steps, help="(%(default)s)")
+    p.add_argument("--max-queue", type=int, default=limits.max_queued_jobs, help="queued jobs before new ones get 429")
+    p.add_argument("--max-upload-mb", type=int, default=limits.max_upload_bytes >> 20, help="largest upload, in MiB")
+    p.add_argument("--max-variants", type=int, default=limits.max_variants, help="most variants one job may ask for")
+    p.add_argument("--max-steps", type=int, default=limits.max_inference_steps,
+                   help="most denoising steps one job may ask for")
+    p.add_argument("--keep-results", default="7d", metavar="DURATION",
+                   help="delete a finished job (results, uploads, database contents) this long after it finished: "
+                        "90s, 30m, 12h, 7d or 'forever' (default %(default)s)")
+    p.add_argument("--keep-inputs", default="0", metavar="DURATION",
+                   help="remove a job's uploaded scan and mask this long after it finished: 0 = as soon as it "
+                        "succeeds, fails or is cancelled; 'forever' = with its results (default %(default)s)")
+    p.add_argument("--max-data-size", default=None, metavar="SIZE",
+                   help="quota of the data folder in bytes or with a unit (500M, 20G); a submission that would "
+                        "pass it answers 507 (default: no quota)")
+    p.add_argument("--access-log", type=Path, default=None, metavar="PATH",
+                   help="log of requests that read or change a job, rotated at 10 MiB "
+                        "(default: access.log in the data folder)")
     p.add_argument("--cpu-threads", type=int, metavar="N",
                    help="torch CPU threads (on a shared or small CPU, 1 avoids threads spinning against each other)")
     p.add_argument("--lazy", action="store_true", help="load the model at the first job, not at start")
@@ -102,6 +117,9 @@ def serve_main(argv: list[str] | None = None) -> int:
         models = tuple(parse_model_option(value) for value in args.model) or (default_model(),)
         destinations = parse_destinations(args.destination, args.destinations)
         adapters = tuple(parse_adapter_option(value) for value in args.adapter)
+        retention = RetentionPolicy(keep_results_s=parse_duration(args.keep_results),
+                                    keep_inputs_s=parse_duration(args.keep_inputs))
+        max_data_bytes = parse_size(args.max_data_size) if args.max_data_size is not None else None
     except ValueError as exc:
         print(f"medgen serve: error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
@@ -111,12 +129,14 @@ def serve_main(argv: list[str] | None = None) -> int:
             "max_upload_bytes": args.max_upload_mb << 20,
             "max_variants": args.max_variants,
             "max_inference_steps": args.max_steps,
+            "max_data_bytes": max_data_bytes,
         }
     )
 
     # 2. The data folder (private to this user) and the token
     from medgen.server.auth import TOKEN_FILENAME, load_or_create_token
 
+    os.umask(PRIVATE_UMASK)  # every file this process writes is the user's alone (600, folders 700)
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     token, created = load_or_create_token(data_dir)
@@ -150,9 +170,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     from medgen.server.app import create_app
 
     config = ServerConfig(data_dir=data_dir, models=models, device=args.device, dtype=args.dtype, limits=limits,
-                          preload=not args.lazy, destinations=destinations, adapters=adapters)
+                          preload=not args.lazy, destinations=destinations, adapters=adapters, retention=retention,
+                          access_log=args.access_log.expanduser().resolve() if args.access_log else None)
     app = create_app(config, token)
     print(f"medgen serve: engine at {url} (model {models[0].name}; data in {data_dir})", flush=True)
+    print(f"medgen serve: finished jobs kept {format_duration(retention.keep_results_s)}, uploads kept "
+          f"{format_duration(retention.keep_inputs_s)} after the job; access log {config.access_log_path}", flush=True)
     for adapter in adapters:
         print(f"medgen serve: adapter {adapter.name!r} ({adapter.kind}): {adapter.path}", flush=True)
     for destination in destinations:

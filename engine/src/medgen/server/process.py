@@ -28,13 +28,18 @@ class ServerProcess:
     """``python -m medgen.server.main`` on a free loopback port, started and stopped by its own pid."""
 
     def __init__(
-        self, data_dir: Path, model: Path, *extra_args: str, port: int | None = None, python: str | None = None
+        self, data_dir: Path, model: Path, *extra_args: str, port: int | None = None, python: str | None = None,
+        command_prefix: tuple[str, ...] = (), token_path: Path | None = None,
     ):
+        """``command_prefix`` runs the server inside another command (``unshare ... sh -c '... exec "$@"'``);
+        ``token_path`` is where this process can read the token when the data folder is not visible to it."""
         self.python = python or sys.executable
         self.data_dir = Path(data_dir)
         self.model = Path(model)
         self.extra_args = list(extra_args)
         self.port = port or free_port()
+        self.command_prefix = tuple(command_prefix)
+        self.token_path = Path(token_path) if token_path else self.data_dir / "token"
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
 
@@ -44,10 +49,11 @@ class ServerProcess:
 
     @property
     def token(self) -> str:
-        return (self.data_dir / "token").read_text().strip()
+        return self.token_path.read_text().strip()
 
     def start(self, timeout: float = 120.0) -> "ServerProcess":
         command = [
+            *self.command_prefix,
             self.python, "-m", "medgen.server.main",
             "--port", str(self.port), "--data-dir", str(self.data_dir), "--model", str(self.model),
             "--device", "cpu", "-v", *self.extra_args,

@@ -7,14 +7,21 @@ user of either recognizes them. Unknown fields are refused, never silently ignor
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ControlFrom = Literal["mask-edges", "mask", "source-edges"]
 
 API_VERSION = 1
 MAX_SEED = 2**63  # exclusive; what survives JSON, SQLite and DICOM integer fields unchanged
+# Bounds far beyond any sensible setting, so a typo or a hostile number fails at the door, not in a run.
+MAX_GUIDANCE_SCALE = 100.0
+MAX_MASK_DILATE_MM = 100.0  # grows the mask by at most 10 cm
+MAX_MASK_BLUR_PX = 256.0
+MAX_CROP_PADDING_PX = 4096
+MAX_WINDOW_VALUE = 1e7  # modality units (HU and the like); windows beyond this describe no image
+MAX_SLICE_INDEX = 1 << 16
 
 
 class JobState(str, Enum):
@@ -39,41 +46,58 @@ class Scheduler(str, Enum):
 class AdapterChoice(BaseModel):
     """One adapter to apply and its weight (a LoRA scale, a ControlNet conditioning scale, ...)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str
-    weight: float = 1.0
+    name: str = Field(min_length=1, max_length=256)
+    weight: float = Field(default=1.0, ge=-10, le=10)
 
 
 class JobParameters(BaseModel):
-    """The parameters of `medgen inpaint` that a job may set; paths and output options are the server's."""
+    """The parameters of `medgen inpaint` that a job may set; paths and output options are the server's.
 
-    model_config = ConfigDict(extra="forbid")
+    Every number is finite and bounded here, at the door: JSON's ``1e400`` parses as infinity, and a
+    value that only fails deep inside a run would cost a queue slot and a model call first.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Field(min_length=1, max_length=4000)
     negative_prompt: str | None = Field(default=None, max_length=4000)
-    model: str | None = Field(default=None, description="a name from /v1/info; the server's default if omitted")
-    adapters: list[AdapterChoice] = Field(default_factory=list)
+    model: str | None = Field(default=None, max_length=256,
+                              description="a name from /v1/info; the server's default if omitted")
+    adapters: list[AdapterChoice] = Field(default_factory=list, max_length=16)
     scheduler: Scheduler | None = None
-    segment: str | None = Field(default=None, description="segment name in a .seg.nrrd mask")
-    label: int | None = Field(default=None, description="label value in a labelmap mask")
-    slices: list[int] | None = Field(default=None, description="0-based slice indices of the uploaded volume")
+    segment: str | None = Field(default=None, max_length=256, description="segment name in a .seg.nrrd mask")
+    label: int | None = Field(default=None, ge=0, lt=2**31, description="label value in a labelmap mask")
+    slices: list[Annotated[int, Field(ge=0, lt=MAX_SLICE_INDEX)]] | None = Field(
+        default=None, max_length=MAX_SLICE_INDEX, description="0-based slice indices of the uploaded volume")
     all_slices: bool = Field(default=False, description="every slice the mask touches")
-    num_variants: int = Field(default=1, ge=1)
+    num_variants: int = Field(default=1, ge=1, le=1024)
     seed: int | None = Field(default=None, ge=0, lt=MAX_SEED, description="variant v uses seed + v")
-    num_inference_steps: int = Field(default=30, ge=1)
-    guidance_scale: float = Field(default=7.5, ge=0)
+    num_inference_steps: int = Field(default=30, ge=1, le=10_000)
+    guidance_scale: float = Field(default=7.5, ge=0, le=MAX_GUIDANCE_SCALE)
     strength: float = Field(default=1.0, gt=0, le=1)
-    mask_dilate_mm: float = Field(default=2.0, ge=0)
-    mask_blur_px: float = Field(default=4.0, ge=0)
-    crop_padding_px: int = Field(default=32, ge=0)
-    window: str | None = None
-    window_center: float | None = None
-    window_width: float | None = Field(default=None, gt=0)
+    mask_dilate_mm: float = Field(default=2.0, ge=0, le=MAX_MASK_DILATE_MM)
+    mask_blur_px: float = Field(default=4.0, ge=0, le=MAX_MASK_BLUR_PX)
+    crop_padding_px: int = Field(default=32, ge=0, le=MAX_CROP_PADDING_PX)
+    window: str | None = Field(default=None, max_length=64)
+    window_center: float | None = Field(default=None, ge=-MAX_WINDOW_VALUE, le=MAX_WINDOW_VALUE)
+    window_width: float | None = Field(default=None, gt=0, le=2 * MAX_WINDOW_VALUE)
     control_from: ControlFrom = Field(default="mask-edges", description="a ControlNet's control image source")
-    prompt_variations: list[str] | None = Field(
+    prompt_variations: list[Annotated[str, Field(max_length=4000)]] | None = Field(
         default=None, max_length=64, description="variant v gets item v mod n in front of the prompt (or for '{}')"
     )
+
+    @model_validator(mode="after")
+    def _every_variant_seed_fits(self) -> "JobParameters":
+        """Variant v uses seed + v - 1; the last one must still be a valid seed, not fail at variant 2."""
+        if self.seed is not None and self.seed + self.num_variants - 1 >= MAX_SEED:
+            raise ValueError(
+                f"seed {self.seed} with {self.num_variants} variants needs seeds up to "
+                f"{self.seed + self.num_variants - 1}; the largest is {MAX_SEED - 1}: choose seed <= "
+                f"{MAX_SEED - self.num_variants}"
+            )
+        return self
 
 
 class Progress(BaseModel):
@@ -91,11 +115,14 @@ class JobStatus(BaseModel):
     num_variants: int
     variants_ready: int = Field(description="variants whose results can be downloaded now")
     cancel_requested: bool
+    delete_requested: bool = Field(default=False, description="deleted as soon as the running job stops")
     model: str
     error: str | None = None
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    deleted_at: float | None = Field(default=None, description="set in the answer to the DELETE that deleted it")
+    deleted_by: str | None = Field(default=None, description="the client address that asked, or 'retention'")
 
 
 class SourceInfo(BaseModel):
@@ -171,6 +198,17 @@ class Limits(BaseModel):
     max_slices: int
     max_variants: int
     max_inference_steps: int
+    max_data_bytes: int | None = Field(default=None, description="quota of the data folder; null = none")
+
+
+class StorageInfo(BaseModel):
+    """What the engine keeps on disk and for how long."""
+
+    used_bytes: int = Field(description="size of the data folder now (database, uploads, results)")
+    max_data_bytes: int | None = Field(description="submissions that would pass this answer 507; null = no quota")
+    keep_results_s: float | None = Field(description="finished jobs are deleted this long after; null = kept")
+    keep_inputs_s: float | None = Field(description="uploads are removed this long after the job finished; "
+                                                    "0 = as it finishes, null = kept with the results")
 
 
 class QueueInfo(BaseModel):
@@ -197,6 +235,7 @@ class EngineInfo(BaseModel):
     limits: Limits
     queue: QueueInfo
     destinations: list[DestinationInfo] = Field(default_factory=list)
+    storage: StorageInfo | None = None
 
 
 class ExportState(str, Enum):

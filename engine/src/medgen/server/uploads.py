@@ -65,7 +65,7 @@ async def receive_upload(request: Request, limits: Limits, input_dir: Path) -> R
             raise _bad(f"send exactly one 'mask' file (a labelmap on the source's grid or a DICOM SEG), got {len(masks)}")
         geometry_text = _single_text(form, "source_geometry", required=False)
         input_dir.mkdir(parents=True, exist_ok=False)
-        source_path = await _save_source(sources, geometry_text, input_dir)
+        source_path = await _save_source(sources, geometry_text, input_dir, limits)
         mask_path = await _save_mask(masks[0], input_dir)
         await save_sent_pixels(form, input_dir)  # voxels beside DICOM header templates, if sent
     finally:
@@ -74,11 +74,14 @@ async def receive_upload(request: Request, limits: Limits, input_dir: Path) -> R
 
 
 def parse_parameters(text: str) -> JobParameters:
+    """The job's parameters; 400 for text that is not JSON, 422 naming each field whose value is refused."""
     try:
         return JobParameters.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(_validation_sentence(error) for error in exc.errors())
-        raise _bad(f"invalid parameters: {problems}") from None
+        if any(error.get("type") == "json_invalid" for error in exc.errors()):
+            raise _bad(f"invalid parameters: {problems}") from None
+        raise ApiError(422, "invalid_parameters", f"invalid parameters: {problems}") from None
 
 
 def _validation_sentence(error: dict) -> str:
@@ -144,7 +147,7 @@ async def _copy(upload: UploadFile, target: Path) -> None:
             out.write(chunk)
 
 
-async def _save_source(sources: list[UploadFile], geometry_text: str | None, input_dir: Path) -> Path:
+async def _save_source(sources: list[UploadFile], geometry_text: str | None, input_dir: Path, limits: Limits) -> Path:
     kinds = [sniff(await _head(upload), upload.filename or "") for upload in sources]
     if len(sources) == 1 and kinds[0] in ("nrrd", "nifti", "nifti.gz", "npy"):
         kind = kinds[0]
@@ -152,7 +155,7 @@ async def _save_source(sources: list[UploadFile], geometry_text: str | None, inp
             raw = input_dir / "source.npy"
             await _copy(sources[0], raw)
             matrix = parse_geometry(geometry_text)
-            return npy_to_nrrd(raw, input_dir / "source.nrrd", matrix, what="source")
+            return npy_to_nrrd(raw, input_dir / "source.nrrd", matrix, what="source", limits=limits)
         if geometry_text is not None:
             raise _bad("'source_geometry' is only for an NPY source; an NRRD or NIfTI file carries its own geometry")
         target = input_dir / {"nrrd": "source.nrrd", "nifti": "source.nii", "nifti.gz": "source.nii.gz"}[kind]
@@ -205,11 +208,19 @@ def parse_geometry(text: str | None) -> np.ndarray:
 
 
 def npy_to_nrrd(
-    npy_path: Path, nrrd_path: Path, ijk_to_lps: np.ndarray, *, what: str, expected_shape: tuple | None = None
+    npy_path: Path, nrrd_path: Path, ijk_to_lps: np.ndarray, *, what: str, limits: Limits,
+    expected_shape: tuple | None = None,
 ) -> Path:
-    """Write an uploaded (k, j, i) array as NRRD with the given geometry, so the engine reads one format."""
+    """Write an uploaded (k, j, i) array as NRRD with the given geometry, so the engine reads one format.
+
+    The shape its header declares is checked against the limits (and the source grid) before loading.
+    """
     import SimpleITK as sitk
 
+    shape = _npy_declared_shape(npy_path, what)
+    if len(shape) not in (2, 3):
+        raise _bad(f"the {what} array must be 2-D or 3-D numbers, got shape {shape}")
+    _check_shape(shape[0] if len(shape) == 3 else 1, shape[-2], shape[-1], limits=limits, what=f"the {what} array")
     try:
         array = np.load(npy_path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -235,6 +246,109 @@ def npy_to_nrrd(
     return nrrd_path
 
 
+# --- sizes declared in headers, checked before anything is decoded ----------------------------
+
+
+def _npy_declared_shape(path: Path, what: str) -> tuple[int, ...]:
+    """The shape an .npy header declares, read without loading the array."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, _ = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, _ = np.lib.format.read_array_header_2_0(handle)
+            else:
+                shape, _, _ = np.lib.format._read_array_header(handle, version)  # 3.0: no public reader
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise _bad(f"the {what} is not a readable .npy array: {exc}") from None
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise _bad(f"the {what} .npy header declares an impossible shape {shape}")
+    return tuple(shape)
+
+
+def _check_shape(slices: int, rows: int, columns: int, *, limits: Limits, what: str, extra: int = 1) -> None:
+    """413 when a declared size passes the engine's limits (``extra``: samples or further axes)."""
+    if rows * columns * extra > limits.max_slice_pixels:
+        raise ApiError(413, "image_too_large",
+                       f"{what} declares slices of {rows}x{columns}" + (f"x{extra}" if extra > 1 else "")
+                       + f" values, over this engine's limit of {limits.max_slice_pixels} pixels per slice; "
+                       f"refused before decoding")
+    if slices > limits.max_slices:
+        raise ApiError(413, "image_too_large",
+                       f"{what} declares {slices} slices, over this engine's limit of {limits.max_slices}; "
+                       f"send only the slices around the mask")
+
+
+def check_declared_size(path: Path, limits: Limits, what: str) -> None:
+    """Refuse a saved upload whose header declares more pixels or slices than the limits, before any
+    decoding (a 7 kB RLE file may claim 65535x65535 pixels). Headers that cannot be read are left to
+    the reader, which refuses them with its own message."""
+    if path.is_dir():
+        frames = 0
+        for number, item in enumerate(sorted(path.iterdir()), start=1):
+            rows, columns, count = _dicom_declared_size(item)
+            _check_shape(1, rows, columns, limits=limits, what=f"{what} file {number}")
+            frames += count
+            _check_shape(frames, 1, 1, limits=limits, what=f"the {what} files together")
+        return
+    kind = sniff(_read_head(path), path.name)
+    if kind in ("nrrd", "nifti", "nifti.gz"):
+        size = _itk_declared_size(path)
+        if size is not None:
+            columns, rows = size[0], size[1] if len(size) > 1 else 1
+            slices = int(np.prod(size[2:], dtype=object)) if len(size) > 2 else 1
+            _check_shape(slices, rows, columns, limits=limits, what=f"the {what}")
+    elif kind == "png":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                columns, rows = image.size
+        except Image.DecompressionBombError:
+            raise ApiError(413, "image_too_large", f"the {what} PNG declares more pixels than an image may have; "
+                                                   f"refused before decoding") from None
+        except (OSError, ValueError):
+            return
+        _check_shape(1, rows, columns, limits=limits, what=f"the {what}")
+    elif kind == "dicom" or path.suffix == ".dcm":
+        rows, columns, frames = _dicom_declared_size(path)
+        _check_shape(frames, rows, columns, limits=limits, what=f"the {what}")
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(512)
+
+
+def _dicom_declared_size(path: Path) -> tuple[int, int, int]:
+    """(Rows, Columns, frames) from a DICOM header, without the pixel data; (0, 0, 0) if unreadable."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                  specific_tags=["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"])
+        rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+        frames = int(str(dataset.get("NumberOfFrames", 1) or 1).strip() or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    except Exception:  # noqa: BLE001 - an unreadable header is the reader's to report, with its own message
+        return 0, 0, 0
+    return rows, columns * max(samples, 1), max(frames, 1)
+
+
+def _itk_declared_size(path: Path) -> tuple[int, ...] | None:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return tuple(int(n) for n in reader.GetSize()) + ((reader.GetNumberOfComponents(),)
+                                                      if reader.GetNumberOfComponents() > 1 else ())
+
+
 # --- checking what was saved -------------------------------------------------------------------
 
 
@@ -248,6 +362,9 @@ def inspect_inputs(
     from medgen.imaging.masks import read_mask, select_slices
     from medgen.imaging.read import read_volume
 
+    check_declared_size(source_path, limits, "source")
+    if mask_path.suffix != ".npy":
+        check_declared_size(mask_path, limits, "mask")
     volume = read_volume(source_path)
     slices, rows, columns = volume.pixels.shape[:3]
     if rows * columns > limits.max_slice_pixels:
@@ -257,7 +374,7 @@ def inspect_inputs(
         raise ApiError(413, "image_too_large", f"{slices} slices exceed this engine's limit of {limits.max_slices}; "
                                                f"send only the slices around the mask")
     if mask_path.suffix == ".npy":
-        mask_path = npy_to_nrrd(mask_path, mask_path.with_suffix(".nrrd"), volume.ijk_to_lps, what="mask",
+        mask_path = npy_to_nrrd(mask_path, mask_path.with_suffix(".nrrd"), volume.ijk_to_lps, what="mask", limits=limits,
                                 expected_shape=volume.pixels.shape[:3])
     mask = read_mask(mask_path, volume, segment=parameters.segment, label=parameters.label)
     check_sent_pixels(source_path, volume, mask, parameters.strength)

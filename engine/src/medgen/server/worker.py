@@ -3,6 +3,9 @@
 A job of N variants runs as N engine calls of one variant each (seed + v, as one call would use), so
 each variant is published the moment it is done and a restarted server resumes at the first missing one.
 Cancelling works through the engine's progress callback: it raises, and the run stops at the next step.
+
+The worker survives any one job and a failing job store (a full disk): a job that raises ends failed
+with its reason; a final state that cannot be written is kept and written again before the next job.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from medgen.server.errors import JobCancelled, ServerStopping
 from medgen.server.jobs import JobFiles, JobRecord, JobStore
 from medgen.server.results import discard_unfinished, publish_summary, publish_variant
 from medgen.server.schemas import JobParameters, JobState, ModelInfo
+from medgen.server.storage import is_disk_full
 
 logger = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 1.0
+_STORE_RETRY_S = 2.0
 
 
 class ModelUnavailable(Exception):
@@ -154,6 +159,8 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="medgen-worker", daemon=True)
+        self._unrecorded: dict[str, tuple[JobState, str | None]] = {}
+        """Final states the store could not write yet (a full disk), by job id."""
 
     def start(self) -> None:
         self._thread.start()
@@ -175,12 +182,21 @@ class Worker:
             except ModelUnavailable as exc:
                 logger.error("%s", exc)
         while not self._stopping.is_set():
-            job = self._store.claim_next()
+            try:
+                self._record_unrecorded()
+                job = self._store.claim_next()
+            except Exception as exc:  # noqa: BLE001 - a full disk or a locked database passes; the worker stays
+                logger.error("job store unavailable (%s); trying again in %.0f s", exc, _STORE_RETRY_S)
+                self._stopping.wait(_STORE_RETRY_S)
+                continue
             if job is None:
                 self._wake.wait(_IDLE_POLL_S)
                 self._wake.clear()
                 continue
-            self._run(job)
+            try:
+                self._run(job)
+            except Exception:  # noqa: BLE001 - the worker must survive any one job
+                logger.exception("job %s: the worker's own bookkeeping failed", job.id)
 
     def _run(self, job: JobRecord) -> None:
         files = self._store.files(job.id)
@@ -193,20 +209,51 @@ class Worker:
             self._run_variants(job, files, inpainter)
         except JobCancelled:
             logger.info("job %s: cancelled", job.id)
-            self._store.finish(job.id, JobState.CANCELLED)
+            self._end(job.id, JobState.CANCELLED)
         except ServerStopping:
             logger.info("job %s: server stopping; back to the queue", job.id)
             self._store.requeue(job.id)
+            return
         except (MedgenError, ModelUnavailable) as exc:
             logger.info("job %s: failed: %s", job.id, exc)
-            self._store.finish(job.id, JobState.FAILED, error=str(exc))
+            self._end(job.id, JobState.FAILED, str(exc))
         except Exception as exc:  # noqa: BLE001 - the worker must survive any one job
-            logger.exception("job %s: internal error", job.id)
-            self._store.finish(
-                job.id, JobState.FAILED, error=f"internal error ({type(exc).__name__}: {exc}); see the engine's log"
-            )
+            if is_disk_full(exc):
+                logger.error("job %s: failed: the disk is full (%s)", job.id, exc)
+                self._end(job.id, JobState.FAILED, "the engine's disk is full; free space on it and submit again")
+            else:
+                logger.exception("job %s: internal error", job.id)
+                self._end(job.id, JobState.FAILED,
+                          f"internal error ({type(exc).__name__}: {exc}); see the engine's log")
+        else:
+            self._end(job.id, JobState.SUCCEEDED)
         finally:
             self._store.remove_scratch(job.id)
+
+    def _end(self, job_id: str, state: JobState, error: str | None = None) -> None:
+        """Record the final state, then apply what follows it: a deletion asked while the job ran, and
+        the removal of the upload when inputs are not kept. A store that fails keeps it for later."""
+        try:
+            final = self._store.finish(job_id, state, error)
+        except Exception as exc:  # noqa: BLE001 - written again before the next job (see _record_unrecorded)
+            logger.error("job %s: could not record %s (%s); will try again", job_id, state.value, exc)
+            self._unrecorded[job_id] = (state, error)
+            return
+        if final is not state:
+            logger.info("job %s: cancel asked during its last step; recorded as %s", job_id, final.value)
+        self._after_finish(job_id)
+
+    def _after_finish(self, job_id: str) -> None:
+        if self._store.complete_requested_delete(job_id):
+            logger.info("job %s: deleted as asked", job_id)
+        elif self._config.retention.keep_inputs_s == 0:
+            self._store.remove_inputs(job_id)
+
+    def _record_unrecorded(self) -> None:
+        for job_id, (state, error) in list(self._unrecorded.items()):
+            self._store.finish(job_id, state, error)
+            del self._unrecorded[job_id]
+            self._after_finish(job_id)
 
     def _run_variants(self, job: JobRecord, files: JobFiles, inpainter) -> None:
         parameters = job.parameters
@@ -237,7 +284,6 @@ class Worker:
         record = self._store.get(job.id)
         if record is not None:
             self._store.set_progress(job.id, record.steps_total, record.steps_total)
-        self._store.finish(job.id, JobState.SUCCEEDED)
 
     def _check_interrupt(self, job_id: str) -> None:
         if self._stopping.is_set():

@@ -417,4 +417,8 @@ def test_enhanced_ct_slices_follow_the_plane_normal_not_the_frame_order(tmp_path
     frame_2 = pydicom.dcmread(dicom_testfile("eCT_Supplemental.dcm")).pixel_array[1]
     assert engine_slice_showing(volume, itk_pixels) == 0
     np.testing.assert_array_equal(volume.pixels[0], frame_2)
-    assert select_slices(read_mask(itk_path, volume), None, False, volume) == [0]
+    mask = read_mask(itk_path, volume)
+    assert select_slices(mask, None, False, volume) == [0]
+    with pytest.raises(InputError, match=r"empty on slice 1 \(frame 1; slices follow the plane's normal, not frame "
+                                         r"order\); masked slices: 0 \(frame 2;"):
+        select_slices(mask, [1], False, volume)

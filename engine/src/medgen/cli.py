@@ -31,7 +31,13 @@ def _add_inpaint_parser(subparsers) -> None:
     which.add_argument("--label", type=int, help="label value (labelmap) or segment number (DICOM SEG) "
                        "(default: every non-zero voxel of a labelmap)")
     slices = p.add_mutually_exclusive_group()
-    slices.add_argument("--slice", type=int, nargs="+", dest="slices", metavar="K", help="0-based slice indices")
+    slices.add_argument(
+        "--slice", type=int, nargs="+", dest="slices", metavar="K",
+        help="0-based slice indices along INPUT's slice axis: DICOM slices and frames sorted by position along the "
+        "plane's normal (row x column direction), 0 the lowest, as Slicer and ITK sort a series (a multi-frame "
+        "file's frames may be re-ordered: slice K is not always frame K+1); a NIfTI/NRRD file's last axis; 0 for "
+        "a single image (default: the one slice the mask touches)",
+    )
     slices.add_argument("--all-slices", action="store_true", help="every slice the mask touches")
     p.add_argument(
         "--resample-mask", action="store_true",

@@ -6,7 +6,7 @@ mask on another grid is re-indexed onto the volume when its voxels map one-to-on
 series); another plane or spacing is resampled by nearest neighbour on request, else refused.
 
 Slice index k (``--slice``, the server's ``slices``) is the k-th slice of the volume as
-:func:`medgen.imaging.read.read_volume` orders it; see ``SLICE_INDEX_HELP``.
+:func:`medgen.imaging.read.read_volume` orders it (README: "Slice numbers and mask grids").
 """
 
 from __future__ import annotations
@@ -99,7 +99,11 @@ def select_slices(
                     source, f"slice {k} is out of range; valid slices are 0..{volume.num_slices - 1}"
                 )
             if k not in touched:
-                raise InputError(source, f"the mask is empty on slice {k}; masked slices: {_ranges(touched)}")
+                raise InputError(
+                    source,
+                    f"the mask is empty on slice {k}{_frames_text(volume, [k])}; masked slices: "
+                    f"{_ranges(touched)}{_frames_text(volume, touched)}",
+                )
         return sorted(set(int(k) for k in slices))
     if not touched:
         raise InputError(source, "mask is empty")
@@ -444,9 +448,9 @@ def _resample(mask: np.ndarray, mask_ijk_to_lps: np.ndarray, volume: Volume, sou
     back = _sample(fitted, mask_to_volume, mask_low, mask_high)
     region = mask[mask_low[2]:mask_high[2] + 1, mask_low[1]:mask_high[1] + 1, mask_low[0]:mask_high[0] + 1]
     changed = int(np.count_nonzero(region != back))
-    logger.info("%s: resampled the mask onto the volume's grid by nearest neighbour (%s; %s): %d labelled mask "
-                "voxels, %d labelled volume voxels, %d mask voxels changed label", source,
-                _grid_text(mask, mask_ijk_to_lps, volume), why, labelled, int(fitted.sum()), changed)
+    logger.warning("%s: resampled the mask onto the volume's grid by nearest neighbour (%s; %s): %d labelled mask "
+                   "voxels, %d labelled volume voxels, %d mask voxels changed label", source,
+                   _grid_text(mask, mask_ijk_to_lps, volume), why, labelled, int(fitted.sum()), changed)
     return fitted
 
 
@@ -487,6 +491,15 @@ def _volume_name(volume: Volume) -> Path | None:
     if len(volume.source_paths) > 1:
         return volume.source_paths[0].parent
     return volume.source_paths[0]
+
+
+def _frames_text(volume: Volume, slices: list[int]) -> str:
+    """' (frames 2, 1)' where a multi-frame file's slices are not in frame order, so users can tell."""
+    frames = volume.frame_numbers
+    if not frames or frames == list(range(1, len(frames) + 1)) or not slices:
+        return ""
+    shown = ", ".join(str(frames[k]) for k in slices[:10]) + (" ..." if len(slices) > 10 else "")
+    return f" (frame{'s' if len(slices) > 1 else ''} {shown}; slices follow the plane's normal, not frame order)"
 
 
 def _ranges(values: list[int]) -> str:

@@ -9,6 +9,7 @@ No `from __future__ import annotations` here: parameterNodeWrapper reads the ann
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,26 +37,30 @@ from MedGenSlicerLib import (
     ExportMonitor,
     GeometryError,
     InpaintParameters,
+    InsecureTransport,
     JobMonitor,
     JobUpload,
-    array_upload,
-    dicom_upload,
+    RequestRefused,
+    deliver,
     export_summary,
     extract_zip,
+    local_engine_token,
+    normalize_url,
     parse_prompt_variations,
     random_seed,
     slice_in_view,
-    variant_on_source,
+    write_private_report,
 )
 from MedGenSlicerLib.nrrd import NrrdImage
 from MedGenSlicerLib.results import JobResult, VariantInfo
+from MedGenSlicerLib.scene import SYNTHETIC_ATTRIBUTE, ijk_to_ras, load_variant, upload_from_scene
 
 SETTINGS_URL = "MedGenSlicer/EngineURL"
-SETTINGS_TOKEN = "MedGenSlicer/EngineToken"
+LEGACY_SETTINGS_TOKEN = "MedGenSlicer/EngineToken"  # older versions saved the token here in plain text
 SETTINGS_OUTPUT = "MedGenSlicer/OutputDirectory"
 TIMER_INTERVAL_MS = 200
 THREAD_SLICE_S = 0.02  # each timer tick gives the engine threads this long to run (see onTimer)
-SYNTHETIC_ATTRIBUTE = "MedGenSlicer.Synthetic"
+TEMPLATE_MISMATCH = "pixels_differ_from_dicom"  # the engine's code for voxels that differ from their DICOM files
 
 
 def moduleResourcePath(relativePath: str) -> str:
@@ -138,11 +143,16 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobSource: Optional[vtkMRMLScalarVolumeNode] = None
         self._variants: List[dict] = []
         self._modelRecommendations: dict = {}
+        self._calls: List[tuple] = []  # (BackgroundCall, what to do with its result) for delete and report
+        self._jobId: Optional[str] = None  # the last job, for Delete from engine and Open report
+        self._resendWithoutTemplates = None  # builds the last job's upload again, voxels only
+        self._plainHttpAgreed: set = set()  # engine URLs the user agreed to send the token to over http
+        self._savedView: Optional[dict] = None  # the layout and slice links before the compare view
         self._timer = qt.QTimer()
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(moduleResourcePath("UI/MedGenSlicer.ui"))
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedGenSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -150,7 +160,10 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         settings = qt.QSettings()
         self.ui.engineUrlLineEdit.text = settings.value(SETTINGS_URL, DEFAULT_URL)
-        self.ui.tokenLineEdit.text = settings.value(SETTINGS_TOKEN, "")
+        # the token stays in memory for the session; a copy older versions saved in Slicer.ini goes
+        if settings.contains(LEGACY_SETTINGS_TOKEN):
+            settings.remove(LEGACY_SETTINGS_TOKEN)
+        self.ui.tokenLineEdit.text = local_engine_token(self.ui.engineUrlLineEdit.text) or ""
         self.ui.outputDirectoryButton.directory = settings.value(
             SETTINGS_OUTPUT, str(Path(slicer.app.defaultScenePath) / "MedGenSlicer")
         )
@@ -175,6 +188,8 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
         self.ui.destinationComboBox.connect("currentTextChanged(QString)", self.onDestinationChanged)
         self.ui.sendToPacsButton.connect("clicked(bool)", self.onSendToPacs)
+        self.ui.deleteJobButton.connect("clicked(bool)", self.onDeleteJob)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.outputDirectoryButton.connect(
             "directoryChanged(QString)", lambda path: qt.QSettings().setValue(SETTINGS_OUTPUT, path)
         )
@@ -183,22 +198,36 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
 
+    def resourcePath(self, filename: str) -> str:
+        """Resources sit in the extension's top-level Resources/ (the design's layout); the template's
+        resourcePath looks beside the module only, which "Edit UI" and a source-tree load would miss."""
+        return moduleResourcePath(filename)
+
+    def onReload(self) -> None:
+        """Developer mode's Reload: MedGenSlicerLib too, not only this file."""
+        for name in [name for name in sys.modules if name == "MedGenSlicerLib" or name.startswith("MedGenSlicerLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def cleanup(self) -> None:
         self._timer.stop()
         if self._monitor is not None and self._monitor.is_alive():
             self._monitor.cancel()
+        self._restoreView()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self._restoreView()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._restoreView()
         self.setParameterNode(None)
         # the variant volumes and their source leave with the scene
         self._variants = []
@@ -250,6 +279,9 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         exporting = self._exportMonitor is not None and self._exportMonitor.is_alive()
         destinations = self.ui.destinationComboBox.count > 0
         self.ui.sendToPacsButton.enabled = chosen and destinations and not busy and not exporting
+        finished = self._jobId is not None and not busy
+        self.ui.deleteJobButton.enabled = finished
+        self.ui.openReportButton.enabled = finished and bool(self._variants)
         self.ui.sendToPacsButton.toolTip = (
             "Send the chosen variant's synthetic DICOM series from the engine to the chosen PACS" if destinations
             else "The engine has no PACS destinations: start it with "
@@ -262,26 +294,40 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         (logging.error if error else logging.info)("MedGenSlicer: %s", text)
 
     def _client(self) -> EngineClient:
-        return EngineClient(self.ui.engineUrlLineEdit.text, self.ui.tokenLineEdit.text)
+        """A client for the panel's URL and token. Over plain http to another machine the token and the
+        scans travel in the clear: only after the user agrees, once per URL and session."""
+        url, token = self.ui.engineUrlLineEdit.text, self.ui.tokenLineEdit.text
+        try:
+            return EngineClient(url, token, allow_plain_http=normalize_url(url) in self._plainHttpAgreed)
+        except InsecureTransport as error:
+            if not slicer.util.confirmYesNoDisplay(f"{error}.\n\nSend them unencrypted to this engine anyway?",
+                                                   windowTitle="MedGenSlicer: unencrypted connection"):
+                raise
+            self._plainHttpAgreed.add(normalize_url(url))
+            return EngineClient(url, token, allow_plain_http=True)
 
     # --- engine connection -------------------------------------------------------------------
 
     def onEngineSettingsChanged(self) -> None:
-        settings = qt.QSettings()
-        settings.setValue(SETTINGS_URL, self.ui.engineUrlLineEdit.text.strip())
-        settings.setValue(SETTINGS_TOKEN, self.ui.tokenLineEdit.text.strip())
+        """Only the URL is saved in Slicer's settings; the token is read from a local engine's data folder
+        when the field is empty, and otherwise lives in the field for this session."""
+        url = self.ui.engineUrlLineEdit.text.strip()
+        qt.QSettings().setValue(SETTINGS_URL, url)
+        if not self.ui.tokenLineEdit.text.strip():
+            self.ui.tokenLineEdit.text = local_engine_token(url) or ""
 
     def onCheckConnection(self) -> None:
-        self.onEngineSettingsChanged()
-        try:
-            client = self._client()
-        except EngineError as error:
-            self.ui.connectionStatusLabel.text = str(error)
-            return
-        self.ui.connectionStatusLabel.text = "Connecting…"
-        self.ui.checkConnectionButton.enabled = False
-        self._connectionCall = BackgroundCall(client.check_connection)
-        self._timer.start()
+        with slicer.util.tryWithErrorDisplay("Could not check the connection to the engine."):
+            self.onEngineSettingsChanged()
+            try:
+                client = self._client()
+            except EngineError as error:
+                self.ui.connectionStatusLabel.text = str(error)
+                return
+            self.ui.connectionStatusLabel.text = "Connecting…"
+            self.ui.checkConnectionButton.enabled = False
+            self._connectionCall = BackgroundCall(client.check_connection)
+            self._timer.start()
 
     def _finishConnectionCheck(self) -> None:
         call, self._connectionCall = self._connectionCall, None
@@ -291,6 +337,17 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except EngineError as error:
             self.ui.connectionStatusLabel.text = f"Not connected: {error}"
             return
+        except Exception as error:  # noqa: BLE001 - a bug must not leave the button disabled or kill the timer
+            self.ui.connectionStatusLabel.text = f"Not connected: unexpected error: {type(error).__name__}: {error}"
+            logging.exception("MedGenSlicer: connection check")
+            return
+        try:
+            self._showConnection(info)
+        except Exception as error:  # noqa: BLE001 - an answer of another shape (another engine version)
+            self.ui.connectionStatusLabel.text = f"Connected, but the engine's answer was not understood: {error}"
+            logging.exception("MedGenSlicer: engine info")
+
+    def _showConnection(self, info: dict) -> None:
         ready = [m["name"] for m in info["models"] if m["state"] != "failed"]
         self.ui.connectionStatusLabel.text = (
             f"Connected: medgen {info['version']} on {info['device']}; "
@@ -410,51 +467,78 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 mask_dilate_mm=node.maskDilationMm,
             )
             sliceToRAS = self.logic.redSliceToRAS() if node.currentSliceOnly else None
-            upload = self.logic.buildUpload(node.inputVolume, node.segmentation, node.segmentId, parameters,
-                                            sliceToRAS)
-            self._jobSource = node.inputVolume
+            volume, segmentation, segmentId = node.inputVolume, node.segmentation, node.segmentId
+            upload = self.logic.buildUpload(volume, segmentation, segmentId, parameters, sliceToRAS)
+            # if the engine finds the volume's DICOM files differ from its voxels, the same job goes again
+            # with the voxels only (the synthetic series then starts a study of its own)
+            self._resendWithoutTemplates = lambda: self.logic.buildUpload(
+                volume, segmentation, segmentId, parameters, sliceToRAS, useDicomTemplates=False)
+            self._restoreView()
+            self._jobSource = volume
             self._variants = []
+            self._jobId = None
             self.ui.variantsListWidget.clear()
-            self.ui.progressBar.value = 0
-            self._monitor = JobMonitor(client, upload).start()
-            self._showStatus(f"Sending slices {upload.slab_start}–{upload.slab_stop - 1} "
-                             f"({upload.size / 1e6:.1f} MB) to the engine…")
-            self._timer.start()
-            self._updateButtons()
+            self._startJob(client, upload)
+
+    def _startJob(self, client: EngineClient, upload: JobUpload) -> None:
+        self.ui.progressBar.value = 0
+        self._monitor = JobMonitor(client, upload).start()
+        self._showStatus(f"Sending slices {upload.slab_start}–{upload.slab_stop - 1} "
+                         f"({upload.size / 1e6:.1f} MB) to the engine…")
+        self._timer.start()
+        self._updateButtons()
 
     def onCancel(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            self._showStatus("Cancelling: the engine stops at its next step…")
-            self.ui.cancelButton.enabled = False
+        with slicer.util.tryWithErrorDisplay("Could not cancel the job."):
+            if self._monitor is not None:
+                self._monitor.cancel()
+                self._showStatus("Cancelling: the engine stops at its next step…")
+                self.ui.cancelButton.enabled = False
 
     def onTimer(self) -> None:
         """Everything the background threads produced since the last tick; waits only THREAD_SLICE_S.
 
         Slicer's PythonQt keeps the GIL on the main thread between Python calls, so the engine threads
         run only while this sleep releases it.
+
+        Every step is guarded: an unexpected error is shown in the panel and the other steps, and the
+        events after the one that failed, are still handled; the timer goes on until all is done.
         """
         time.sleep(THREAD_SLICE_S)
         if self._connectionCall is not None and self._connectionCall.done():
-            self._finishConnectionCheck()
+            self._guarded("connection check", self._finishConnectionCheck)
         if self._acceptCall is not None and self._acceptCall.done():
-            self._finishAccept()
+            self._guarded("accept", self._finishAccept)
+        for call, finish in [entry for entry in self._calls if entry[0].done()]:
+            self._calls.remove((call, finish))
+            self._guarded("engine call", lambda: finish(call))
         if self._monitor is not None:
-            for event in self._monitor.drain():
-                self._handleJobEvent(event)
+            deliver(self._monitor.drain(), self._handleJobEvent,
+                    lambda event, error: self._showUnexpected(f"job event '{event.kind}'", error))
         if self._exportMonitor is not None:
-            for event in self._exportMonitor.drain():
-                self._handleExportEvent(event)
+            deliver(self._exportMonitor.drain(), self._handleExportEvent,
+                    lambda event, error: self._showUnexpected(f"export event '{event.kind}'", error))
         idle = (
             self._connectionCall is None
             and (self._acceptCall is None or self._acceptCall.done())
+            and not self._calls
             and (self._monitor is None or not self._monitor.is_alive())
             and (self._exportMonitor is None or not self._exportMonitor.is_alive())
         )
         drained = all(m is None or m.events.empty() for m in (self._monitor, self._exportMonitor))
         if idle and drained:
             self._timer.stop()
-            self._updateButtons()
+            self._guarded("panel update", self._updateButtons)
+
+    def _guarded(self, what: str, step) -> None:
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - shown to the user; the timer must go on
+            self._showUnexpected(what, error)
+
+    def _showUnexpected(self, what: str, error: Exception) -> None:
+        logging.error("MedGenSlicer: %s failed", what, exc_info=(type(error), error, error.__traceback__))
+        self._showStatus(f"Unexpected error in the {what}: {type(error).__name__}: {error}", error=True)
 
     def _handleJobEvent(self, event) -> None:
         if event.kind == "submitted":
@@ -481,23 +565,38 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._showStatus(f"Cancelled; {len(self._variants)} variant(s) finished before the engine stopped.")
             self._updateButtons()
         elif event.kind == "error":
-            self._showStatus(str(event.error), error=True)
+            error = event.error
+            if (isinstance(error, RequestRefused) and error.code == TEMPLATE_MISMATCH
+                    and self._resendWithoutTemplates is not None):
+                resend, self._resendWithoutTemplates = self._resendWithoutTemplates, None
+                self._showStatus("The volume's voxels differ from its DICOM files (edited, or a copy of the "
+                                 "loaded series): sending its voxels alone; the synthetic series will not join "
+                                 "the source's study.")
+                self._startJob(self._client(), resend())
+                return
+            self._showStatus(str(error), error=True)
             self._updateButtons()
+        if event.kind in ("submitted", "finished") and self._monitor is not None and self._monitor.job_id:
+            self._jobId = self._monitor.job_id
 
     def _addVariant(self, variant: VariantInfo, image: NrrdImage, result: JobResult) -> None:
         if self._jobSource is None or not slicer.mrmlScene.IsNodePresent(self._jobSource):
             self._showStatus(f"Variant {variant.index} arrived after its source volume left the scene", error=True)
             return
+        jobId = self._monitor.job_id if self._monitor is not None else result.job_id
         try:
-            node = self.logic.addVariantVolume(self._jobSource, image, result, variant, self._monitor.job_id)
+            node = self.logic.addVariantVolume(self._jobSource, image, result, variant, jobId)
         except (GeometryError, ValueError) as error:
             self._showStatus(f"Variant {variant.index} could not be placed on the source volume: {error}", error=True)
             return
-        self._variants.append({"node": node, "variant": variant, "job_id": self._monitor.job_id})
+        except Exception as error:  # noqa: BLE001 - the next variants must still arrive
+            self._showUnexpected(f"placing variant {variant.index}", error)
+            return
+        self._variants.append({"node": node, "variant": variant, "job_id": jobId})
         self.ui.variantsListWidget.addItem(f"Variant {variant.index} (seed {variant.seed})")
         if len(self._variants) == 1:
             self.ui.variantsListWidget.setCurrentRow(0)
-            self.onShowVariant()
+            self._guarded("compare view", self.onShowVariant)
 
     # --- review and accept -------------------------------------------------------------------
 
@@ -509,55 +608,129 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self._variants[row] if 0 <= row < len(self._variants) else None
 
     def onShowVariant(self) -> None:
-        chosen = self._selected()
-        if chosen is not None:
-            self.logic.showSideBySide(self._jobSource, chosen["node"])
+        with slicer.util.tryWithErrorDisplay("Could not show the variant beside its source."):
+            chosen = self._selected()
+            if chosen is None:
+                return
+            previous = self.logic.showSideBySide(self._jobSource, chosen["node"])
+            if previous is None:
+                self._showStatus("No slice views to compare in (Slicer runs without its main window); "
+                                 "the variant is in the scene as " + chosen["node"].GetName())
+            elif self._savedView is None:
+                self._savedView = previous  # the user's own view, restored when the compare view closes
+
+    def _restoreView(self) -> None:
+        """Back to the user's layout and slice links, once the compare view closes (module left, new job,
+        scene closed)."""
+        saved, self._savedView = self._savedView, None
+        if saved is not None:
+            try:
+                self.logic.restoreView(saved)
+            except Exception as error:  # noqa: BLE001 - a view that cannot be restored is not worth a crash
+                logging.warning("MedGenSlicer: could not restore the layout: %s", error)
 
     def onAccept(self) -> None:
-        chosen = self._selected()
-        if chosen is None:
-            return
-        folder = Path(self.ui.outputDirectoryButton.directory) / f"{chosen['job_id']}-variant-{chosen['variant'].index:02d}"
-        client = self._client()
-        self._acceptCall = BackgroundCall(
-            lambda: extract_zip(client.download(chosen["variant"].dicom_zip_url), folder)
-        )
-        self._acceptFolder = folder
-        self._showStatus(f"Writing the synthetic series to {folder}…")
-        self._timer.start()
-        self._updateButtons()
+        with slicer.util.tryWithErrorDisplay("Could not accept the variant.", waitCursor=True):
+            chosen = self._selected()
+            if chosen is None:
+                return
+            folder = Path(self.ui.outputDirectoryButton.directory) / f"{chosen['job_id']}-variant-{chosen['variant'].index:02d}"
+            client = self._client()
+            self._acceptCall = BackgroundCall(
+                lambda: extract_zip(client.download(chosen["variant"].dicom_zip_url), folder)
+            )
+            self._acceptFolder = folder
+            self._showStatus(f"Writing the synthetic series to {folder}…")
+            self._timer.start()
+            self._updateButtons()
 
     def _finishAccept(self) -> None:
         call, self._acceptCall = self._acceptCall, None
         try:
             files = call.result()
-        except (EngineError, ValueError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - engine, zip and disk errors alike end in the panel
             self._showStatus(f"Accept failed: {error}", error=True)
+            self._updateButtons()
             return
         # reported in the panel, not raised: this runs in the timer, which must go on draining the monitors
         try:
-            self.logic.importIntoDicomDatabase(self._acceptFolder)
+            found = self.logic.importIntoDicomDatabase(self._acceptFolder, files)
         except Exception as error:  # noqa: BLE001 - the series is on disk either way
             self._showStatus(f"Wrote {len(files)} synthetic instance(s) to {self._acceptFolder}, but could not add "
                              f"them to the DICOM database: {error}", error=True)
         else:
-            self._showStatus(f"Accepted: {len(files)} synthetic instance(s) in {self._acceptFolder} and in the "
-                             f"DICOM database (series description starts with SYNTHETIC).")
+            self._showStatus(f"Accepted: {len(files)} synthetic instance(s) in {self._acceptFolder}; the DICOM "
+                             f"database holds the series with {found} instance(s) (its description starts "
+                             f"with SYNTHETIC).")
         self._updateButtons()
 
     # --- send to PACS ------------------------------------------------------------------------
 
     def onSendToPacs(self) -> None:
-        chosen = self._selected()
-        destination = self.ui.destinationComboBox.currentText
-        if chosen is None or not destination:
-            return
-        self._exportMonitor = ExportMonitor(
-            self._client(), chosen["job_id"], destination, variant=chosen["variant"].index,
-            deidentify=bool(self._parameterNode and self._parameterNode.deidentifyExport),
-        ).start()
-        self._showExportStatus(f"Sending variant {chosen['variant'].index} to {destination}…")
+        with slicer.util.tryWithErrorDisplay("Could not send the variant to the PACS."):
+            chosen = self._selected()
+            destination = self.ui.destinationComboBox.currentText
+            if chosen is None or not destination:
+                return
+            self._exportMonitor = ExportMonitor(
+                self._client(), chosen["job_id"], destination, variant=chosen["variant"].index,
+                deidentify=bool(self._parameterNode and self._parameterNode.deidentifyExport),
+            ).start()
+            self._showExportStatus(f"Sending variant {chosen['variant'].index} to {destination}…")
+            self._timer.start()
+            self._updateButtons()
+
+    # --- the job on the engine: report and deletion ------------------------------------------
+
+    def _runInBackground(self, function, finish) -> None:
+        self._calls.append((BackgroundCall(function), finish))
         self._timer.start()
+        self._updateButtons()
+
+    def onOpenReport(self) -> None:
+        """Download the finished job's HTML report into a file only this user can read, and open it."""
+        with slicer.util.tryWithErrorDisplay("Could not open the job's report."):
+            jobId, client = self._jobId, self._client()
+            if not jobId:
+                return
+            self._showStatus("Downloading the job's report…")
+            self._runInBackground(lambda: write_private_report(client.report(jobId), jobId), self._finishReport)
+
+    def _finishReport(self, call: BackgroundCall) -> None:
+        try:
+            path = call.result()
+        except Exception as error:  # noqa: BLE001 - engine and disk errors alike end in the panel
+            self._showStatus(f"Could not get the report: {error}", error=True)
+            return
+        if not qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path))):
+            self._showStatus(f"The report is in {path}; no web browser opened it.", error=True)
+        else:
+            self._showStatus(f"Opened the report ({path}).")
+
+    def onDeleteJob(self) -> None:
+        """Remove the job's uploaded scan and results from the engine; the volumes in the scene stay."""
+        with slicer.util.tryWithErrorDisplay("Could not delete the job from the engine."):
+            jobId, client = self._jobId, self._client()
+            if not jobId or not slicer.util.confirmOkCancelDisplay(
+                    f"Delete job {jobId} (its uploaded slices and all its results) from the engine?",
+                    windowTitle="MedGenSlicer"):
+                return
+            self._runInBackground(lambda: client.delete_job(jobId), lambda call: self._finishDelete(call, jobId))
+
+    def _finishDelete(self, call: BackgroundCall, jobId: str) -> None:
+        try:
+            call.result()
+        except RequestRefused as error:
+            if error.status == 410:
+                self._jobId = None
+                self._showStatus(f"Job {jobId} was already deleted from the engine.")
+            else:
+                self._showStatus(f"Could not delete job {jobId}: {error}", error=True)
+        except Exception as error:  # noqa: BLE001 - engine errors and bugs alike end in the panel
+            self._showStatus(f"Could not delete job {jobId}: {error}", error=True)
+        else:
+            self._jobId = None
+            self._showStatus(f"Deleted job {jobId} from the engine; its volumes stay in the scene.")
         self._updateButtons()
 
     def _handleExportEvent(self, event) -> None:
@@ -592,84 +765,65 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ijkToRas(volumeNode) -> np.ndarray:
-        if volumeNode.GetParentTransformNode() is not None:
-            raise GeometryError(f"'{volumeNode.GetName()}' is under a transform; harden it first "
-                                f"(Data module → right-click → Harden transform)")
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        return slicer.util.arrayFromVTKMatrix(matrix)
+        return ijk_to_ras(volumeNode)
 
     @staticmethod
-    def redSliceToRAS() -> np.ndarray:
-        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+    def redSliceNode():
+        """The Red view's slice node: from the layout when there is one, else from the scene (Slicer run
+        with --no-main-window, or a layout without a Red view); None when there is neither."""
+        layoutManager = slicer.app.layoutManager()
+        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager is not None else None
+        if sliceWidget is not None:
+            return sliceWidget.mrmlSliceNode()
+        return slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+
+    @classmethod
+    def redSliceToRAS(cls) -> np.ndarray:
+        sliceNode = cls.redSliceNode()
+        if sliceNode is None:
+            raise GeometryError("there is no Red slice view to take the current slice from; choose "
+                                "'every slice the segment touches'")
         return slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
 
-    @staticmethod
-    def segmentMask(segmentationNode, segmentId: str, volumeNode) -> np.ndarray:
-        """The segment as a (k, j, i) array on the volume's grid."""
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
-        if mask is None or not mask.any():
-            raise GeometryError("the segment is empty; paint the region to inpaint in Segment Editor first")
-        return mask
-
-    @staticmethod
-    def dicomInstances(volumeNode):
-        """The volume's DICOM files and positions in Slicer's database, or None if it did not come from DICOM."""
-        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        database = getattr(slicer, "dicomDatabase", None)
-        if not uids or database is None or not database.isOpen:
-            return None
-        paths, positions = [], []
-        for uid in uids:
-            path = database.fileForInstance(uid)
-            position = database.instanceValue(uid, "0020,0032")
-            if not path or not os.path.exists(path) or not position:
-                return None
-            paths.append(path)
-            positions.append([float(v) for v in position.split("\\")])
-        return paths, positions
-
     def buildUpload(self, volumeNode, segmentationNode, segmentId: str, parameters: InpaintParameters,
-                    sliceToRAS: Optional[np.ndarray] = None) -> JobUpload:
-        """The job upload: DICOM instances when the volume came from the DICOM database, else NRRD."""
-        ijkToRas = self.ijkToRas(volumeNode)
-        volume = slicer.util.arrayFromVolume(volumeNode)
-        mask = self.segmentMask(segmentationNode, segmentId, volumeNode)
-        slices = None if sliceToRAS is None else [slice_in_view(ijkToRas, volume.shape, sliceToRAS)]
-        instances = self.dicomInstances(volumeNode)
-        if instances is not None and len(instances[0]) == volume.shape[0]:
-            try:
-                return dicom_upload(instances[0], instances[1], ijkToRas, mask, parameters, slices=slices)
-            except GeometryError as error:
-                logging.info("MedGenSlicer: sending the volume as an array: %s", error)
-        return array_upload(volume, ijkToRas, mask, parameters, slices=slices)
+                    sliceToRAS: Optional[np.ndarray] = None, useDicomTemplates: bool = True) -> JobUpload:
+        """The job upload: the volume's current voxels on the slab the segment touches (the slice
+        ``sliceToRAS`` shows, when given); its DICOM files only as header templates."""
+        slices = None
+        if sliceToRAS is not None:
+            shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+            slices = [slice_in_view(ijk_to_ras(volumeNode), shape, sliceToRAS)]
+        return upload_from_scene(volumeNode, segmentationNode, segmentId, parameters, slices,
+                                 use_dicom_templates=useDicomTemplates)
 
     def addVariantVolume(self, sourceNode, image: NrrdImage, result: JobResult, variant: VariantInfo,
                          jobId: str):
-        """A new volume like the source, with the variant's slices in place, named and marked synthetic."""
-        full = variant_on_source(slicer.util.arrayFromVolume(sourceNode), self.ijkToRas(sourceNode), image,
-                                 result.source)
-        name = slicer.mrmlScene.GenerateUniqueName(f"SYNTHETIC {sourceNode.GetName()} v{variant.index}")
-        node = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, sourceNode, name)
-        slicer.util.updateVolumeFromArray(node, full)
-        node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
-        node.SetAttribute("MedGenSlicer.JobId", jobId)
-        node.SetAttribute("MedGenSlicer.Seed", str(variant.seed))
-        node.RemoveAttribute("DICOM.instanceUIDs")  # the pixels are no longer those instances
-        return node
+        """A new volume like the source, with the variant's slab in place, named and marked synthetic."""
+        return load_variant(sourceNode, image, result, variant, job_id=jobId)
 
     @staticmethod
-    def showSideBySide(sourceNode, variantNode) -> None:
+    def showSideBySide(sourceNode, variantNode) -> Optional[dict]:
         """Source on the left, variant on the right, both on the plane the Red view shows now (where the
-        user painted; FitSliceToAll alone would move them to the volume's centre), slices linked."""
+        user painted; FitSliceToAll alone would move them to the volume's centre), slices linked.
+
+        Returns the layout and slice links it changed, for `restoreView`; None without slice views.
+        """
         layoutManager = slicer.app.layoutManager()
-        redSliceNode = layoutManager.sliceWidget("Red").mrmlSliceNode()
+        redSliceNode = MedGenSlicerLogic.redSliceNode()
+        if layoutManager is None or redSliceNode is None:
+            return None
         sliceToRAS = vtk.vtkMatrix4x4()
         sliceToRAS.DeepCopy(redSliceNode.GetSliceToRAS())  # also right for oblique (Reformat) views
         offset = redSliceNode.GetSliceOffset()
+        previous = {"layout": layoutManager.layout, "links": {}}
+        for compositeNode in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            previous["links"][compositeNode.GetID()] = (compositeNode.GetLinkedControl(),
+                                                        compositeNode.GetHotLinkedControl())
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
         for viewName, node in (("Red", sourceNode), ("Yellow", variantNode)):
             sliceWidget = layoutManager.sliceWidget(viewName)
+            if sliceWidget is None:
+                continue
             compositeNode = sliceWidget.mrmlSliceCompositeNode()
             compositeNode.SetBackgroundVolumeID(node.GetID())
             compositeNode.SetForegroundVolumeID(None)
@@ -680,17 +834,42 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
             sliceNode.UpdateMatrices()
             sliceWidget.sliceLogic().FitSliceToAll()
             sliceNode.SetSliceOffset(offset)
+        return previous
 
     @staticmethod
-    def importIntoDicomDatabase(folder: Path) -> None:
-        """Raises when the import fails: DICOMUtils.importDicom only logs and returns False."""
+    def restoreView(previous: dict) -> None:
+        """The layout and slice links `showSideBySide` found."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        for nodeId, (linked, hotLinked) in previous["links"].items():
+            compositeNode = slicer.mrmlScene.GetNodeByID(nodeId)
+            if compositeNode is not None:
+                compositeNode.SetLinkedControl(linked)
+                compositeNode.SetHotLinkedControl(hotLinked)
+        layoutManager.setLayout(previous["layout"])
+
+    @staticmethod
+    def importIntoDicomDatabase(folder: Path, files: List[Path]) -> int:
+        """Copy the series into Slicer's DICOM database (the database must not point into a folder the
+        user may delete) and check that it is there. Returns how many instances the database holds of
+        it; raises when the import failed or is incomplete (DICOMUtils.importDicom only logs)."""
         from DICOMLib import DICOMUtils
 
         database = getattr(slicer, "dicomDatabase", None)
         if database is None or not database.isOpen:
             raise RuntimeError("Slicer's DICOM database is not open; choose its folder in the DICOM module")
-        if not DICOMUtils.importDicom(str(folder), database):
-            raise RuntimeError(f"importing {folder} into the DICOM database failed; see the Python console")
+        if not files:
+            raise RuntimeError(f"the engine's zip for {folder} held no DICOM files")
+        import pydicom  # bundled with Slicer (its DICOM module reads headers with it)
+
+        DICOMUtils.importDicom(str(folder), database, copyFiles=True)
+        seriesUid = pydicom.dcmread(str(files[0]), stop_before_pixels=True).get("SeriesInstanceUID")
+        found = len(database.instancesForSeries(seriesUid)) if seriesUid else 0
+        if found < len(files):
+            raise RuntimeError(f"the DICOM database holds {found} of the {len(files)} instances of series "
+                               f"{seriesUid or '(unreadable)'} after the import; see the Python console")
+        return found
 
 
 #

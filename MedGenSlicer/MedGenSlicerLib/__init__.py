@@ -5,7 +5,9 @@
 - `results`: the result manifest, variants back on the source grid, the DICOM zip;
 - `geometry`: slices, slabs and grids from IJK-to-RAS matrices;
 - `nrrd`: a small exact NRRD reader and writer;
-- `tasks`: engine calls (jobs, PACS exports) on background threads for a GUI that polls with a timer.
+- `tasks`: engine calls (jobs, PACS exports) on background threads for a GUI that polls with a timer;
+- `scene`: Slicer's MRML nodes ⇄ uploads and variant volumes (needs Slicer or slicer-core when called,
+  not when imported).
 """
 
 from .client import (
@@ -17,16 +19,20 @@ from .client import (
     EngineFailure,
     EngineTimeout,
     EngineUnreachable,
+    InsecureTransport,
     JobFailed,
     NotAnEngine,
     RequestRefused,
+    engine_data_dir,
+    is_loopback,
+    local_engine_token,
     normalize_url,
 )
 from .geometry import GeometryError, paste_on_grid, slice_in_view, touched_slices
 from .nrrd import NrrdImage, nrrd_bytes, read_nrrd, write_nrrd
 from .payload import InpaintParameters, JobUpload, array_upload, dicom_upload, parse_prompt_variations, random_seed
-from .results import JobResult, extract_zip, variant_on_source
-from .tasks import BackgroundCall, ExportEvent, ExportMonitor, JobEvent, JobMonitor, export_summary
+from .results import JobResult, extract_zip, variant_on_source, write_private_report
+from .tasks import BackgroundCall, ExportEvent, ExportMonitor, JobEvent, JobMonitor, deliver, export_summary
 
 __all__ = [
     "DEFAULT_URL",
@@ -40,6 +46,7 @@ __all__ = [
     "EngineUnreachable",
     "ExportEvent",
     "ExportMonitor",
+    "InsecureTransport",
     "GeometryError",
     "InpaintParameters",
     "JobEvent",
@@ -51,6 +58,10 @@ __all__ = [
     "NrrdImage",
     "RequestRefused",
     "array_upload",
+    "deliver",
+    "engine_data_dir",
+    "is_loopback",
+    "local_engine_token",
     "dicom_upload",
     "export_summary",
     "extract_zip",
@@ -63,4 +74,5 @@ __all__ = [
     "touched_slices",
     "variant_on_source",
     "write_nrrd",
+    "write_private_report",
 ]

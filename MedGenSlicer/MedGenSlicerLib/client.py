@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Optional
 
 from .payload import JobUpload
@@ -20,6 +22,7 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 DEFAULT_TIMEOUT_S = 10.0
 UPLOAD_TIMEOUT_S = 300.0
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+TOKEN_FILENAME = "token"  # in the engine's data folder, written by `medgen serve`
 
 
 class EngineError(Exception):
@@ -63,6 +66,40 @@ class JobFailed(EngineError):
     """The job ended in failure; the message is the engine's reason."""
 
 
+class InsecureTransport(EngineError):
+    """The token would travel unencrypted (plain http) to another machine; the user has not agreed."""
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine (the token then never leaves it)."""
+    return urllib.parse.urlsplit(normalize_url(url)).hostname in _LOOPBACK_HOSTS
+
+
+def engine_data_dir() -> Path:
+    """The folder a local `medgen serve` keeps its token in: ``$MEDGEN_DATA_DIR``, else
+    ``$XDG_DATA_HOME/medgen`` (``~/.local/share/medgen``), as the engine chooses it."""
+    if os.environ.get("MEDGEN_DATA_DIR"):
+        return Path(os.environ["MEDGEN_DATA_DIR"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base).expanduser() / "medgen"
+
+
+def local_engine_token(url: str, data_dir: Optional[Path] = None) -> Optional[str]:
+    """The token of an engine on this machine, read from its data folder; None for a remote URL or
+    when no readable token file is there. Saves the user pasting it, and keeps it out of settings files."""
+    try:
+        if not is_loopback(url):
+            return None
+    except EngineError:
+        return None
+    path = Path(data_dir) if data_dir is not None else engine_data_dir()
+    try:
+        token = (path / TOKEN_FILENAME).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
 def normalize_url(url: str) -> str:
     """``host:port`` → ``http://host:port``; refuses anything that is not plain http(s) to a host."""
     url = (url or "").strip()
@@ -86,9 +123,15 @@ class EngineClient:
     """One engine at ``url`` with ``token``."""
 
     def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT_S,
-                 upload_timeout: float = UPLOAD_TIMEOUT_S):
+                 upload_timeout: float = UPLOAD_TIMEOUT_S, allow_plain_http: bool = False):
         self.url = normalize_url(url)
         self.token = (token or "").strip()
+        host = urllib.parse.urlsplit(self.url).hostname
+        if self.url.startswith("http://") and host not in _LOOPBACK_HOSTS and not allow_plain_http:
+            raise InsecureTransport(
+                f"{self.url} is another machine over plain http: the token and the scans would travel unencrypted. "
+                f"Use https (or an SSH tunnel to a local port), or agree to send them in the clear"
+            )
         self.timeout = timeout
         self.upload_timeout = upload_timeout
         handlers = []
@@ -136,7 +179,22 @@ class EngineClient:
         return self._json("GET", f"/v1/jobs/{_quote(job_id)}")
 
     def cancel(self, job_id: str) -> dict:
+        """Stop a queued or running job (its results so far stay on the engine)."""
+        try:
+            return self._json("POST", f"/v1/jobs/{_quote(job_id)}/cancel")
+        except NotAnEngine:
+            # engines before the cancel endpoint cancelled on DELETE (and kept the job)
+            return self._json("DELETE", f"/v1/jobs/{_quote(job_id)}")
+
+    def delete_job(self, job_id: str) -> dict:
+        """Delete a finished job's files and results from the engine (DELETE on a finished job; a job
+        already deleted answers 410, raised as RequestRefused with that status)."""
         return self._json("DELETE", f"/v1/jobs/{_quote(job_id)}")
+
+    def report(self, job_id: str) -> bytes:
+        """The finished job's self-contained HTML report."""
+        return self._request("GET", f"/v1/jobs/{_quote(job_id)}/report", accept="text/html",
+                             timeout=self.upload_timeout)
 
     def result(self, job_id: str) -> JobResult:
         return JobResult.from_json(self._json("GET", f"/v1/jobs/{_quote(job_id)}/result"))
@@ -185,8 +243,9 @@ class EngineClient:
         content_type: Optional[str] = None,
         auth: bool = True,
         timeout: Optional[float] = None,
+        accept: str = "application/json",
     ) -> bytes:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:

@@ -8,6 +8,9 @@ beside its source with linked slices.
 from __future__ import annotations
 
 import io
+import os
+import re
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,3 +155,15 @@ def extract_zip(data: bytes, folder: Path) -> List[Path]:
             target.write_bytes(archive.read(entry))
             written.append(target)
     return written
+
+
+def write_private_report(html: bytes, job_id: str) -> Path:
+    """Save a job's HTML report where only this user can read it (a new 0700 folder, a 0600 file), for
+    the system browser to open: the report shows the patient's images."""
+    folder = Path(tempfile.mkdtemp(prefix="medgenslicer-report-"))
+    safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:64] or "job"
+    path = folder / f"report-{safe_id}.html"
+    descriptor = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(html)
+    return path

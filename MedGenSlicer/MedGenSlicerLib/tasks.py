@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .client import EngineClient, EngineError, EngineTimeout, JobFailed
 from .nrrd import NrrdImage
@@ -55,6 +55,21 @@ class BackgroundCall:
         if self._error is not None:
             raise self._error
         return self._result
+
+
+def deliver(events: Iterable, handle: Callable[[Any], None], report: Callable[[Any, Exception], None]) -> int:
+    """Hand each event to ``handle``; one whose handling raises goes to ``report`` and the rest are still
+    handled. The GUI timer drains a monitor's queue before handling, so an event it fails on must not
+    take the events after it down too. Returns how many were handled without error."""
+    handled = 0
+    for event in events:
+        try:
+            handle(event)
+        except Exception as exc:  # noqa: BLE001 - reported to the user by the caller, the pump goes on
+            report(event, exc)
+        else:
+            handled += 1
+    return handled
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medgen.errors import OutputError
-from medgen.imaging.crop import mask_crop_box, resize_image
+from medgen.imaging.crop import mask_crop_box, resize_image, resize_mask
 from medgen.imaging.intensity import CT_PRESETS, IntensityMap, modality_gray
 from medgen.qa.crop_index import COPY_THRESHOLD, CropIndex
 from medgen.qa.images import (
@@ -166,7 +166,8 @@ def _memorization_rows(run: RunData) -> tuple[list[MemorizationRow], list[CropIn
             box = mask_crop_box(run.mask[k], padding)
             model_space = intensity.to_model(variant.slice_of_source[k])
             crop = np.clip(resize_image(model_space[box.slices], (resolution, resolution)), -1, 1)
-            best = max(((index, *index.nearest(crop)) for index in indexes), key=lambda t: t[2])
+            lesion = resize_mask(run.mask[k][box.slices], (resolution, resolution))
+            best = max(((index, *index.nearest(crop, lesion)) for index in indexes), key=lambda t: t[2])
             index, position, similarity = best
             rows.append(MemorizationRow(
                 variant=variant.name, slice=k,
@@ -247,8 +248,8 @@ def _memorization_html(rows: list[MemorizationRow], indexes: list[CropIndex]) ->
                 "was not checked. Adapters trained with <code>medgen train</code> write one.</p>")
     total = sum(len(i.records) for i in indexes)
     flagged = sum(r.flagged for r in rows)
-    lines = [f"<p>{total} training crop(s) in {len(indexes)} index(es). Similarity is the cosine of 16 x 16 "
-             f"mean-centred crop embeddings; at or above <b>{COPY_THRESHOLD}</b> a lesion is flagged as a possible "
+    lines = [f"<p>{total} training crop(s) in {len(indexes)} index(es). Similarity is the cosine of 32 x 32 "
+             f"embeddings of the lesion's content (the crop under the mask, mean-centred); at or above <b>{COPY_THRESHOLD}</b> a lesion is flagged as a possible "
              f"copy. <b>{flagged}</b> of {len(rows)} generated lesion(s) flagged.</p>",
              "<table><tr><th>variant</th><th>slice</th><th>generated</th><th>nearest training crop</th>"
              "<th>similarity</th><th>training file, slice, crop box</th></tr>"]

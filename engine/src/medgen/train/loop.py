@@ -232,7 +232,7 @@ def write_training_crop_index(out: Path, crops: AdapterCrops) -> None:
     from medgen.qa.crop_index import write_crop_index
 
     origins = crops.origins or [{"file": None, "slice": None, "crop_box": None, "prompt": p} for p in crops.prompts]
-    write_crop_index(out, crops.images, origins)
+    write_crop_index(out, crops.images, crops.masks, origins)
 
 
 @torch.no_grad()

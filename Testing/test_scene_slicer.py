@@ -359,3 +359,46 @@ def make_segment_on_array(scene, node):
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, segmentation, ids)
     scene.RemoveNode(label_node)
     return segmentation, segment_id, labelmap
+
+
+def test_upload_and_variant_cost_a_slab_of_memory_not_copies_of_the_volume(scene):
+    """numpy's allocations (which tracemalloc sees) stay near a slab's size on a 96-slice volume: the
+    segment is exported a chunk at a time, the source is cut before it is copied, and the variant is
+    written into its new node in place (the node's own voxels are VTK's, the one copy a new volume needs)."""
+    import tracemalloc
+
+    from MedGenSlicerLib.nrrd import NrrdImage
+    from MedGenSlicerLib.results import JobResult
+    from MedGenSlicerLib.scene import MASK_CHUNK_SLICES
+
+    slices, rows, columns = 96, 128, 128
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "big")
+    slicer.util.updateVolumeFromArray(node, np.full((slices, rows, columns), 40, np.int16))
+    segmentation, segment_id, _ = make_segment(scene, node)
+    volume_bytes = slices * rows * columns * 2
+    chunk_bytes = MASK_CHUNK_SLICES * rows * columns * 2
+
+    tracemalloc.start()
+    try:
+        upload = upload_from_scene(node, segmentation, segment_id, parameters())
+        _, upload_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        k0, k1 = upload.slab_start, upload.slab_stop
+        _, slab_matrix = crop_slab(np.empty(0), ijk_to_ras(node), k0, k1)
+        image = NrrdImage(array=np.full((k1 - k0, rows, columns), 7, np.int16), ijk_to_ras=slab_matrix)
+        result = JobResult.from_json({
+            "job_id": "j", "state": "succeeded", "complete": True, "num_variants": 1, "variants": [],
+            "source": {"format": "nrrd", "shape": [k1 - k0, rows, columns], "dtype": "int16", "modality": "CT",
+                       "ijk_to_lps": (np.diag([-1.0, -1.0, 1.0, 1.0]) @ slab_matrix).tolist(),
+                       "rescale_slope": [1.0] * (k1 - k0), "rescale_intercept": [0.0] * (k1 - k0),
+                       "slices": list(range(k1 - k0))}})
+        variant = type("Variant", (), {"index": 1, "seed": 3})()
+        variant_node = load_variant(node, image, result, variant)
+        _, variant_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (k0, k1) == (2, 4)
+    assert upload_peak < chunk_bytes + volume_bytes / 8, f"upload peak {upload_peak} B for a {volume_bytes} B volume"
+    assert variant_peak < volume_bytes / 8, f"variant peak {variant_peak} B for a {volume_bytes} B volume"
+    voxels = slicer.util.arrayFromVolume(variant_node)
+    assert (voxels[2:4] == 7).all() and (voxels[:2] == 40).all() and (voxels[4:] == 40).all()

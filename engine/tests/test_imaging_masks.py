@@ -111,7 +111,7 @@ def test_flipped_or_permuted_half_resolution_mask_is_resampled_by_nearest_neighb
     spacing_ijk = (2 * SPACING, 2 * SPACING, 10.0)
     path = write_itk_mask(tmp_path / "coarse.nii.gz", coarse, origin=origin, spacing_ijk=spacing_ijk,
                           direction=direction)
-    with pytest.raises(InputError, match=r"voxels are 2x2x2 times the volume's.*pass --resample-mask"):
+    with pytest.raises(InputError, match=r"voxel steps are 2x2x2 of the volume's.*pass --resample-mask"):
         read_mask(path, ct_volume)
     with caplog.at_level("INFO", logger="medgen.imaging.masks"):
         fitted = read_mask(path, ct_volume, resample=True)

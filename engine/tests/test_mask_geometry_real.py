@@ -422,3 +422,34 @@ def test_enhanced_ct_slices_follow_the_plane_normal_not_the_frame_order(tmp_path
     with pytest.raises(InputError, match=r"empty on slice 1 \(frame 1; slices follow the plane's normal, not frame "
                                          r"order\); masked slices: 0 \(frame 2;"):
         select_slices(mask, [1], False, volume)
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_cli_refuses_an_oblique_mask_naming_the_flag_and_resamples_it_with_the_flag(tmp_path, capsys, caplog):
+    """`medgen inpaint` without a model: the mask is read before the model, so with the flag the run gets
+    past the mask (a warning with the changed-label count) and stops at the missing model."""
+    from medgen.cli import main
+
+    volume = read_volume(tilted_ct(tmp_path))
+    values = np.zeros((5, 64, 64), np.uint8)
+    values[2, 10:20, 10:20] = 1
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((1.0, 1.0, 5.0))  # axial 1 mm voxels: another plane and spacing than the tilted CT's
+    image.SetOrigin([float(v) for v in volume.ijk_to_lps[:3, 3]])
+    sitk.WriteImage(image, str(tmp_path / "mask.nii.gz"))
+    argv = ["inpaint", str(tmp_path / "tilted-ct"), "--mask", str(tmp_path / "mask.nii.gz"), "--prompt", "lesion",
+            "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "out"), "--all-slices"]
+
+    assert main(argv) == 2
+    refused = capsys.readouterr().err
+    assert "mask lies on another grid" in refused and "pass --resample-mask" in refused
+
+    with caplog.at_level("WARNING", logger="medgen.imaging.masks"):
+        assert main(argv + ["--resample-mask"]) == 2
+    error = capsys.readouterr().err
+    assert "mask lies on another grid" not in error and "no-model" in error
+    assert "resampled the mask onto the volume's grid by nearest neighbour" in caplog.text
+    assert "100 labelled mask voxels" in caplog.text and "mask voxels changed label" in caplog.text
+    assert not (tmp_path / "out").exists()

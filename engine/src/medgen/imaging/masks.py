@@ -325,12 +325,15 @@ class _GridMatch:
 
     def mismatch(self) -> str:
         """Why the mask does not re-index, in words."""
+        reasons = []
         if np.any(np.abs(self.scales - 1) > 0.01):
             sizes = "x".join(f"{v:.3g}" for v in self.scales[::-1])
-            return f"its voxels are {sizes} times the volume's (slices x rows x columns)"
+            reasons.append(f"its voxel steps are {sizes} of the volume's (slices x rows x columns)")
         if self.angle_degrees > 0.01:
-            return f"its axes are turned by up to {self.angle_degrees:.3g} degrees against the volume's"
-        return f"its voxel centres lie up to {self.displacement_voxels:.3g} voxel off the volume's"
+            reasons.append(f"its axes are turned by up to {self.angle_degrees:.3g} degrees against the volume's")
+        if not reasons:
+            reasons.append(f"its voxel centres lie up to {self.displacement_voxels:.3g} voxel off the volume's")
+        return " and ".join(reasons)
 
 
 def _fit_to_volume_grid(

@@ -14,7 +14,7 @@ from medgen.phantom.model import DEMO_MODEL_HELP
 from medgen.progress import ProgressBar
 
 EXIT_BAD_INPUT = 2
-MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve", "phantom", "train"}
+MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve", "phantom", "train", "batch"}
 
 
 def _add_inpaint_parser(subparsers) -> None:
@@ -198,6 +198,16 @@ def _add_bench_parser(subparsers) -> None:
     )
     quality.set_defaults(handler=_run_bench_quality, passes_arguments_on=True,
                          own_parser="medgen.phantom.commands:build_bench_quality_parser")
+    batch = bench_commands.add_parser(
+        "batch", help="rows per minute of `medgen batch`, local vs Ray, and its overhead per row", add_help=False
+    )
+    batch.set_defaults(handler=_run_bench_batch, passes_arguments_on=True, own_parser="medgen.bench.batch:build_parser")
+
+
+def _run_bench_batch(args: argparse.Namespace) -> int:
+    from medgen.bench.batch import main as batch_main
+
+    return batch_main(args.rest)
 
 
 def _run_bench_quality(args: argparse.Namespace) -> int:
@@ -293,6 +303,14 @@ def _add_purge_parser(subparsers) -> None:
     p.set_defaults(handler=purge_command.run_purge)
 
 
+def _add_batch_parser(subparsers) -> None:
+    from medgen.batch import command
+
+    p = subparsers.add_parser("batch", help="inpaint every row of a dataset manifest, here or on a Ray cluster, resumably")
+    command.build_parser(p)
+    p.set_defaults(handler=command.run_batch_command)
+
+
 def _add_export_parser(subparsers) -> None:
     from medgen.dicom import export
 
@@ -342,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(subparsers)
     _add_purge_parser(subparsers)
     _add_export_parser(subparsers)
+    _add_batch_parser(subparsers)
     _add_qa_parsers(subparsers)
     for sub in all_subparsers(parser):
         sub.formatter_class = HelpFormatter

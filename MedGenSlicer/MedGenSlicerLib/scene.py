@@ -116,8 +116,8 @@ def segment_mask_slab(volume_node, segmentation_node, segment_id: str,
 
     if not segment_id or segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
         raise GeometryError(f"the segmentation '{segmentation_node.GetName()}' has no segment {segment_id!r}")
-    _, rows, columns = _voxels(volume_node).shape
-    num_slices = volume_node.GetImageData().GetDimensions()[2]
+    _voxels(volume_node)  # refuses a node without voxels
+    columns, rows, num_slices = volume_node.GetImageData().GetDimensions()
     wanted = sorted({int(k) for k in slices}) if slices is not None else list(range(num_slices))
     if any(not 0 <= k < num_slices for k in wanted):
         raise GeometryError(f"slices {wanted} reach outside the volume's 0..{num_slices - 1}")

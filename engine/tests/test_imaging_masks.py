@@ -132,6 +132,23 @@ def test_flipped_or_permuted_half_resolution_mask_is_resampled_by_nearest_neighb
     assert fitted.sum() > 0
 
 
+def test_permuted_flipped_mask_partly_outside_is_re_indexed_voxel_for_voxel(ct_volume, tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    values = (rng.random((4, 20, 30)) > 0.5).astype(np.uint8)  # k, j, i
+    # mask i runs along -y (volume -j), mask j along +x (volume +i); its last slice lies past the volume
+    path = write_itk_mask(tmp_path / "turned.nrrd", values, origin=voxel_lps(ct_volume, 10, 100, 1),
+                          spacing_ijk=(SPACING, SPACING, 5.0), direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))
+    with caplog.at_level("INFO", logger="medgen.imaging.masks"):
+        fitted = read_mask(path, ct_volume)
+    expected = np.zeros(ct_volume.pixels.shape, bool)
+    for mk, mj, mi in zip(*np.nonzero(values)):
+        if 1 + mk < 4:
+            expected[1 + mk, 100 - mi, 10 + mj] = True
+    np.testing.assert_array_equal(fitted, expected)
+    assert "re-indexed (crop, flip or axis order)" in caplog.text
+    assert f"{int(values[3].sum())} labelled voxels lie outside the volume and are dropped" in caplog.text
+
+
 def test_oblique_mask_is_refused_with_both_grids(ct_volume, tmp_path):
     angle = np.deg2rad(20)
     direction = (np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1)

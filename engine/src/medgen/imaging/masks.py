@@ -365,11 +365,12 @@ def _fit_to_volume_grid(
 
 def _labelled_extent(mask: np.ndarray) -> np.ndarray:
     """The 8 corner voxel indices (i, j, k) of the box around the labelled voxels (the whole grid if none)."""
-    labelled = np.argwhere(mask)
-    if labelled.size:
-        low, high = labelled.min(axis=0)[::-1], labelled.max(axis=0)[::-1]
-    else:
-        low, high = np.zeros(3, int), np.array(mask.shape[::-1]) - 1
+    low, high = np.zeros(3, int), np.array(mask.shape[::-1]) - 1
+    for axis, array_axis in enumerate((2, 1, 0)):  # i, j, k
+        others = tuple(a for a in range(3) if a != array_axis)
+        labelled = np.flatnonzero(mask.any(axis=others))
+        if labelled.size:
+            low[axis], high[axis] = labelled[0], labelled[-1]
     return np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)], dtype=np.float64)
 
 
@@ -402,15 +403,25 @@ def _angle_degrees(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _reindex(mask: np.ndarray, match: _GridMatch, volume: Volume, source: Path, mask_ijk_to_lps: np.ndarray) -> np.ndarray:
+    """Paste the mask at ``match``'s offset after permuting and flipping its axes (views, no index lists)."""
     volume_shape = volume.pixels.shape[:3]
-    mask_ijk = np.argwhere(mask)[:, ::-1]
-    volume_ijk = mask_ijk @ match.permutation.T.astype(np.int64) + match.offset
-    inside = np.all((volume_ijk >= 0) & (volume_ijk < np.array(volume_shape[::-1])), axis=1)
-    if not inside.any():
+    volume_sizes = np.array(volume_shape[::-1])  # i, j, k
+    mask_axis_of = np.argmax(np.abs(match.permutation), axis=1)  # for each volume axis
+    signs = match.permutation[[0, 1, 2], mask_axis_of]
+    ordered = mask.transpose(2, 1, 0).transpose(mask_axis_of)  # axes in volume (i, j, k) order
+    ordered = ordered[tuple(slice(None, None, -1) if sign < 0 else slice(None) for sign in signs)]
+    sizes = np.array(ordered.shape)
+    start = np.where(signs < 0, match.offset - (sizes - 1), match.offset)  # volume index of ordered[0, 0, 0]
+    low, high = np.maximum(start, 0), np.minimum(start + sizes, volume_sizes)
+    fitted_ijk = np.zeros(volume_shape[::-1], dtype=bool)
+    pasted = 0
+    if np.all(low < high):
+        part = ordered[tuple(slice(lo - st, hi - st) for lo, hi, st in zip(low, high, start))]
+        fitted_ijk[tuple(slice(lo, hi) for lo, hi in zip(low, high))] = part
+        pasted = int(np.count_nonzero(part))
+    if not pasted:
         raise InputError(source, f"mask does not overlap the volume: {_grid_text(mask, mask_ijk_to_lps, volume)}")
-    fitted = np.zeros(volume_shape, dtype=bool)
-    i, j, k = volume_ijk[inside].T
-    fitted[k, j, i] = True
+    fitted = np.ascontiguousarray(fitted_ijk.transpose(2, 1, 0))
 
     same_grid = (mask.shape == volume_shape and np.array_equal(match.permutation, np.eye(3))
                  and not match.offset.any())
@@ -419,7 +430,7 @@ def _reindex(mask: np.ndarray, match: _GridMatch, volume: Volume, source: Path, 
     else:
         case = (f"within tolerance (mask voxel centres up to {match.displacement_voxels:.3g} voxel, "
                 f"{match.displacement_mm:.3g} mm from the volume's)")
-    outside = int((~inside).sum())
+    outside = int(np.count_nonzero(mask)) - pasted
     logger.info("%s: mask on the volume's grid: %s; matched as read with %s%s", source, case, match.grid_name,
                 f"; {outside} labelled voxels lie outside the volume and are dropped" if outside else "")
     return fitted

@@ -550,12 +550,21 @@ def test_series_unmodified_slices_are_bit_identical_to_the_source(ct_series, tmp
     assert all(np.array_equal(pydicom.dcmread(paths[i]).pixel_array, ct_series.pixels[i]) for i in (0, 2))
 
 
-def test_each_write_is_a_new_series(ct_series, tmp_path):
-    pixels = _modify_block(ct_series, 0)
+def test_uids_are_derived_from_content_other_pixels_another_series(ct_series, tmp_path):
+    """The same pixels and settings: the same series and instances (a rerun reproduces them); any other
+    pixels: a new series. Never the source's."""
     series_writer = _make_writer(ct_series)
+    pixels = _modify_block(ct_series, 0)
     a = pydicom.dcmread(series_writer.write(pixels, tmp_path / "a", modified_slices=[0])[0])
-    b = pydicom.dcmread(series_writer.write(pixels, tmp_path / "b", modified_slices=[0])[0])
-    assert a.SeriesInstanceUID != b.SeriesInstanceUID
+    again = pydicom.dcmread(series_writer.write(pixels, tmp_path / "again", modified_slices=[0])[0])
+    other_pixels = pixels.copy()
+    other_pixels[0, 0, 0] += 1
+    b = pydicom.dcmread(series_writer.write(other_pixels, tmp_path / "b", modified_slices=[0])[0])
+    assert (a.SeriesInstanceUID, a.SOPInstanceUID) == (again.SeriesInstanceUID, again.SOPInstanceUID)
+    assert a.SeriesInstanceUID != b.SeriesInstanceUID and a.SOPInstanceUID != b.SOPInstanceUID
+    assert a.SeriesInstanceUID != ct_series.datasets[0].SeriesInstanceUID
+    assert a.SOPInstanceUID != ct_series.datasets[0].SOPInstanceUID
+    assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
 
 
 def test_series_number_given_is_written(ct_series, tmp_path):
@@ -850,7 +859,7 @@ def test_sc_meta_matches(sc):
 def test_sc_study_uid_can_be_shared(tmp_path):
     pixels = SC_CASES["uint8"]
     paths = [write_secondary_capture(_nifti_like(pixels), pixels, tmp_path / f"v{i}", series_description="x",
-                                     derivation_description="d", provenance={}, software_version="1",
+                                     derivation_description="d", provenance={"seed": i}, software_version="1",
                                      model_name="m", study_instance_uid="2.25.1234")[0] for i in range(2)]
     outs = [pydicom.dcmread(p) for p in paths]
     assert {o.StudyInstanceUID for o in outs} == {"2.25.1234"} and outs[0].SeriesInstanceUID != outs[1].SeriesInstanceUID

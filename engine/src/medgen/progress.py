@@ -20,10 +20,16 @@ class ProgressBar:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.label, unit=self.unit, file=sys.stderr)
+            # Work already done when the first report arrives is the starting point, not a burst of speed:
+            # counting it would show thousands of steps per second on the first tick.
+            self.bar = tqdm(total=total, initial=done, desc=self.label, unit=self.unit, file=sys.stderr)
+            return
         self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        if done >= self.bar.n:
+            self.bar.update(done - self.bar.n)
+        else:  # a new phase counts from the start again
+            self.bar.n = done
+            self.bar.refresh()
 
     def __exit__(self, *exc) -> bool:
         if self.bar is not None:

@@ -25,6 +25,7 @@ import numpy as np
 
 import medgen
 from medgen.errors import InputError, OutputError
+from medgen.reproducible import creation_time
 
 PROVENANCE_SCHEMA = "medgen.provenance/1"
 TOOL_NAME = "MedGenSlicer engine"
@@ -101,7 +102,7 @@ def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return creation_time().isoformat(timespec="seconds")
 
 
 def _adapter_record(adapter: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from medgen.dicom.codes import MedgenCode
 from medgen.errors import InputError, OutputError
 from medgen.imaging.library_messages import first_line
 from medgen.imaging.volume import SourceFormat, Volume
+from medgen.reproducible import content_uid, creation_time, stamp_creation_time
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def build_inpaint_seg(
 
     # 3. Describe the segment and build the SEG with highdicom
     label = _single_line(segment_label)[:SEGMENT_LABEL_MAX]
-    now = dt.datetime.now().astimezone()
+    now = creation_time().astimezone()
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=label,
@@ -164,9 +165,11 @@ def build_inpaint_seg(
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=codes.new_uid(),
+            series_instance_uid=content_uid("seg-series", pixel_array.tobytes(), label,
+                                            *[ds.SOPInstanceUID for ds in images]),
             series_number=series_number if series_number is not None else _series_number(images[0]),
-            sop_instance_uid=codes.new_uid(),
+            sop_instance_uid=content_uid("seg-instance", pixel_array.tobytes(), label,
+                                         *[ds.SOPInstanceUID for ds in images]),
             instance_number=1,
             manufacturer=codes.MANUFACTURER,
             manufacturer_model_name=_single_line(model_name)[:64],
@@ -185,6 +188,7 @@ def build_inpaint_seg(
                          reason="seg-source") from exc
 
     # 4. The synthetic marks highdicom does not know about, and the provenance of the images
+    stamp_creation_time(seg, now)  # highdicom dates the SEG by its own clock
     seg.SyntheticData = codes.SYNTHETIC_DATA
     if not has_geometry:
         # General Image, Type 2C where there is no plane orientation: the images' own letters, or empty

@@ -701,4 +701,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run_validate(args: argparse.Namespace) -> int:
     report = validate_paths(args.paths, args.source, mask=args.mask, run_dciodvfy=not args.no_dciodvfy)
     print(report.table())
+    print(dciodvfy_status_line(ran=not args.no_dciodvfy, files=len(report.files)))
     return 0 if report.ok else 1
+
+
+def dciodvfy_status_line(*, ran: bool, files: int) -> str:
+    """Whether the DICOM conformance check ran: a table without a dciodvfy row must not read as a pass."""
+    from medgen.dicom.dciodvfy import is_available
+
+    if not ran:
+        return "dciodvfy: skipped (--no-dciodvfy); DICOM conformance was not checked"
+    if not is_available():
+        return ("dciodvfy: not installed, so DICOM conformance was not checked "
+                "(Debian/Ubuntu: apt-get install dicom3tools)")
+    return f"dciodvfy: ran on each of the {files} file(s)"

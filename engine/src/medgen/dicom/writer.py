@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -51,6 +52,7 @@ from medgen.dicom.provenance import provenance_to_json
 from medgen.dicom.repair import private_elements_as_unknown, repair_dates_and_times, uses_iso_2022
 from medgen.errors import InputError, OutputError
 from medgen.imaging.volume import PixelFormat, SourceFormat, Volume
+from medgen.reproducible import content_uid, creation_time
 
 logger = logging.getLogger(__name__)
 
@@ -191,12 +193,12 @@ class SyntheticSeriesWriter:
         """The (file name, dataset) of every instance ``write`` would save; the pre-flight builds them too."""
         modified = self._check_write_inputs(pixels, modified_slices, only_modified)
         slices = sorted(modified) if only_modified else list(range(self.source.num_slices))
-        series_uid = codes.new_uid()
         now = _now_like(self.source.datasets[0])
         if self.burn_in_label:
             pixels = pixels.copy()
             for k in slices:
                 pixels[k] = burn_in(pixels[k], self.source.pixel_format)
+        series_uid = self._series_uid(pixels, slices)
         if self.source.is_multiframe:
             order = sorted(slices, key=lambda k: self.source.frame_numbers[k])
             frames = [self.source.frame_numbers[k] for k in order]
@@ -205,6 +207,16 @@ class SyntheticSeriesWriter:
             return [("IM-0001.dcm", ds)]
         return [(f"IM-{k + 1:04d}.dcm", self._derive(self.source.datasets[k], pixels[k], series_uid, now, frames=None))
                 for k in slices]
+
+    def _series_uid(self, pixels: np.ndarray, slices: list[int]) -> UID:
+        """Derived from everything the series holds, so the same request gives the same UID and any other
+        pixels, settings or source give another (medgen.reproducible)."""
+        settings = {k: v for k, v in self.provenance.items() if k != "created_utc"}
+        return content_uid(
+            "series", self.source.datasets[0].get("SeriesInstanceUID", ""), slices,
+            np.ascontiguousarray(pixels[slices]).tobytes(), json.dumps(settings, sort_keys=True, default=str),
+            self.series_description, self.derivation_description, self.series_number,
+        )
 
     # ------------------------------------------------------------------ checks
 
@@ -253,7 +265,7 @@ class SyntheticSeriesWriter:
         self.repairs += [note for note in notes if note not in self.repairs]
 
         # identity: new series and instance, same study, patient and frame of reference
-        sop_uid = codes.new_uid()
+        sop_uid = content_uid("instance", series_uid, src.get("SOPInstanceUID", ""), frames)
         ds.SOPInstanceUID = sop_uid
         ds.SeriesInstanceUID = series_uid
         ds.SeriesNumber = self.series_number
@@ -398,11 +410,11 @@ def write_secondary_capture(
     provenance_json = provenance_to_json(record, indent=None, ascii_only=True)
 
     # 3. Build the dataset
-    now = dt.datetime.now().astimezone()
+    now = creation_time().astimezone()
     ds = Dataset()
     _use_utf8_if_needed(ds, [series_description, derivation_description, model_name, software_version,
                              patient_name, patient_id])
-    sop_uid = codes.new_uid()
+    sop_uid = content_uid("sc-instance", provenance_json, stored.tobytes(), series_description, series_number)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     _set_date_time(ds, "InstanceCreation", now)
@@ -411,14 +423,16 @@ def write_secondary_capture(
     ds.PatientID = _fit(_single_line(patient_id), _LO_MAX)
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
-    ds.StudyInstanceUID = study_instance_uid or codes.new_uid()
+    ds.StudyInstanceUID = study_instance_uid or content_uid(
+        "sc-study", *[str(i.get("sha256")) for i in record.get("inputs", []) if isinstance(i, dict)]
+    )  # every variant of one input lands in one study
     _set_date_time(ds, "Study", now)
     ds.ReferringPhysicianName = ""
     ds.StudyID = ""
     ds.AccessionNumber = ""
     # General Series, General Equipment, SC Equipment
     ds.Modality = modality
-    ds.SeriesInstanceUID = codes.new_uid()
+    ds.SeriesInstanceUID = content_uid("sc-series", sop_uid)
     ds.SeriesNumber = int(series_number)
     ds.SeriesDescription = _series_description(series_description)
     _set_date_time(ds, "Series", now)
@@ -753,7 +767,7 @@ def _file_meta(sop_class: UID, sop_uid: UID) -> FileMetaDataset:
 
 def _now_like(src: Dataset) -> dt.datetime:
     """Now, in the source's Timezone Offset From UTC when it declares one (dates must agree)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = creation_time()
     offset = str(src.get("TimezoneOffsetFromUTC", "") or "")
     if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
         minutes = int(offset[1:3]) * 60 + int(offset[3:])

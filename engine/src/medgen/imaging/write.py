@@ -33,3 +33,21 @@ def write_like_source(volume: Volume, pixels: np.ndarray, out_dir: Path) -> list
     image.SetMetaData("descrip" if volume.source_format is SourceFormat.NIFTI else "MedGenSlicer", "SYNTHETIC")
     sitk.WriteImage(image, str(target), useCompression=target.name.endswith(".gz"))
     return [target]
+
+
+def drop_nrrd_timestamp(path: Path) -> None:
+    """Remove the "# on <date>" comment pynrrd (and so slicerio) writes into every NRRD header.
+
+    The same segmentation must be the same bytes whenever it is written; the comment carries nothing
+    a reader uses. Only the header, which ends at the first blank line, is searched.
+    """
+    data = Path(path).read_bytes()
+    end = data.find(b"\n\n")
+    header, rest = (data[:end], data[end:]) if end >= 0 else (data, b"")
+    lines = header.split(b"\n")
+    kept = [line for line in lines if not line.startswith(b"# on ")]
+    if len(kept) == len(lines):
+        return
+    temporary = Path(path).with_name(Path(path).name + ".partial")
+    temporary.write_bytes(b"\n".join(kept) + rest)
+    temporary.replace(path)

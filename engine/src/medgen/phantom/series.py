@@ -7,6 +7,7 @@ PHANTOM in the patient name and carries Synthetic Data = YES, because a phantom 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,15 @@ from pydicom.uid import (
 )
 
 import medgen
+from medgen.imaging.write import drop_nrrd_timestamp
 from medgen.phantom.cases import PhantomCase
 from medgen.phantom.lesions import LESION_SPECS
+from medgen.reproducible import stamp_creation_time
 
 RESCALE_INTERCEPT = -1024.0
 BITS_STORED = 12
 PHANTOM_DATE = "20000101"  # fixed, so a seed writes identical files; a phantom has no real scan date
+PHANTOM_TIME = dt.datetime(2000, 1, 1, 12, 0, tzinfo=dt.timezone.utc)  # the same moment, for the SEG
 MANUFACTURER = "MedGenSlicer"
 MODEL_NAME = "medgen phantom"
 SOFT_TISSUE_WINDOW = (40.0, 400.0)
@@ -172,6 +176,7 @@ def write_seg_nrrd(case: PhantomCase, path: Path) -> Path:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     slicerio.write_segmentation(str(path), segmentation)
+    drop_nrrd_timestamp(path)
     return path
 
 
@@ -203,6 +208,7 @@ def write_dicom_seg(case: PhantomCase, source: list[pydicom.Dataset], path: Path
         device_serial_number="0",
         series_description=f"PHANTOM ground truth: {spec.label}",
     )
+    stamp_creation_time(seg, PHANTOM_TIME)  # a phantom's files depend on its seed alone, not on the clock
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return path

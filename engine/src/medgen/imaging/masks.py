@@ -405,23 +405,23 @@ def _angle_degrees(a: np.ndarray, b: np.ndarray) -> float:
 def _reindex(mask: np.ndarray, match: _GridMatch, volume: Volume, source: Path, mask_ijk_to_lps: np.ndarray) -> np.ndarray:
     """Paste the mask at ``match``'s offset after permuting and flipping its axes (views, no index lists)."""
     volume_shape = volume.pixels.shape[:3]
-    volume_sizes = np.array(volume_shape[::-1])  # i, j, k
-    mask_axis_of = np.argmax(np.abs(match.permutation), axis=1)  # for each volume axis
-    signs = match.permutation[[0, 1, 2], mask_axis_of]
-    ordered = mask.transpose(2, 1, 0).transpose(mask_axis_of)  # axes in volume (i, j, k) order
+    mask_axis_of = np.argmax(np.abs(match.permutation), axis=1)  # for each volume axis i, j, k
+    signs = match.permutation[[0, 1, 2], mask_axis_of][::-1]  # in array order k, j, i
+    offset = match.offset[::-1]
+    # array axis A of the volume is ijk axis 2 - A; it takes the mask's array axis 2 - (its ijk axis)
+    ordered = mask.transpose([2 - mask_axis_of[2 - axis] for axis in range(3)])
     ordered = ordered[tuple(slice(None, None, -1) if sign < 0 else slice(None) for sign in signs)]
     sizes = np.array(ordered.shape)
-    start = np.where(signs < 0, match.offset - (sizes - 1), match.offset)  # volume index of ordered[0, 0, 0]
-    low, high = np.maximum(start, 0), np.minimum(start + sizes, volume_sizes)
-    fitted_ijk = np.zeros(volume_shape[::-1], dtype=bool)
+    start = np.where(signs < 0, offset - (sizes - 1), offset)  # volume index of ordered[0, 0, 0]
+    low, high = np.maximum(start, 0), np.minimum(start + sizes, np.array(volume_shape))
+    fitted = np.zeros(volume_shape, dtype=bool)
     pasted = 0
     if np.all(low < high):
         part = ordered[tuple(slice(lo - st, hi - st) for lo, hi, st in zip(low, high, start))]
-        fitted_ijk[tuple(slice(lo, hi) for lo, hi in zip(low, high))] = part
+        fitted[tuple(slice(lo, hi) for lo, hi in zip(low, high))] = part
         pasted = int(np.count_nonzero(part))
     if not pasted:
         raise InputError(source, f"mask does not overlap the volume: {_grid_text(mask, mask_ijk_to_lps, volume)}")
-    fitted = np.ascontiguousarray(fitted_ijk.transpose(2, 1, 0))
 
     same_grid = (mask.shape == volume_shape and np.array_equal(match.permutation, np.eye(3))
                  and not match.offset.any())
@@ -473,18 +473,19 @@ def _sample(labels: np.ndarray, ijk_to_labels_ijk: np.ndarray, low: np.ndarray, 
 
     Centres outside ``labels`` read as False. Goes slice by slice to keep memory small.
     """
-    i = np.arange(low[0], high[0] + 1)
-    j = np.arange(low[1], high[1] + 1)
+    i = np.arange(low[0], high[0] + 1, dtype=np.float64)
+    j = np.arange(low[1], high[1] + 1, dtype=np.float64)
     out = np.zeros((high[2] - low[2] + 1, j.size, i.size), dtype=bool)
-    jj, ii = np.meshgrid(j, i, indexing="ij")
-    limits = np.array(labels.shape[::-1])
+    matrix = ijk_to_labels_ijk[:3]
+    limits = labels.shape[::-1]  # i, j, k
     for n, k in enumerate(range(low[2], high[2] + 1)):
-        points = np.stack([ii, jj, np.full_like(ii, k), np.ones_like(ii)], axis=-1).astype(np.float64)
-        index = np.floor(points @ ijk_to_labels_ijk[:3].T + 0.5).astype(np.int64)
-        inside = np.all((index >= 0) & (index < limits), axis=-1)
-        slab = np.zeros(ii.shape, dtype=bool)
-        slab[inside] = labels[index[inside][:, 2], index[inside][:, 1], index[inside][:, 0]]
-        out[n] = slab
+        # the affine map separates: index = offset + k*K + j*J + i*I, per target axis
+        index = [np.floor(matrix[axis, 3] + k * matrix[axis, 2] + j[:, None] * matrix[axis, 1]
+                          + i[None, :] * matrix[axis, 0] + 0.5).astype(np.int64) for axis in range(3)]
+        inside = np.ones(index[0].shape, dtype=bool)
+        for axis in range(3):
+            inside &= (index[axis] >= 0) & (index[axis] < limits[axis])
+        out[n][inside] = labels[index[2][inside], index[1][inside], index[0][inside]]
     return out
 
 

@@ -138,6 +138,7 @@ def build_inpaint_seg(
             mask = keyed.get(key)
             frames.append(mask if mask is not None else np.zeros((ds.Rows, ds.Columns), dtype=bool))
     pixel_array = np.stack(frames).astype(np.uint8)
+    images = [_with_functional_groups(ds, source_volume) for ds in images]
     if not pixel_array.any():
         raise ValueError("none of the masked slices is among the synthetic instances")
 
@@ -195,6 +196,51 @@ def build_inpaint_seg(
         seg.PatientOrientation = images[0].get("PatientOrientation", "")
     _copy_provenance(images[0], seg)
     return seg
+
+
+def _with_functional_groups(image: Dataset, volume: Volume) -> Dataset:
+    """A classic multi-frame image (RT Dose: Image Position plus Grid Frame Offset Vector) as highdicom
+    reads multi-frame geometry: a view of it with Shared and Per-frame Functional Groups built from
+    the volume's grid. The view is given to highdicom only; the written images stay as they are."""
+    try:  # highdicom decides by the IOD (RT Dose is multi-frame even with one frame and no Number of Frames)
+        from highdicom._standard_utils import is_multiframe_image
+    except ImportError:
+        def is_multiframe_image(ds: Dataset) -> bool:
+            return "NumberOfFrames" in ds
+    if ("SharedFunctionalGroupsSequence" in image or not is_multiframe_image(image)
+            or "ImageOrientationPatient" not in image):
+        return image
+    view = Dataset()
+    for element in image:
+        view.add(element)
+    view.file_meta = image.file_meta
+    measures = Dataset()
+    measures.PixelSpacing = [float(volume.spacing[1]), float(volume.spacing[2])]
+    measures.SliceThickness = float(volume.spacing[0])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = image.ImageOrientationPatient
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    shared.PlaneOrientationSequence = [orientation]
+    view.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    slice_of = {key: k for k, key in enumerate(_slice_keys(volume))}
+    for key in _source_frames(image):
+        k = slice_of[key]
+        position = Dataset()
+        position.ImagePositionPatient = [round(float(v), 6) for v in volume.ijk_to_lps[:3, 3] + volume.ijk_to_lps[:3, 2] * k]
+        group = Dataset()
+        group.PlanePositionSequence = [position]
+        per_frame.append(group)
+    view.PerFrameFunctionalGroupsSequence = per_frame
+    return view
+
+
+def _slice_keys(volume: Volume) -> list[SourceFrame]:
+    """(source SOP Instance UID, frame or None) of each slice of the volume, in slice order."""
+    if volume.is_multiframe:
+        return [(str(volume.datasets[0].SOPInstanceUID), int(f)) for f in volume.frame_numbers]
+    return [(str(ds.SOPInstanceUID), None) for ds in volume.datasets]
 
 
 def _needs_pixel_measures(image: Dataset) -> bool:

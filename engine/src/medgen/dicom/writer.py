@@ -262,6 +262,7 @@ class SyntheticSeriesWriter:
         _use_utf8_if_needed(ds, [self.series_description, self.derivation_description, self.model_name,
                                  self.software_version])
         notes += repair_dates_and_times(ds)
+        notes += self._add_missing_frame_of_reference(ds)
         self.repairs += [note for note in notes if note not in self.repairs]
 
         # identity: new series and instance, same study, patient and frame of reference
@@ -313,6 +314,19 @@ class SyntheticSeriesWriter:
         _repair(ds, enhanced=src.SOPClassUID in _ENHANCED_SOP_CLASSES)
         ds.file_meta = _file_meta(ds.SOPClassUID, sop_uid)
         return ds
+
+    def _add_missing_frame_of_reference(self, ds: Dataset) -> list[str]:
+        """A source with patient positions but no Frame of Reference UID (Type 1 in CT/MR/PET images, yet
+        missing in some exports) gets one new UID for the whole synthetic series, so the positions it
+        carries can be used (a SEG needs it); the source is left unchanged."""
+        if "FrameOfReferenceUID" in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            return []
+        if getattr(self, "_new_frame_of_reference", None) is None:
+            self._new_frame_of_reference = codes.new_uid()
+        ds.FrameOfReferenceUID = self._new_frame_of_reference
+        if "PositionReferenceIndicator" not in ds:
+            ds.PositionReferenceIndicator = ""
+        return ["the source has positions but no Frame of Reference UID; the synthetic series has a new one"]
 
     def _equipment_item(self, now: dt.datetime) -> Dataset:
         item = Dataset()

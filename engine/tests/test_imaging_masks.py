@@ -149,6 +149,18 @@ def test_permuted_flipped_mask_partly_outside_is_re_indexed_voxel_for_voxel(ct_v
     assert f"{int(values[3].sum())} labelled voxels lie outside the volume and are dropped" in caplog.text
 
 
+def test_single_voxel_of_another_size_is_not_taken_for_a_match(ct_volume, tmp_path):
+    """One labelled voxel twice the volume's size covers 2x2 volume voxels in plane: resample, not re-index."""
+    dot = np.zeros((1, 4, 4), np.uint8)
+    dot[0, 1, 1] = 1
+    path = write_itk_mask(tmp_path / "dot.nrrd", dot, origin=voxel_lps(ct_volume, 10.5, 20.5, 2),
+                          spacing_ijk=(2 * SPACING, 2 * SPACING, 5.0))
+    with pytest.raises(InputError, match=r"voxel steps are 1x2x2 of the volume's.*--resample-mask"):
+        read_mask(path, ct_volume)
+    fitted = read_mask(path, ct_volume, resample=True)
+    assert np.argwhere(fitted).tolist() == [[2, j, i] for j in (22, 23) for i in (12, 13)]
+
+
 def test_oblique_mask_is_refused_with_both_grids(ct_volume, tmp_path):
     angle = np.deg2rad(20)
     direction = (np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1)

@@ -340,7 +340,7 @@ def test_small_rotation_is_within_tolerance_and_a_larger_one_needs_resampling(tm
     with caplog.at_level("INFO", logger="medgen.imaging.masks"):
         fitted = read_mask(write_rotated_mask(tmp_path / "small.nrrd", volume, full, 0.05), volume)
     assert fitted.all()
-    assert "within tolerance (mask voxel centres up to 0.11" in caplog.text
+    assert "within tolerance (mask voxels up to 0.11" in caplog.text
     # 0.5 degrees: more than a voxel across the whole grid, refused ...
     with pytest.raises(InputError, match=r"turned by up to 0.5 degrees.*pass --resample-mask"):
         read_mask(write_rotated_mask(tmp_path / "turned.nrrd", volume, full, 0.5), volume)

@@ -38,8 +38,8 @@ from medgen.imaging.volume import SourceFormat, Volume
 
 logger = logging.getLogger(__name__)
 
-# A mask re-indexes onto the volume when each mask voxel centre lies within this many voxels (on
-# each axis) of the volume voxel centre it is assigned to, over the extent of its labelled voxels.
+# A mask re-indexes onto the volume when each mask voxel lies within this many voxels (on each axis)
+# of the volume voxel it is assigned to, over the box its labelled voxels fill.
 _MAX_DISPLACEMENT_VOXELS = 0.25
 # Below this the two grids are the same up to rounding in the file headers.
 _SAME_GRID_VOXELS = 1e-3
@@ -332,7 +332,7 @@ class _GridMatch:
         if self.angle_degrees > 0.01:
             reasons.append(f"its axes are turned by up to {self.angle_degrees:.3g} degrees against the volume's")
         if not reasons:
-            reasons.append(f"its voxel centres lie up to {self.displacement_voxels:.3g} voxel off the volume's")
+            reasons.append(f"its voxels lie up to {self.displacement_voxels:.3g} voxel off the volume's")
         return " and ".join(reasons)
 
 
@@ -341,12 +341,14 @@ def _fit_to_volume_grid(
 ) -> np.ndarray:
     """Put a (k, j, i) mask onto the volume's grid, re-indexing it when its voxels map one-to-one.
 
-    A mask maps one-to-one when, over the extent of its labelled voxels, every mask voxel centre lies
-    within a quarter voxel of the centre of the volume voxel it is assigned to (same grid, crop or
+    A mask maps one-to-one when, over the box its labelled voxels fill, every mask voxel (centre and
+    faces) lies within a quarter voxel of the volume voxel it is assigned to (same grid, crop or
     embed, flips, axis permutations, sub-voxel drift). Anything else (an oblique plane, another
     spacing) is resampled by nearest neighbour only when asked, else refused.
     """
-    extent = _labelled_extent(mask)
+    # The labelled voxels out to their faces, so a single voxel of another size is not taken as a match.
+    low, high = _labelled_box(mask)
+    extent = _box_corners(low - 0.5, high + 0.5)
     matches = [m for m in (_match_grid(name, grid, mask_ijk_to_lps, extent) for name, grid in volume.reader_grids())
                if m is not None]
     best = min(matches, key=lambda m: m.displacement_voxels, default=None)
@@ -363,14 +365,19 @@ def _fit_to_volume_grid(
     return _resample(mask, mask_ijk_to_lps, volume, source, why)
 
 
-def _labelled_extent(mask: np.ndarray) -> np.ndarray:
-    """The 8 corner voxel indices (i, j, k) of the box around the labelled voxels (the whole grid if none)."""
+def _labelled_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last (i, j, k) voxel index of the box around the labelled voxels (the whole grid if none)."""
     low, high = np.zeros(3, int), np.array(mask.shape[::-1]) - 1
     for axis, array_axis in enumerate((2, 1, 0)):  # i, j, k
         others = tuple(a for a in range(3) if a != array_axis)
         labelled = np.flatnonzero(mask.any(axis=others))
         if labelled.size:
             low[axis], high[axis] = labelled[0], labelled[-1]
+    return low, high
+
+
+def _box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The 8 corners (i, j, k) of the box [low, high], as floats."""
     return np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)], dtype=np.float64)
 
 
@@ -383,7 +390,8 @@ def _match_grid(name: str, grid: np.ndarray, mask_ijk_to_lps: np.ndarray, corner
         return None
     permutation = np.zeros((3, 3))
     permutation[volume_axis_of, [0, 1, 2]] = np.sign(linear[volume_axis_of, [0, 1, 2]])
-    integer_offset = np.rint(linear @ corners[0] + offset - permutation @ corners[0])
+    centre = corners.mean(axis=0)  # rounding at the box centre keeps the largest deviation smallest
+    integer_offset = np.rint((linear - permutation) @ centre + offset)
     deviations = corners @ (linear - permutation).T + (offset - integer_offset)  # (8, 3) in volume voxels
     return _GridMatch(
         grid_name=name,
@@ -428,8 +436,8 @@ def _reindex(mask: np.ndarray, match: _GridMatch, volume: Volume, source: Path, 
     if match.displacement_voxels < _SAME_GRID_VOXELS:
         case = "same grid" if same_grid else "re-indexed (crop, flip or axis order)"
     else:
-        case = (f"within tolerance (mask voxel centres up to {match.displacement_voxels:.3g} voxel, "
-                f"{match.displacement_mm:.3g} mm from the volume's)")
+        case = (f"within tolerance (mask voxels up to {match.displacement_voxels:.3g} voxel, "
+                f"{match.displacement_mm:.3g} mm off the volume's)")
     outside = int(np.count_nonzero(mask)) - pasted
     logger.info("%s: mask on the volume's grid: %s; matched as read with %s%s", source, case, match.grid_name,
                 f"; {outside} labelled voxels lie outside the volume and are dropped" if outside else "")
@@ -441,9 +449,9 @@ def _resample(mask: np.ndarray, mask_ijk_to_lps: np.ndarray, volume: Volume, sou
     volume_shape = volume.pixels.shape[:3]
     volume_to_mask = np.linalg.inv(mask_ijk_to_lps) @ volume.ijk_to_lps
     mask_to_volume = np.linalg.inv(volume_to_mask)
-    corners = _labelled_extent(mask)
+    box_low, box_high = _labelled_box(mask)
     # Only volume voxels near the labelled box can take a label.
-    reach = corners @ mask_to_volume[:3, :3].T + mask_to_volume[:3, 3]
+    reach = _box_corners(box_low, box_high) @ mask_to_volume[:3, :3].T + mask_to_volume[:3, 3]
     low = np.maximum(np.floor(reach.min(axis=0)) - 1, 0).astype(int)
     high = np.minimum(np.ceil(reach.max(axis=0)) + 1, np.array(volume_shape[::-1]) - 1).astype(int)
     fitted = np.zeros(volume_shape, dtype=bool)
@@ -457,8 +465,8 @@ def _resample(mask: np.ndarray, mask_ijk_to_lps: np.ndarray, volume: Volume, sou
 
     # Round trip: a mask voxel changed label when the volume voxel holding its centre has another label.
     margin = np.ceil(np.abs(volume_to_mask[:3, :3]).sum(axis=1)).astype(int) + 1
-    mask_low = np.maximum(corners.min(axis=0).astype(int) - margin, 0)
-    mask_high = np.minimum(corners.max(axis=0).astype(int) + margin, np.array(mask.shape[::-1]) - 1)
+    mask_low = np.maximum(box_low - margin, 0)
+    mask_high = np.minimum(box_high + margin, np.array(mask.shape[::-1]) - 1)
     back = _sample(fitted, mask_to_volume, mask_low, mask_high)
     region = mask[mask_low[2]:mask_high[2] + 1, mask_low[1]:mask_high[1] + 1, mask_low[0]:mask_high[0] + 1]
     changed = int(np.count_nonzero(region != back))

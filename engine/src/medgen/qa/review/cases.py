@@ -44,7 +44,7 @@ def case_images(volume: Volume, image: np.ndarray, mask: np.ndarray, k: int,
     view = radiological_view(volume.ijk_to_lps)
     gray, mask = view.apply(gray), view.apply(mask)
     rows, cols = np.nonzero(mask)
-    extent = max(int(rows.ptp()) + 1, int(cols.ptp()) + 1)
+    extent = max(int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1)
     r0, r1, c0, c1 = square_box(mask, padding=max(12, int(extent * CROP_PADDING_FRACTION)), minimum=32)
     crop = Image.fromarray(gray[r0:r1, c0:c1]).resize((CROP_SIDE_PX, CROP_SIDE_PX), Image.Resampling.BICUBIC)
     full = Image.fromarray(gray)

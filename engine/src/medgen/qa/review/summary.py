@@ -115,7 +115,7 @@ def summary_html(study: Study) -> str:
             f"{c.called_synthetic} of {c.readers} reader(s) called it synthetic, mean score {c.mean_score:+.1f}<br>"
             f"<small>{html.escape(c.origin)}</small></div>")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Reader study summary</title>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Reader study summary</title>
 <style>body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1em 2em; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #bbb; padding: 3px 8px; text-align: left; }}
 .cases {{ display: flex; flex-wrap: wrap; gap: 14px; }} .case img {{ width: 192px; height: 192px; }}</style>

@@ -1,0 +1,231 @@
+"""A three-reader blinded study end to end: phantom and real-scan cases, the real server process, real
+clicks and key presses in headless Debian chromium, a kill -9 of the server in the middle, resume,
+and the summary's figures checked against answers whose truth is known."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from qa_chromium import console_errors, quit_chromium, start_chromium
+from testfiles import dicom_testfile, write_labelmap_like
+
+READERS = ("ann", "bob", "cy")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Real: a phantom CT lesion and pydicom's CT_small under a painted disc. Synthetic: two variants of the
+    demo model's phantom run and one of a run on CT_small. Readers see 2 real + 2 synthetic each."""
+    from medgen.api import Inpainter, InpaintRequest
+    from medgen.imaging.read import read_volume
+    from medgen.phantom.commands import run_demo
+    from medgen.phantom.model import demo_model_path
+    from medgen.qa.review.cases import add_real_case, add_run_cases
+    from medgen.qa.review.store import Study
+
+    work = tmp_path_factory.mktemp("review")
+    demo = run_demo(work / "demo", device="cpu", num_slices=4, num_variants=2, num_inference_steps=4)
+    ct_small = dicom_testfile("CT_small.dcm")
+    volume = read_volume(ct_small)
+    rows, cols = np.mgrid[: volume.shape2d[0], : volume.shape2d[1]]
+    disc = ((rows - 70) ** 2 + (cols - 60) ** 2 <= 8**2)[None]
+    disc_path = write_labelmap_like(volume, disc, work / "disc.nii.gz")
+    Inpainter(demo_model_path(), device="cpu")(InpaintRequest(
+        input=ct_small, mask=disc_path, prompt="hypodense liver lesion, 2 cm", out=work / "ct-small-run",
+        num_inference_steps=4, seed=7, window="soft_tissue"))
+    folder = work / "study"
+    s = Study(folder, create=True)
+    add_real_case(s, work / "demo" / "phantom" / "ct", work / "demo" / "phantom" / "lesion.seg.nrrd")
+    add_real_case(s, ct_small, disc_path)
+    add_run_cases(s, demo.out)
+    add_run_cases(s, work / "ct-small-run")
+    return {"folder": folder, "work": work, "ct_small": ct_small, "demo": demo.out}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(folder, port, readers=None):
+    command = [sys.executable, "-m", "medgen.cli", "review", "serve", "--cases", str(folder), "--port", str(port)]
+    if readers:
+        command += ["--readers", ",".join(readers)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while True:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"server ended: {process.stderr.read()}")
+        lines.append(line.strip())
+        if line.startswith("serving"):
+            break
+    links = {m[1]: m[2] for m in (re.match(r"reader (\S+): (\S+)", l) for l in lines) if m}
+    summary = next(l.split(": ", 1)[1] for l in lines if l.startswith("summary: "))
+    return process, links, summary
+
+
+def _kill(process) -> None:
+    os.kill(process.pid, signal.SIGKILL)  # no chance to flush or close anything
+    process.wait(timeout=10)
+
+
+def _answer_for(reader: str, truth: str) -> tuple[str, str, str]:
+    """(answer key, confidence key, realism key): ann is always right, bob always wrong, cy says synthetic."""
+    other = {"real": "synthetic", "synthetic": "real"}
+    answer = {"ann": truth, "bob": other[truth], "cy": "synthetic"}[reader]
+    confidence = {"ann": "c", "bob": "p", "cy": "g"}[reader]
+    realism = "5" if truth == "real" else "2"
+    return answer[0], confidence, realism
+
+
+def _answer_current(driver, truths, reader, *, clicks: bool) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    key = driver.execute_script("return state.current.key")
+    answer, confidence, realism = _answer_for(reader, truths[key][0])
+    if clicks:
+        names = {"r": "real", "s": "synthetic"}
+        driver.find_element(By.CSS_SELECTOR, f'[data-answer="{names[answer]}"]').click()
+        driver.find_element(By.CSS_SELECTOR, f'[data-confidence="{"gpc".index(confidence) + 1}"]').click()
+        driver.find_element(By.CSS_SELECTOR, f'[data-realism="{realism}"]').click()
+        driver.find_element(By.ID, "toggle-full").click()  # look at the whole slice once
+        assert "/full/" in driver.find_element(By.ID, "case-image").get_attribute("src")
+        driver.find_element(By.ID, "submit").click()
+    else:
+        ActionChains(driver).send_keys(answer, confidence, realism, "f", "\ue007").perform()  # \ue007: Enter
+
+
+def _wait_position(driver, position) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.body.dataset.done === 'true' ? 'done' : document.body.dataset.position")
+        == str(position))
+
+
+def test_pages_and_image_urls_give_nothing_away(study):
+    import pydicom
+
+    from medgen.qa.review.store import Study
+
+    s = Study(study["folder"])
+    reader = s.add_reader("leak-check")
+    port = _free_port()
+    process, links, _ = _start_server(study["folder"], port)
+    try:
+        link = links["leak-check"]
+        texts = [requests.get(link, timeout=10).text]
+        seen = set()
+        for _ in range(4):
+            nxt = requests.get(link + "/next", timeout=10).json()
+            texts.append(json.dumps(nxt))
+            seen.add(nxt["key"])
+            for url in (nxt["crop"], nxt["full"]):
+                image = requests.get(f"http://127.0.0.1:{port}{url}", timeout=10)
+                assert image.headers["Content-Type"] == "image/png"
+                assert not re.search(rb"(tEXt|iTXt|zTXt|eXIf)", image.content)  # no metadata chunks
+                texts.append(url)
+            requests.post(link + "/answer", json={"key": nxt["key"], "answer": "real", "confidence": 1, "realism": 3},
+                          timeout=10).raise_for_status()
+        assert requests.get(link + "/next", timeout=10).json()["done"] is True
+        blob = "\n".join(texts).lower()
+        ds = pydicom.dcmread(study["ct_small"])
+        forbidden = ["ct_small", "variant", "phantom", "healthy", "demo", "run", "nii", "seg", "dcm", "slice",
+                     str(ds.SOPInstanceUID).lower(), str(ds.SeriesInstanceUID).lower(), str(ds.PatientName).lower(),
+                     str(study["work"]).lower()]
+        payload = "\n".join(texts[1:]).lower()  # the JSON and the URLs: no word at all beyond keys
+        assert [w for w in forbidden if w in payload] == []
+        page = texts[0].lower()
+        assert [w for w in forbidden if w in page and w not in ("slice",)] == []  # "full slice" is a button
+        # real and synthetic keys look alike: random hex of one length
+        assert all(re.fullmatch(r"[0-9a-f]{16}", k) for k in seen)
+        # another reader's token cannot fetch this reader's images, a made-up token gets nothing
+        assert requests.get(f"http://127.0.0.1:{port}/r/not-a-real-token/next", timeout=10).status_code == 404
+        assert len(seen) == 4 and reader.token in link
+    finally:
+        _kill(process)
+
+
+def test_three_readers_in_chromium_with_a_server_kill_in_the_middle(study, tmp_path):
+    from medgen.qa.review.store import Study
+
+    folder = study["folder"]
+    truths = Study(folder).case_info()
+    port = _free_port()
+    process, links, summary_link = _start_server(folder, port, READERS)
+    driver = start_chromium()
+    try:
+        # ann: two cases with clicks, one with keys, then the server dies with no warning
+        driver.get(links["ann"])
+        _wait_position(driver, 1)
+        _answer_current(driver, truths, "ann", clicks=True)
+        _wait_position(driver, 2)
+        driver.save_screenshot(str(tmp_path / "review.png"))
+        _answer_current(driver, truths, "ann", clicks=True)
+        _wait_position(driver, 3)
+        _answer_current(driver, truths, "ann", clicks=False)
+        _wait_position(driver, 4)
+        _kill(process)
+        # the tab is closed; the server comes back on the same port; the link resumes at case 4
+        driver.get("about:blank")
+        process, links_again, _ = _start_server(folder, port)
+        assert links_again == links
+        driver.get(links["ann"])
+        _wait_position(driver, 4)
+        _answer_current(driver, truths, "ann", clicks=False)
+        _wait_position(driver, "done")
+        for reader in ("bob", "cy"):
+            driver.get(links[reader])
+            for position in range(1, 5):
+                _wait_position(driver, position)
+                _answer_current(driver, truths, reader, clicks=False)
+            _wait_position(driver, "done")
+        assert console_errors(driver) == []
+        # a second answer to an answered case is refused, the first one stays
+        answered_key = next(k for k in truths if Study(folder).is_assigned(Study(folder).reader_by_token(
+            links["ann"].rsplit("/", 1)[1]), k))
+        again = requests.post(links["ann"] + "/answer", timeout=10,
+                              json={"key": answered_key, "answer": "real", "confidence": 1, "realism": 1})
+        assert again.json() == {"stored": False}
+        # the summary page, with its crops, as the study lead sees it
+        driver.get(summary_link)
+        assert "Reader study summary" in driver.title
+        assert all(driver.execute_script("return Array.from(document.images).map(i => i.naturalWidth > 0)"))
+        assert requests.get(summary_link.replace("token=", "token=x"), timeout=10).status_code == 403
+    finally:
+        quit_chromium(driver)
+        _kill(process)
+
+    # every answer stored exactly once, for exactly the assigned cases
+    answers = [a for a in Study(folder).answers() if a.reader in READERS]
+    assert len(answers) == 12 and len({(a.reader, a.case_key) for a in answers}) == 12
+    assert all(a.realism == (5 if a.truth == "real" else 2) for a in answers)
+    # the figures, from the command, against the truth the test answered with
+    out = tmp_path / "summary"
+    done = subprocess.run([sys.executable, "-m", "medgen.cli", "review", "summary", "--cases", str(folder),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = {r["reader"]: r for r in json.loads((out / "summary.json").read_text())["readers"]}
+    assert (rows["ann"]["accuracy"], rows["bob"]["accuracy"], rows["cy"]["accuracy"]) == (1.0, 0.0, 0.5)
+    assert (rows["ann"]["auc"], rows["bob"]["auc"], rows["cy"]["auc"]) == (1.0, 0.0, 0.5)
+    assert rows["ann"]["ci_low"] == pytest.approx(0.5101, abs=1e-3) and rows["ann"]["ci_high"] == 1.0  # Wilson 4/4
+    assert rows["ann"]["realism_real"] == 5.0 and rows["ann"]["realism_synthetic"] == 2.0
+    pooled_leak = rows["pooled"]  # the leak-check reader answered "real" 4 times: 2 right
+    assert pooled_leak["answers"] == 16 and pooled_leak["correct"] == 4 + 0 + 2 + 2
+    csv_lines = (out / "answers.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + 16
+    html = (out / "summary.html").read_text()
+    answered_synthetic = {a.case_key for a in Study(folder).answers() if a.truth == "synthetic"}
+    assert html.count('<div class="case">') == len(answered_synthetic) >= 2  # each answered synthetic case

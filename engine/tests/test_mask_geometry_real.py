@@ -21,7 +21,7 @@ from medgen.imaging.masks import read_mask, select_slices
 from medgen.imaging.read import read_volume
 from testfiles import dicom_testfile
 
-BOX = (slice(40, 52), slice(60, 75))  # rows, columns of the painted square
+BOX = (slice(40, 52), slice(30, 45))  # rows, columns of the painted square
 TOOL_SLICE = 1  # every tool paints its own slice 1
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -37,8 +37,9 @@ def nibabel_data(name: str) -> Path:
 # --- real series ---------------------------------------------------------------------------------
 
 
-def ct_series(folder: Path, *, tilt_degrees: float, count: int = 5, step_mm: float = 5.0) -> Path:
-    """CT_small's real slice stacked ``count`` times, positions stepping along z only.
+def stacked_series(folder: Path, *, tilt_degrees: float, source: str = "CT_small.dcm", count: int = 5,
+                   step_mm: float = 5.0) -> Path:
+    """A real slice (CT_small, MR_small) stacked ``count`` times, positions stepping along z only.
 
     With a tilt the image plane turns about the patient's left-right axis (gantry tilt), so the
     positions shear against the plane's normal, as on a tilted CT. Each slice's values are offset
@@ -50,7 +51,7 @@ def ct_series(folder: Path, *, tilt_degrees: float, count: int = 5, step_mm: flo
     normal = np.cross([1.0, 0.0, 0.0], column_direction)
     series_uid, frame_uid = generate_uid(), generate_uid()
     for k in range(count):
-        ds = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+        ds = pydicom.dcmread(dicom_testfile(source))
         ds.SeriesInstanceUID, ds.FrameOfReferenceUID = series_uid, frame_uid
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -72,11 +73,15 @@ def series(tmp_path_factory, request):
 
 
 def axial_ct(root: Path) -> Path:
-    return ct_series(root / "axial-ct", tilt_degrees=0.0)
+    return stacked_series(root / "axial-ct", tilt_degrees=0.0)
 
 
 def tilted_ct(root: Path) -> Path:
-    return ct_series(root / "tilted-ct", tilt_degrees=20.0)
+    return stacked_series(root / "tilted-ct", tilt_degrees=20.0)
+
+
+def axial_mr(root: Path) -> Path:
+    return stacked_series(root / "axial-mr", tilt_degrees=0.0, source="MR_small.dcm", count=4, step_mm=3.0)
 
 
 def tilted_mr_pair(root: Path) -> Path:
@@ -117,6 +122,7 @@ def enhanced_mr(root: Path) -> Path:
 SERIES = {
     "axial CT": axial_ct,
     "tilted CT": tilted_ct,
+    "axial MR": axial_mr,
     "tilted MR pair": tilted_mr_pair,
     "enhanced CT": enhanced_ct,
     "enhanced MR": enhanced_mr,

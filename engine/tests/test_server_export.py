@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import time
 import zipfile
 
@@ -136,7 +137,7 @@ def test_export_refuses_unknown_destinations_hosts_and_unfinished_jobs(server, i
 
         running = post_job(http, inputs, num_inference_steps=LONG_STEPS).json()["id"]
         assert_error(http.post(f"/v1/jobs/{running}/export", json={"destination": "pacs"}), 409, "finished")
-        http.delete(f"/v1/jobs/{running}")
+        http.post(f"/v1/jobs/{running}/cancel")
         assert wait_for(http, running, timeout=60)["state"] == "cancelled"
         assert_error(http.post(f"/v1/jobs/{running}/export", json={"destination": "pacs"}), 409, "cancelled")
 
@@ -186,3 +187,21 @@ def test_dicomweb_destination_with_a_login_from_the_file(server, orthanc, finish
     assert status["state"] == "succeeded", status
     assert set(orthanc.sop_instance_uids()) == uids
     assert all(synthetic_data(orthanc, i) == "YES" for i in orthanc.instance_ids())
+
+
+def test_deleting_an_exported_job_removes_its_export_copies_and_records(server, orthanc, inputs):  # noqa: F811
+    """Issue 19: DELETE removes the export's unpacked series and resume records with the job."""
+    orthanc.clear()
+    with client(server) as http:
+        job_id = post_job(http, inputs, seed=9).json()["id"]
+        assert wait_for(http, job_id)["state"] == "succeeded"
+        status = export(http, job_id, destination="pacs")
+        assert status["state"] == "succeeded", status
+        exports_dir = server.data_dir / "jobs" / job_id / "exports"
+        assert exports_dir.is_dir() and any(exports_dir.rglob("*"))
+        assert http.delete(f"/v1/jobs/{job_id}").status_code == 200
+        assert_error(http.get(status["status_url"]), 410, "deleted")
+    assert not (server.data_dir / "jobs" / job_id).exists()
+    rows = sqlite3.connect(server.data_dir / "jobs.sqlite3").execute(
+        "SELECT COUNT(*) FROM exports WHERE job_id = ?", (job_id,)).fetchone()
+    assert rows == (0,)

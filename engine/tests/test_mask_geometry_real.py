@@ -58,7 +58,8 @@ def stacked_series(folder: Path, *, tilt_degrees: float, source: str = "CT_small
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, *column_direction]
         ds.ImagePositionPatient = [-158.0, -179.0, -75.0 + step_mm * k]
         ds.SpacingBetweenSlices = round(float(step_mm * normal[2]), 6)
-        ds.GantryDetectorTilt = tilt_degrees
+        if tilt_degrees:
+            ds.GantryDetectorTilt = tilt_degrees
         ds.InstanceNumber = k + 1
         pixels = ds.pixel_array.astype(np.int32) + 13 * k
         ds.PixelData = np.clip(pixels, -32768, 32767).astype(np.int16).tobytes()

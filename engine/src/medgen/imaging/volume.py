@@ -41,8 +41,10 @@ class Volume:
 
     ``pixels`` has shape (slices, rows, columns) for grayscale and (slices, rows, columns, 3) for
     colour sources; its dtype is the source's (for DICOM the dtype pydicom decodes to). Slice ``k``
-    is the k-th position along the slice axis (sorted by position for a classic DICOM series, frame
-    order for a multi-frame instance, the last ITK axis for NIfTI/NRRD).
+    is the k-th position along the slice axis: DICOM slices and frames sorted by position along the
+    plane's normal (row x column direction), lowest first, else by InstanceNumber or frame order
+    when positions are missing (so a multi-frame file's slice k need not be frame k+1: see
+    ``frame_numbers``); the last ITK axis for NIfTI/NRRD. This is the index ``--slice`` takes.
     """
 
     pixels: np.ndarray

@@ -101,7 +101,7 @@ def create_tiny_model(out_dir: Path, *, kind: str = "inpaint", seed: int = 0, re
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent) as scratch:
         pipe.save_pretrained(scratch, safe_serialization=True)
-        _write_bpe_files(tokenizer, Path(scratch) / "tokenizer")
+        write_bpe_files(tokenizer, Path(scratch) / "tokenizer")
         shutil.copytree(scratch, out_dir, ignore=shutil.ignore_patterns("model_index.json"), dirs_exist_ok=True)
         shutil.copy2(Path(scratch) / "model_index.json", out_dir / "model_index.json")
     return out_dir
@@ -167,9 +167,9 @@ def _tiny_tokenizer() -> CLIPTokenizer:
     )
 
 
-def _write_bpe_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
+def write_bpe_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
     """Also write vocab.json and merges.txt: transformers 4.x's slow CLIPTokenizer reads only those."""
-    vocab = tokenizer.get_vocab()
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))  # a fixed order: same bytes
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0), encoding="utf-8")
     merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
     lines = ["#version: 0.2", *(" ".join(pair) if isinstance(pair, list) else pair for pair in merges)]

@@ -6,13 +6,13 @@ CLIP tokenizer), and merges learned on the vocabulary words make each of them a 
 
 from __future__ import annotations
 
-import json
 from itertools import pairwise
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
 from medgen.generate.clip_alphabet import byte_alphabet
+from medgen.generate.tiny import write_bpe_files
 
 TEXT_MAX_LENGTH = 77  # CLIP's context length: prompt truncation behaves as with a real SD model
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -68,8 +68,4 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
     """save_pretrained plus vocab.json and merges.txt, which transformers 4.x's slow tokenizer reads."""
     folder = Path(folder)
     tokenizer.save_pretrained(folder)
-    vocab = tokenizer.get_vocab()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0), encoding="utf-8")
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    lines = ["#version: 0.2", *(" ".join(pair) if isinstance(pair, list) else pair for pair in merges)]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_bpe_files(tokenizer, folder)

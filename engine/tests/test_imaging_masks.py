@@ -161,6 +161,17 @@ def test_single_voxel_of_another_size_is_not_taken_for_a_match(ct_volume, tmp_pa
     assert np.argwhere(fitted).tolist() == [[2, j, i] for j in (22, 23) for i in (12, 13)]
 
 
+def test_mask_slice_of_another_thickness_on_a_volume_slice_marks_that_slice(tmp_path):
+    """Across slices only the centre counts: a 1 mm thick mask slice on CT_small's 5 mm slice marks it."""
+    volume = read_volume(data_file("CT_small.dcm"))
+    values = np.zeros((1, 128, 128), np.uint8)
+    values[0, 10:20, 30:40] = 1
+    path = write_itk_mask(tmp_path / "thin.nrrd", values, origin=voxel_lps(volume, 0, 0, 0),
+                          spacing_ijk=(volume.spacing[2], volume.spacing[1], 1.0))
+    assert volume.spacing[0] != 1.0
+    np.testing.assert_array_equal(read_mask(path, volume), values.astype(bool))
+
+
 def test_oblique_mask_is_refused_with_both_grids(ct_volume, tmp_path):
     angle = np.deg2rad(20)
     direction = (np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1)

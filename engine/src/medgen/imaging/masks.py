@@ -341,15 +341,15 @@ def _fit_to_volume_grid(
 ) -> np.ndarray:
     """Put a (k, j, i) mask onto the volume's grid, re-indexing it when its voxels map one-to-one.
 
-    A mask maps one-to-one when, over the box its labelled voxels fill, every mask voxel (centre and
-    faces) lies within a quarter voxel of the volume voxel it is assigned to (same grid, crop or
-    embed, flips, axis permutations, sub-voxel drift). Anything else (an oblique plane, another
+    A mask maps one-to-one when, over the box its labelled voxels fill, every mask voxel lies within a
+    quarter voxel of the volume voxel it is assigned to (same grid, crop or embed, flips, axis
+    permutations, sub-voxel drift): in plane out to its edges, so a pixel of another size does not
+    pass; across slices by its centre, since the engine works slice by slice and a mask slice lying
+    on a volume slice marks that slice whatever its thickness. Anything else (an oblique plane, another
     spacing) is resampled by nearest neighbour only when asked, else refused.
     """
-    # The labelled voxels out to their faces, so a single voxel of another size is not taken as a match.
     low, high = _labelled_box(mask)
-    extent = _box_corners(low - 0.5, high + 0.5)
-    matches = [m for m in (_match_grid(name, grid, mask_ijk_to_lps, extent) for name, grid in volume.reader_grids())
+    matches = [m for m in (_match_grid(name, grid, mask_ijk_to_lps, low, high) for name, grid in volume.reader_grids())
                if m is not None]
     best = min(matches, key=lambda m: m.displacement_voxels, default=None)
     if best is not None and best.displacement_voxels < _MAX_DISPLACEMENT_VOXELS:
@@ -381,13 +381,17 @@ def _box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)], dtype=np.float64)
 
 
-def _match_grid(name: str, grid: np.ndarray, mask_ijk_to_lps: np.ndarray, corners: np.ndarray) -> _GridMatch | None:
-    """The nearest index map from mask voxels onto ``grid``'s voxels, or None when no axis pairing exists."""
+def _match_grid(
+    name: str, grid: np.ndarray, mask_ijk_to_lps: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> _GridMatch | None:
+    """The nearest index map from the mask box [low, high] onto ``grid``'s voxels, or None when no axis pairing exists."""
     transform = np.linalg.inv(grid) @ mask_ijk_to_lps  # mask (i, j, k, 1) -> volume continuous (i, j, k, 1)
     linear, offset = transform[:3, :3], transform[:3, 3]
     volume_axis_of = np.argmax(np.abs(linear), axis=0)  # for each mask axis
     if sorted(volume_axis_of.tolist()) != [0, 1, 2]:
         return None
+    in_plane_half = np.where(volume_axis_of == 2, 0.0, 0.5)  # edges in plane, centres across slices
+    corners = _box_corners(low - in_plane_half, high + in_plane_half)
     permutation = np.zeros((3, 3))
     permutation[volume_axis_of, [0, 1, 2]] = np.sign(linear[volume_axis_of, [0, 1, 2]])
     centre = corners.mean(axis=0)  # rounding at the box centre keeps the largest deviation smallest

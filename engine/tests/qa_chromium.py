@@ -41,3 +41,17 @@ def quit_chromium(driver) -> None:
 def console_errors(driver) -> list[str]:
     """Console messages at SEVERE level (script errors, failed loads) since the last call."""
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def save_screenshot(driver, path) -> None:
+    """The window as a small PNG (256-colour palette): screenshots for the README stay tens of kB."""
+    import io
+    import os
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = os.environ.get("MEDGEN_SCREENSHOT_DIR")  # set it to refresh Resources/Screenshots
+    path = Path(folder) / Path(path).name if folder else Path(path)
+    image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

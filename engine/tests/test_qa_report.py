@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qa_chromium import console_errors, quit_chromium, start_chromium
+from qa_chromium import console_errors, quit_chromium, save_screenshot, start_chromium
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +88,14 @@ def test_report_renders_and_scrolls_in_chromium(report_path, tmp_path):
         before = driver.find_element(By.ID, "slice-label").text
         slider.send_keys(Keys.ARROW_RIGHT)
         wait.until(lambda d: d.find_element(By.ID, "slice-label").text != before)
+        driver.execute_script("document.querySelectorAll('h2')[0].scrollIntoView()")
+        save_screenshot(driver, tmp_path / "report.png")
         driver.find_element(By.CSS_SELECTOR, '#presets button[data-preset="lung"]').click()
         wait.until(lambda d: d.execute_script("return document.body.dataset.renderedPreset") == "lung")
         assert driver.find_element(By.ID, "slice-label").text.startswith("slice ")
         images = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         assert all(images)
         assert console_errors(driver) == []
-        driver.execute_script("document.querySelector('h2').scrollIntoView()")
-        driver.save_screenshot(str(tmp_path / "report.png"))
     finally:
         quit_chromium(driver)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from qa_chromium import console_errors, quit_chromium, start_chromium
+from qa_chromium import console_errors, quit_chromium, save_screenshot, start_chromium
 from testfiles import dicom_testfile, write_labelmap_like
 
 READERS = ("ann", "bob", "cy")
@@ -89,7 +89,7 @@ def _answer_for(reader: str, truth: str) -> tuple[str, str, str]:
     return answer[0], confidence, realism
 
 
-def _answer_current(driver, truths, reader, *, clicks: bool) -> None:
+def _answer_current(driver, truths, reader, *, clicks: bool, screenshot=None) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -100,6 +100,8 @@ def _answer_current(driver, truths, reader, *, clicks: bool) -> None:
         driver.find_element(By.CSS_SELECTOR, f'[data-answer="{names[answer]}"]').click()
         driver.find_element(By.CSS_SELECTOR, f'[data-confidence="{"gpc".index(confidence) + 1}"]').click()
         driver.find_element(By.CSS_SELECTOR, f'[data-realism="{realism}"]').click()
+        if screenshot is not None:
+            save_screenshot(driver, screenshot)
         driver.find_element(By.ID, "toggle-full").click()  # look at the whole slice once
         assert "/full/" in driver.find_element(By.ID, "case-image").get_attribute("src")
         driver.find_element(By.ID, "submit").click()
@@ -172,8 +174,7 @@ def test_three_readers_in_chromium_with_a_server_kill_in_the_middle(study, tmp_p
         _wait_position(driver, 1)
         _answer_current(driver, truths, "ann", clicks=True)
         _wait_position(driver, 2)
-        driver.save_screenshot(str(tmp_path / "review.png"))
-        _answer_current(driver, truths, "ann", clicks=True)
+        _answer_current(driver, truths, "ann", clicks=True, screenshot=tmp_path / "review.png")
         _wait_position(driver, 3)
         _answer_current(driver, truths, "ann", clicks=False)
         _wait_position(driver, 4)

@@ -111,6 +111,9 @@ def _add_inpaint_parser(subparsers) -> None:
                    help="model precision (default: bf16 or fp16 on CUDA, fp32 on the CPU)")
     p.add_argument("--out", type=Path, required=True,
                    help="new or empty folder for variant-01/, ..., provenance.json and preview.png")
+    p.add_argument("--report", action="store_true",
+                   help="also write OUT/report.html, the self-contained visual QA report (default: off; "
+                   "`medgen report OUT` writes it later)")
     p.set_defaults(handler=_run_inpaint)
 
 
@@ -157,6 +160,10 @@ def _run_inpaint(args: argparse.Namespace) -> int:
     with ProgressBar("inpainting") as bar:
         result = inpainter(request, progress=bar.update)
     _print_result(result)
+    if args.report:
+        from medgen.qa.report import write_report
+
+        print(f"  {write_report(result.out)}")
     return 0
 
 

@@ -60,7 +60,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, source: 
     """Read the run, build the page, write it atomically (``out`` defaults to RUN_DIR/report.html)."""
     run = load_run(run_dir, source=source, mask=mask)
     page = build_report_html(run)
-    out = Path(out) if out is not None else Path(run_dir) / REPORT_FILENAME
+    return _write_atomically(Path(out) if out is not None else Path(run_dir) / REPORT_FILENAME, page)
+
+
+def write_job_report(result_dir: str | Path, *, source: str | Path, mask: str | Path, out: str | Path) -> Path:
+    """The report of a finished server job, from its published results and its uploaded inputs."""
+    from medgen.qa.run import load_job_results
+
+    with tempfile.TemporaryDirectory(prefix="medgen-report-") as scratch:
+        run = load_job_results(result_dir, source=source, mask=mask, scratch=scratch)
+        page = build_report_html(run)
+    return _write_atomically(Path(out), page)
+
+
+def _write_atomically(out: Path, page: str) -> Path:
     if out.is_dir():
         raise OutputError(out, "is a folder; give a file name such as report.html")
     try:
@@ -140,10 +153,10 @@ def _slice_images(run: RunData, view) -> tuple[list[dict], ValueCoding]:
 
 def _index_folders(run: RunData) -> list[Path]:
     folders = []
-    for adapter in run.provenance.get("adapters", []):
+    for adapter in run.engine_record.get("adapters", []):
         path = Path(adapter.get("path", ""))
         folders.append(path if path.is_dir() else path.parent)
-    model = Path(run.provenance.get("model", {}).get("path", ""))
+    model = Path(run.engine_record.get("model", {}).get("path", ""))
     folders.append(model if model.is_dir() else model.parent)
     return folders
 
@@ -183,13 +196,13 @@ def _number(value: float, digits: int = 1) -> str:
 
 
 def _summary_html(run: RunData) -> str:
-    p, model = run.parameters, run.provenance.get("model", {})
+    p, model = run.parameters, run.engine_record.get("model", {})
     rows = [
         ("prompt", p.get("prompt")),
         ("negative prompt", p.get("negative_prompt") or "none"),
         ("model", f"{model.get('name')} (sha256 {str(model.get('sha256', ''))[:16]}...)"),
         ("adapters", ", ".join(f"{Path(a['path']).name} ({a.get('kind', 'adapter')})"
-                               for a in run.provenance.get("adapters", [])) or "none"),
+                               for a in run.engine_record.get("adapters", [])) or "none"),
         ("source", f"{run.source_path} ({run.source.modality}, {run.source.num_slices} slice(s), "
                    f"{run.source.shape2d[0]} x {run.source.shape2d[1]})"),
         ("mask", str(run.mask_path)),
@@ -198,7 +211,7 @@ def _summary_html(run: RunData) -> str:
         ("steps / guidance / strength", f"{p.get('num_inference_steps')} / {p.get('guidance_scale')} / "
                                         f"{p.get('strength')}"),
         ("window of the run", f"center {run.window.center:g}, width {run.window.width:g}"),
-        ("written", run.provenance.get("created_utc", "")),
+        ("written", run.engine_record.get("created_utc", "")),
     ]
     return "\n".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
 
@@ -263,3 +276,15 @@ def _memorization_html(rows: list[MemorizationRow], indexes: list[CropIndex]) ->
             f"<td>{r.similarity:.3f} ({verdict})</td><td>{html.escape(record)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def cached_job_report(result_dir: str | Path, inputs: tuple[Path, Path] | None) -> Path | None:
+    """RESULT_DIR/report.html of a finished server job: built on the first request while the job's
+    uploaded (source, mask) are kept, then served as is; None when it was never built and the inputs
+    are gone."""
+    path = Path(result_dir) / REPORT_FILENAME
+    if path.is_file():
+        return path
+    if inputs is None:
+        return None
+    return write_job_report(result_dir, source=inputs[0], mask=inputs[1], out=path)

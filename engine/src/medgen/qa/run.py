@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +54,15 @@ class RunData:
     slices: list[int]  # inpainted slices, ascending
     window: Window  # the window the run used, in modality units
     variants: list[VariantData]
+    engine_provenance: dict | None = None  # the engine's record (a server job wraps one per variant)
+
+    @property
+    def engine_record(self) -> dict:
+        return self.engine_provenance or self.provenance
 
     @property
     def parameters(self) -> dict:
-        return self.provenance.get("parameters", {})
+        return self.engine_record.get("parameters", {})
 
 
 def read_provenance_file(run_dir: Path) -> dict:
@@ -79,6 +84,53 @@ def load_run(run_dir: str | Path, *, source: str | Path | None = None, mask: str
     """Read a run folder; ``source`` and ``mask`` override the paths its provenance names (moved files)."""
     run_dir = Path(run_dir)
     provenance = read_provenance_file(run_dir)
+    run = _run_without_variants(run_dir, provenance, provenance, source, mask)
+    run.variants = _read_variants(run_dir, provenance, run.source, run.slices)
+    return run
+
+
+def load_job_results(result_dir: str | Path, *, source: str | Path, mask: str | Path, scratch: str | Path) -> RunData:
+    """A finished server job: its published variants (array.nrrd in stored values, dicom.zip) and the
+    job's uploaded source and mask. Each variant's DICOM is unpacked under ``scratch`` for the checks."""
+    import zipfile
+
+    import SimpleITK as sitk
+
+    result_dir = Path(result_dir)
+    record = read_json(result_dir / PROVENANCE_FILENAME)
+    runs = record.get("variants") or []
+    if not runs or "slices_inpainted" not in runs[0].get("parameters", {}):
+        raise InputError(result_dir / PROVENANCE_FILENAME, "holds no engine provenance of a variant")
+    run = _run_without_variants(result_dir, record, runs[0], source, mask)
+    for index, variant_record in enumerate(runs, start=1):
+        folder = result_dir / f"variant-{index:02d}"
+        pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "array.nrrd")))
+        if pixels.shape != run.source.pixels.shape:
+            raise InputError(folder, f"array.nrrd is {pixels.shape}, the source {run.source.pixels.shape}")
+        unpacked = Path(scratch) / folder.name
+        with zipfile.ZipFile(folder / "dicom.zip") as archive:
+            archive.extractall(unpacked)
+        parameters = variant_record["parameters"]
+        run.variants.append(VariantData(
+            name=folder.name,
+            folder=unpacked,
+            volume=replace(run.source, pixels=pixels.astype(run.source.pixels.dtype), datasets=[]),
+            slice_of_source={k: k for k in range(run.source.num_slices)},
+            prompt=(parameters.get("variant_prompts") or [parameters.get("prompt", "")])[0],
+            seed=(parameters.get("seeds") or [None])[0],
+        ))
+    return run
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read: {exc}") from None
+
+
+def _run_without_variants(folder: Path, shown: dict, provenance: dict, source, mask) -> RunData:
+    """Source, mask, inpainted slices and window from an engine provenance record."""
     parameters = provenance["parameters"]
     source_path = Path(source) if source is not None else Path(parameters.get("input", ""))
     mask_path = Path(mask) if mask is not None else Path(parameters.get("mask", ""))
@@ -98,8 +150,8 @@ def load_run(run_dir: str | Path, *, source: str | Path | None = None, mask: str
     for k in slices:
         allowed[k] = dilate_mask(mask3d[k], radius, (volume.spacing[1], volume.spacing[2]))
     window = Window(float(parameters["window_center"]), float(parameters["window_width"]))
-    variants = _read_variants(run_dir, provenance, volume, slices)
-    return RunData(run_dir, provenance, source_path, volume, mask_path, mask3d, allowed, slices, window, variants)
+    return RunData(folder, shown, source_path, volume, mask_path, mask3d, allowed, slices, window, [],
+                   engine_provenance=provenance)
 
 
 def _read_variants(run_dir: Path, provenance: dict, source: Volume, slices: list[int]) -> list[VariantData]:

@@ -415,6 +415,26 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
         path = store.files(job_id).result_dir / name
         return FileResponse(path, media_type=_media_types[name], filename=f"{job_id}-{name}")
 
+    @app.get("/v1/jobs/{job_id}/report", dependencies=authorized, tags=["results"], response_class=FileResponse)
+    def job_report(job_id: str) -> FileResponse:
+        """The self-contained visual QA report (HTML, `medgen report`) of a finished job."""
+        from medgen.qa.report import cached_job_report
+
+        record = _job(store, job_id)
+        if record.state is not JobState.SUCCEEDED:
+            raise _no_result_yet(record, "the report is made when every variant is done")
+        files = store.files(job_id)
+        try:
+            inputs = files.engine_inputs()
+        except FileNotFoundError:
+            inputs = None
+        path = cached_job_report(files.result_dir, inputs)
+        if path is None:
+            raise ApiError(409, "no_report", "the job's upload was removed as it finished and no report was made "
+                           "before; start the server with --keep-inputs to get reports of new jobs")
+        return FileResponse(path, media_type="text/html", filename=f"{job_id}-report.html",
+                            content_disposition_type="inline")
+
     @app.post("/v1/jobs/{job_id}/export", status_code=202, response_model=ExportStatus, dependencies=authorized,
               tags=["exports"])
     def start_export(job_id: str, request: ExportRequest) -> ExportStatus:

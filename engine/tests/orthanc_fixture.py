@@ -241,7 +241,22 @@ class OrthancServer:
     # ---- process ---------------------------------------------------------------------------
 
     def start(self) -> "OrthancServer":
-        """Start Orthanc and wait until its REST API answers; raise with its log if it does not."""
+        """Start Orthanc and wait until its REST API answers; raise with its log if it does not.
+
+        The ports were free when chosen, but another program may have taken one since: then Orthanc
+        stops at once, and it is started again on new ports (up to three times)."""
+        for attempt in range(4):
+            try:
+                return self._start_once()
+            except RuntimeError as error:
+                text = str(error).lower()
+                if attempt == 3 or not ("already in use" in text or "cannot bind" in text or "address in use" in text):
+                    raise
+                self.http_port, self.dicom_port = free_port(), free_port()
+                self.write_config()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> "OrthancServer":
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("this Orthanc is already running")
         executable = orthanc_executable()

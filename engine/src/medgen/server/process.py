@@ -38,6 +38,7 @@ class ServerProcess:
         self.model = Path(model)
         self.extra_args = list(extra_args)
         self.port = port or free_port()
+        self._port_chosen_here = port is None  # then a port taken in the meantime is retried with another
         self.command_prefix = tuple(command_prefix)
         self.token_path = Path(token_path) if token_path else self.data_dir / "token"
         self.process: subprocess.Popen | None = None
@@ -52,6 +53,18 @@ class ServerProcess:
         return self.token_path.read_text().strip()
 
     def start(self, timeout: float = 120.0) -> "ServerProcess":
+        """Start and wait until ready. A free port can be taken between choosing it and binding it (other
+        tests, other programs): when this object chose the port, it tries up to three others."""
+        for attempt in range(4):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as error:
+                if not (self._port_chosen_here and attempt < 3 and "address already in use" in str(error).lower()):
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> "ServerProcess":
         command = [
             *self.command_prefix,
             self.python, "-m", "medgen.server.main",

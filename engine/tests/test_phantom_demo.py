@@ -83,3 +83,15 @@ def test_missing_demo_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(model_module, "DEMO_MODEL_DIR", tmp_path / "nothing")
     with pytest.raises(InputError, match="train-base"):
         model_module.demo_model_path()
+
+
+def test_a_second_demo_leaves_the_first_alone_and_says_where_it_writes(tmp_path, capsys):
+    from medgen.phantom.commands import run_demo
+
+    first = tmp_path / "medgen-demo"
+    first.mkdir()
+    (first / "earlier-run.txt").write_text("kept")
+    result = run_demo(first, device="cpu", num_slices=4, num_variants=1, num_inference_steps=2)
+    assert result.out == tmp_path / "medgen-demo-2" / "synthetic"
+    assert (first / "earlier-run.txt").read_text() == "kept" and len(list(first.iterdir())) == 1
+    assert f"{first} already holds files; writing this run to {tmp_path / 'medgen-demo-2'}" in capsys.readouterr().out

@@ -264,7 +264,9 @@ def run_demo(
     )
     from medgen.phantom.series import write_case
 
-    out = _first_free(Path(out))
+    wanted, out = Path(out), _first_free(Path(out))
+    if out != wanted:  # a second demo never touches the first one's files, and says where it goes instead
+        print(f"medgen demo: {wanted} already holds files; writing this run to {out} (choose another with --out)")
     # 1. A phantom case: the scan with a cyst, and its healthy twin to inpaint into
     case = make_case(DEMO_CASE_SEED, "cyst", case_id="case-001", num_slices=num_slices)
     files = write_case(case, out / "phantom")

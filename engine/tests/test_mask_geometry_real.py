@@ -263,6 +263,36 @@ def test_mask_painted_by_a_tool_selects_the_same_voxels(series, tool, request, t
     assert "mask on the volume's grid" in caplog.text
 
 
+def test_engine_reads_a_tilted_series_as_slicer_does_and_unlike_simpleitk(tmp_path):
+    """Slicer's reader (vtkITK archetype reader, as its DICOM plugin calls it) gives the engine's matrix;
+    SimpleITK puts the slice axis on the plane's normal, so its slice 4 lies about 7 mm from the real one."""
+    slicer = pytest.importorskip("slicer")
+    import vtk
+
+    series = tilted_ct(tmp_path)
+    volume = read_volume(series)
+    reader = slicer.vtkITKArchetypeImageSeriesScalarReader()
+    files = slicer_sorted_files(dicom_files(series))
+    reader.SetArchetype(str(files[0]))
+    for f in files:
+        reader.AddFileName(str(f))
+    reader.SetSingleFile(0)
+    reader.SetDesiredCoordinateOrientationToNative()
+    reader.SetUseNativeOriginOn()
+    reader.Update()
+    ras_to_ijk = reader.GetRasToIjkMatrix()
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    vtk.vtkMatrix4x4.Invert(ras_to_ijk, ijk_to_ras)
+    slicer_ijk_to_lps = LPS_FROM_RAS @ np.array([[ijk_to_ras.GetElement(r, c) for c in range(4)] for r in range(4)])
+    np.testing.assert_allclose(slicer_ijk_to_lps, volume.ijk_to_lps, atol=1e-4)
+
+    image = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
+    itk_last = np.array(image.TransformIndexToPhysicalPoint((0, 0, 4)))
+    engine_last = (volume.ijk_to_lps @ [0, 0, 4, 1])[:3]
+    # both 20 mm from slice 0, along directions 20 degrees apart: a chord of 2 * 20 * sin(10 degrees)
+    assert np.linalg.norm(itk_last - engine_last) == pytest.approx(40 * np.sin(np.deg2rad(10)), rel=1e-3)
+
+
 @pytest.mark.parametrize(
     "tool, grid",
     [

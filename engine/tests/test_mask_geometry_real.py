@@ -490,3 +490,22 @@ def test_cli_refuses_an_oblique_mask_naming_the_flag_and_resamples_it_with_the_f
     assert "resampled the mask onto the volume's grid by nearest neighbour" in caplog.text
     assert "100 labelled mask voxels" in caplog.text and "mask voxels changed label" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_manifest_slice_and_resample_mask_columns_mean_what_the_cli_options_mean(tmp_path):
+    """A manifest row goes through the same InpaintRequest, read_mask and select_slices as `medgen inpaint`:
+    `slice` 0 of the enhanced CT is frame 2, where the SimpleITK mask painted on ITK's slice 1 lands."""
+    from medgen.batch.manifest import read_manifest
+
+    series = enhanced_ct(tmp_path)
+    mask_path, _ = simpleitk_mask(series, tmp_path)
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(f"id,input,mask,prompt,slice,resample-mask\nct,{series.name},{mask_path.name},lesion,0,true\n")
+    (row,) = read_manifest(manifest).rows
+    request = row.request(tmp_path / "out")
+    assert request.slices == [0] and request.resample_mask is True
+
+    volume = read_volume(request.input)
+    mask = read_mask(request.mask, volume, resample=request.resample_mask)
+    assert select_slices(mask, request.slices, request.all_slices, volume) == [0]
+    assert volume.frame_numbers[0] == 2

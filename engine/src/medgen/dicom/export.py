@@ -270,6 +270,9 @@ def collect_instances(series_dirs: Sequence[str | Path]) -> list[_Instance]:
         syntax = meta.get("TransferSyntaxUID") if meta is not None else None
         if not syntax or "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
             raise InputError(path, "lacks a Transfer Syntax, SOP Class or SOP Instance UID; not sendable")
+        if ds.get("BurnedInAnnotation") == "YES":
+            logger.warning("%s: Burned In Annotation is YES: its pixels may show identifying text, which "
+                           "de-identification does not remove", path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         instances.append(_Instance(path, path, UID(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SOPInstanceUID),
                                    UID(syntax), f"{ds.SOPInstanceUID}:{digest}"))

@@ -157,6 +157,7 @@ class SyntheticSeriesWriter:
         self.series_number = int(series_number) if series_number is not None else default_series_number(source)
         # notes of the source's values repaired in the derived instances (see medgen.dicom.repair)
         self.repairs: list[str] = []
+        self._burned_in_text: bool | None = None  # decided once per series, on the first derived instance
 
     # ------------------------------------------------------------------ public
 
@@ -263,6 +264,7 @@ class SyntheticSeriesWriter:
                                  self.software_version])
         notes += repair_dates_and_times(ds)
         notes += self._add_missing_frame_of_reference(ds)
+        notes += self._mark_burned_in_text(ds, src, pixels)
         self.repairs += [note for note in notes if note not in self.repairs]
 
         # identity: new series and instance, same study, patient and frame of reference
@@ -314,6 +316,21 @@ class SyntheticSeriesWriter:
         _repair(ds, enhanced=src.SOPClassUID in _ENHANCED_SOP_CLASSES)
         ds.file_meta = _file_meta(ds.SOPClassUID, sop_uid)
         return ds
+
+    def _mark_burned_in_text(self, ds: Dataset, src: Dataset, pixels: np.ndarray) -> list[str]:
+        """US/SC/OT images with text in their pixels get Burned In Annotation YES (imaging.burned_in)."""
+        from medgen.imaging.burned_in import SCREENED_MODALITIES, has_burned_in_text
+
+        if str(src.get("Modality", "")) not in SCREENED_MODALITIES or src.get("BurnedInAnnotation") == "YES":
+            return []
+        if self._burned_in_text is None:
+            first = pixels if pixels.ndim == (2 if self.source.pixel_format.samples_per_pixel == 1 else 3) else pixels[0]
+            self._burned_in_text = has_burned_in_text(first)
+        if not self._burned_in_text:
+            return []
+        ds.BurnedInAnnotation = "YES"
+        said = src.get("BurnedInAnnotation")
+        return [f"text found burned into the pixels; Burned In Annotation set to YES (the source said {said or 'nothing'})"]
 
     def _add_missing_frame_of_reference(self, ds: Dataset) -> list[str]:
         """A source with patient positions but no Frame of Reference UID (Type 1 in CT/MR/PET images, yet

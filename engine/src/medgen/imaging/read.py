@@ -640,7 +640,10 @@ def read_plain_image_pixels(path: Path, what: str) -> np.ndarray:
             return np.array(image.convert("L"))
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow refuses a claimed size far over its own limit at open
+        raise InputError(path, f"image header claims more pixels than the limit: {first_line(exc)}",
+                         reason="too-large") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(path, f"cannot read {what}: {first_line(exc)}", reason="damaged") from exc
 
 

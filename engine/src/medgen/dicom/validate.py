@@ -533,7 +533,8 @@ def _allowed_region(record: dict, src: _Source, mask_override: Path | None) -> t
     key = str(mask_path)
     if key not in src.masks:
         volume = src.volume
-        mask = read_mask(mask_path, volume, segment=parameters.get("segment"), label=parameters.get("label"))
+        mask = read_mask(mask_path, volume, segment=parameters.get("segment"), label=parameters.get("label"),
+                         resample=bool(parameters.get("resample_mask")))  # as the run itself read it
         radius = float(parameters.get("mask_dilate_mm", 0.0))
         spacing = (volume.spacing[1], volume.spacing[2])
         allowed = np.zeros(mask.shape, dtype=bool)

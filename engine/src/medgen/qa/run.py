@@ -140,7 +140,8 @@ def _run_without_variants(folder: Path, shown: dict, provenance: dict, source, m
         raise InputError(mask_path, "the run's mask is not there; give it with --mask")
     volume = read_volume(source_path)
     mask3d = np.asarray(
-        read_mask(mask_path, volume, segment=parameters.get("segment"), label=parameters.get("label")), dtype=bool
+        read_mask(mask_path, volume, segment=parameters.get("segment"), label=parameters.get("label"),
+                  resample=bool(parameters.get("resample_mask"))), dtype=bool
     )
     slices = sorted(int(k) for k in parameters["slices_inpainted"])
     if any(not 0 <= k < volume.num_slices for k in slices):

@@ -118,7 +118,8 @@ def file_crops(
     images, masks, prompts, origins = [], [], [], []
     for image_path, mask_path, prompt in read_training_table(data):
         volume = read_volume(image_path)
-        mask3d = np.asarray(read_mask(mask_path, volume), dtype=bool)
+        # a training row's mask may come from another series of the study: resampled, as it always was
+        mask3d = np.asarray(read_mask(mask_path, volume, resample=True), dtype=bool)
         slices = [int(k) for k in np.nonzero(mask3d.reshape(len(mask3d), -1).any(axis=1))[0]]
         intensity = IntensityMap(volume, choose_window(volume, slices))  # the inference default window
         for k in slices:

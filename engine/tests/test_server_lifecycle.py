@@ -38,7 +38,7 @@ def finished_job(server, inputs, **changes) -> str:
         created = post_job(http, inputs, **changes)
         assert created.status_code == 202, created.text
         status = wait_for(http, created.json()["id"])
-    assert status["state"] == "succeeded", status
+    assert status["state"] == "succeeded", (status["error"], server.log())
     return status["id"]
 
 

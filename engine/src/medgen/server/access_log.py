@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import time
 from pathlib import Path
@@ -22,7 +23,10 @@ _JOB_PATH = re.compile(r"^/v1/jobs(?:/(?P<job_id>[^/]+))?(?P<rest>/.*)?$")
 
 def open_access_log(path: Path) -> logging.Logger:
     """A logger that writes only to ``path`` (rotated at 10 MiB, 5 old files kept)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        path.touch(mode=0o600)
+    os.chmod(path, 0o600)  # client addresses and job ids are for the engine's user only
     logger = logging.getLogger(f"medgen.access.{path}")
     logger.propagate = False
     logger.setLevel(logging.INFO)

@@ -17,9 +17,9 @@ from medgen import __version__
 from medgen.errors import InputError, OutputError
 from medgen.generate.control import CONTROL_KINDS, control_image, load_controlnet, parse_controlnet_spec
 from medgen.generate.prompt_variations import check_prompt_variations, variant_prompts
-from medgen.imaging.crop import dilate_mask, feather_weights, mask_crop_box, paste_generated
+from medgen.imaging.crop import dilate_mask, feather_weights, mask_crop_box
 from medgen.imaging.crop import resize_image, resize_mask
-from medgen.imaging.intensity import IntensityMap, choose_window
+from medgen.imaging.intensity import IntensityMap, resolve_window
 from medgen.imaging.masks import read_mask, select_slices
 from medgen.imaging.preview import write_preview
 from medgen.imaging.read import read_volume
@@ -74,6 +74,12 @@ class InpaintRequest:
     prompt_variations: list[str] | None = None
     # Write the result even when no voxel changed (by default such a run warns and writes nothing)
     allow_unchanged: bool = False
+    # Run a source whose modality contradicts the model's medgen.json (the source's own default window)
+    force_modality: bool = False
+    # Give the generated region the source's noise texture (generate.noise)
+    match_noise: bool = True
+    # Smooth the generated signal along the slice axis into one 3D object (generate.slice_consistency)
+    slice_consistency: bool = True
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -92,6 +98,10 @@ class InpaintResult:
     slices: list[int]
     seeds: list[int]
     files: list[Path] = field(default_factory=list)
+    # what the engine decided on its own (modality, window), for the CLI to print
+    notes: list[str] = field(default_factory=list)
+    # per variant: noise std ratio and seam strength ratio (imaging.texture), also in the provenance
+    texture: list[dict] = field(default_factory=list)
 
 
 def check_request(request: InpaintRequest) -> None:
@@ -290,14 +300,20 @@ class Inpainter:
             raise InputError(self.model_path / "medgen.json", f"recommended setting refused: {error.problem}") from None
         adapters = self._apply_adapters(request)
 
-        # 4. Map stored values to model space with one window for the whole request
-        window = choose_window(
+        # 4. Map stored values to model space with one window for the whole request: the user's, else
+        #    the model's intensity contract (its medgen.json), else the default for the source's modality
+        choice = resolve_window(
             volume,
             slice_indices,
+            self.model.intensity_contract,
             preset=request.window,
             center=request.window_center,
             width=request.window_width,
+            force_modality=request.force_modality,
+            source=str(request.input),
         )
+        logger.info("%s", choice.describe())
+        window = choice.window
         intensity = IntensityMap(volume, window)
 
         # 5. Crop a box around each slice's dilated mask and resize it to the model's resolution
@@ -341,22 +357,35 @@ class Inpainter:
             )
             done_variants += len(group)
 
-        # 7. Paste back into stored values; outside the dilated mask the source is kept as is
-        variant_pixels = [
-            self._paste_variant(volume, intensity, jobs, generated[:, v]) for v in range(request.num_variants)
-        ]
+        # 7. Paste back into stored values with the source's noise texture, one 3D object across slices;
+        #    outside the dilated mask the source is kept as is
+        from medgen.generate.compose import compose_variant
 
-        # 8. Write everything into a staging folder, then move it into place in one rename
+        composed = [
+            compose_variant(
+                volume, intensity, jobs, generated[:, v], seed=seeds[v],
+                match_noise=request.match_noise, slice_consistency=request.slice_consistency,
+            )
+            for v in range(request.num_variants)
+        ]
+        variant_pixels = [c.pixels for c in composed]
         unchanged = unchanged_warning(volume, variant_pixels)
         if unchanged and not request.allow_unchanged:
             raise InputError(request.input, f"{unchanged}; nothing was written (pass --allow-unchanged to write it "
                              "anyway)", reason="unchanged")
+
+        # 8. Write everything into a staging folder, then move it into place in one rename
         provenance = self._provenance(request, volume, window, slice_indices, seeds, adapters, prompts)
+        provenance["parameters"]["intensity"] = choice.to_json()
+        provenance["texture"] = [c.to_json() for c in composed]
         provenance["source_repairs"] = checked.repairs
         if unchanged:
             logger.warning("%s: %s", request.input, unchanged)
             provenance["warnings"] = [unchanged]
-        return self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts)
+        result = self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts)
+        result.notes.append(choice.describe())
+        result.texture = provenance["texture"]
+        return result
 
     def _control_images(self, request: InpaintRequest, crops: np.ndarray, jobs: list[_SliceJob]) -> np.ndarray | None:
         """The ControlNet's image per crop, from the segment's own mask, not the dilated region: the
@@ -376,25 +405,6 @@ class Inpainter:
         weights = feather_weights(mask2d, dilated, request.mask_blur_px)
         box = mask_crop_box(dilated, request.crop_padding_px)
         return _SliceJob(k, intensity.to_model(k), mask2d, dilated, weights, box)
-
-    @staticmethod
-    def _paste_variant(
-        volume: Volume, intensity: IntensityMap, jobs: list[_SliceJob], generated: np.ndarray
-    ) -> np.ndarray:
-        pixels = volume.pixels.copy()
-        for job, crop in zip(jobs, generated):
-            crop_back = resize_image(crop, job.box.shape)
-            blended = paste_generated(job.source_model, crop_back, job.box, job.weights)
-            source_stored = volume.pixels[job.index]
-            converted = intensity.from_model(blended, job.index, source_stored)
-            keep = job.weights > 0
-            if converted.ndim == 3:  # colour: one decision per pixel for all samples
-                keep = keep[..., None]
-            pixels[job.index] = np.where(keep, converted, source_stored)
-            outside = ~job.dilated
-            if not np.array_equal(pixels[job.index][outside], source_stored[outside]):
-                raise RuntimeError(f"slice {job.index}: paste-back changed pixels outside the dilated mask")
-        return pixels
 
     def _provenance(self, request, volume, window, slice_indices, seeds, adapters=(), prompts=None) -> dict:
         from medgen.dicom.provenance import build_provenance
@@ -449,6 +459,10 @@ class Inpainter:
                 sources=[job.source_model for job in jobs],
                 masks=[job.mask for job in jobs],
                 variants=[[intensity.to_model_array(p[job.index], job.index) for job in jobs] for p in variant_pixels],
+                ijk_to_lps=volume.ijk_to_lps,
+                prompt=request.prompt,
+                window=(intensity.window.center, intensity.window.width),
+                unit="HU" if provenance["parameters"].get("intensity", {}).get("source_modality") == "CT" else "",
             )
             if out.exists():
                 out.rmdir()  # checked empty above

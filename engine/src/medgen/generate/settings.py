@@ -1,4 +1,5 @@
-"""A model's own recommended settings: ``medgen.json`` beside its model_index.json."""
+"""A model's own ``medgen.json`` beside its model_index.json: recommended settings and the intensity
+contract (the modality and the intensity mapping the model was trained with)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,57 @@ import json
 from pathlib import Path
 
 from medgen.errors import InputError
+from medgen.imaging.intensity import IntensityContract
 
 MODEL_SETTINGS_FILE = "medgen.json"
 RECOMMENDABLE = ("num_inference_steps", "guidance_scale", "crop_padding_px")
+CONTRACT_KEYS = ("modality", "intensity")
 
 
-def read_recommended_settings(model_path: str | Path) -> dict:
-    """Steps, guidance and crop padding the model's author recommends (a small model trained for
-    guidance 1.4, say); empty when the model has no medgen.json or is a single file."""
+def _read_model_settings_file(model_path: str | Path) -> tuple[Path, dict]:
     settings_file = Path(model_path) / MODEL_SETTINGS_FILE
     if not settings_file.is_file():
-        return {}
+        return settings_file, {}
     try:
         settings = json.loads(settings_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(settings_file, f"cannot read the model's recommended settings: {exc}") from exc
     if not isinstance(settings, dict):
         raise InputError(settings_file, "must hold a JSON object of settings")
-    unknown = sorted(set(settings) - set(RECOMMENDABLE))
+    unknown = sorted(set(settings) - set(RECOMMENDABLE) - set(CONTRACT_KEYS))
     if unknown:
-        raise InputError(settings_file, f"unknown settings {unknown}; a model can recommend {list(RECOMMENDABLE)}")
-    return settings
+        raise InputError(
+            settings_file,
+            f"unknown settings {unknown}; a model can recommend {list(RECOMMENDABLE)} and state {list(CONTRACT_KEYS)}",
+        )
+    return settings_file, settings
+
+
+def read_recommended_settings(model_path: str | Path) -> dict:
+    """Steps, guidance and crop padding the model's author recommends (a small model trained for
+    guidance 1.4, say); empty when the model has no medgen.json or is a single file."""
+    _, settings = _read_model_settings_file(model_path)
+    return {name: value for name, value in settings.items() if name in RECOMMENDABLE}
+
+
+def read_intensity_contract(model_path: str | Path) -> IntensityContract | None:
+    """The modality and intensity mapping the model was trained with; None when its medgen.json
+    states none (then the engine's defaults apply: CT soft tissue, else percentiles)."""
+    settings_file, settings = _read_model_settings_file(model_path)
+    if "modality" in settings and "intensity" not in settings:
+        raise InputError(settings_file, "states a modality but no intensity mapping ('intensity')")
+    return IntensityContract.from_json(settings, str(settings_file))
+
+
+def write_model_settings(
+    model_dir: str | Path, recommended: dict | None = None, contract: IntensityContract | None = None
+) -> Path:
+    """Write medgen.json: recommended settings and the intensity contract, checked like a read."""
+    recommended = dict(recommended or {})
+    unknown = sorted(set(recommended) - set(RECOMMENDABLE))
+    if unknown:
+        raise ValueError(f"unknown recommended settings {unknown}")
+    record = {**recommended, **(contract.to_json() if contract is not None else {})}
+    path = Path(model_dir) / MODEL_SETTINGS_FILE
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path

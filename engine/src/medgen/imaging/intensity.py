@@ -66,8 +66,12 @@ def choose_window(
     preset: str | None = None,
     center: float | None = None,
     width: float | None = None,
+    modality: str | None = None,
+    contract: IntensityContract | None = None,
 ) -> Window:
-    """Explicit center/width first, then a CT preset, else the 0.5–99.5 percentiles of the chosen slices."""
+    """Explicit center/width first, then a CT preset, then the model's contract, then the CT default
+    window for a CT (``modality``, default ``volume.modality``), else the 0.5–99.5 percentiles of the
+    chosen slices."""
     if center is not None or width is not None:
         if center is None or width is None:
             raise InputError("window", f"give both center and width, got center {center}, width {width}")
@@ -77,22 +81,148 @@ def choose_window(
         if preset not in CT_PRESETS:
             raise InputError("window", f"unknown preset {preset!r}; choose one of {', '.join(CT_PRESETS)}")
         return CT_PRESETS[preset]
-    if volume.modality == "CT":
+    if contract is not None:
+        if contract.window is not None:
+            return contract.window
+        return _percentile_window(volume, slices, contract.percentiles)
+    if (modality or volume.modality) == "CT":
         return CT_PRESETS[DEFAULT_CT_PRESET]
     return _percentile_window(volume, slices)
 
 
-def _percentile_window(volume: Volume, slices: list[int]) -> Window:
+def _percentile_window(
+    volume: Volume, slices: list[int], percentiles: tuple[float, float] = PERCENTILE_RANGE
+) -> Window:
     """Robust range of modality values; MONOCHROME1 needs nothing special since the range is symmetric."""
     if not slices:
         raise InputError("window", "no slices to choose a window from")
     values = np.concatenate([modality_gray(volume, k).ravel() for k in slices])
     if values.size > _PERCENTILE_SAMPLE:
         values = values[:: values.size // _PERCENTILE_SAMPLE + 1]
-    lower, upper = np.percentile(values, PERCENTILE_RANGE)
+    lower, upper = np.percentile(values, percentiles)
     if upper <= lower:  # a flat image: any width keeps it exact; centre it
         return Window(float(lower), 1.0)
     return Window(float((lower + upper) / 2.0), float(upper - lower))
+
+
+# --- the model's intensity contract ----------------------------------------------------------
+
+X_RAY_MODALITIES = frozenset({"CR", "DX", "RG", "MG", "IO", "PX", "RF", "XA"})
+"""Projection radiography: one family for the contract (a model trained on CR takes DX as well)."""
+
+HU_AIR_RANGE = (-1100.0, -900.0)
+HU_SOFT_TISSUE_RANGE = (-200.0, 300.0)
+HU_LOWEST_PADDING = -3100.0
+HU_MIN_AIR_SHARE = 0.01
+HU_MIN_SOFT_TISSUE_SHARE = 0.10
+HU_LIKE_RULE = (
+    f"values are HU-like: >= {HU_MIN_AIR_SHARE:.0%} of voxels in air's range {HU_AIR_RANGE[0]:g}..{HU_AIR_RANGE[1]:g}, "
+    f">= {HU_MIN_SOFT_TISSUE_SHARE:.0%} in soft tissue's {HU_SOFT_TISSUE_RANGE[0]:g}..{HU_SOFT_TISSUE_RANGE[1]:g}, "
+    f"none below {HU_LOWEST_PADDING:g}"
+)
+"""When a NIfTI/NRRD/PNG states no modality, it is taken as CT under this rule: air and soft tissue at
+their Hounsfield values and nothing below the lowest padding value scanners write (-3024). An MR has
+no mass of voxels near -1000; a z-scored or 0..1 image has no values in both ranges."""
+
+
+def modality_family(modality: str | None) -> str | None:
+    """CT, MR, XR (projection radiography) or the modality itself; None stays None."""
+    if modality is None:
+        return None
+    modality = modality.strip().upper()
+    return "XR" if modality in X_RAY_MODALITIES else modality
+
+
+def recognise_modality(volume: Volume) -> tuple[str, str]:
+    """(modality, how it was decided): the source's own Modality, else CT when the values are HU-like
+    (``HU_LIKE_RULE``), else OT."""
+    if volume.modality and volume.modality != "OT":
+        return volume.modality, f"stated by the source ({volume.source_format.value})"
+    if volume.is_color:
+        return "OT", "no modality stated; colour image"
+    values = np.concatenate([modality_gray(volume, k).ravel() for k in range(volume.num_slices)])
+    if values.size > _PERCENTILE_SAMPLE:
+        values = values[:: values.size // _PERCENTILE_SAMPLE + 1]
+    if is_hu_like(values):
+        return "CT", f"no modality stated; recognised as CT because {HU_LIKE_RULE}"
+    return "OT", f"no modality stated and the values are not HU-like ({HU_LIKE_RULE} does not hold)"
+
+
+def is_hu_like(values: np.ndarray) -> bool:
+    """``HU_LIKE_RULE`` on modality values."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or not np.isfinite(values).all() or values.min() < HU_LOWEST_PADDING:
+        return False
+    air = np.mean((values >= HU_AIR_RANGE[0]) & (values <= HU_AIR_RANGE[1]))
+    soft = np.mean((values >= HU_SOFT_TISSUE_RANGE[0]) & (values <= HU_SOFT_TISSUE_RANGE[1]))
+    return bool(air >= HU_MIN_AIR_SHARE and soft >= HU_MIN_SOFT_TISSUE_SHARE)
+
+
+@dataclass(frozen=True)
+class IntensityContract:
+    """What a model was trained on: the modality and how its values were mapped to [-1, 1], either a
+    fixed window in modality units or a percentile rule over the slices. Lives in the model's medgen.json
+    as ``"modality"`` and ``"intensity": {"window": {"center": C, "width": W}}`` or
+    ``"intensity": {"percentiles": [LOW, HIGH]}``."""
+
+    modality: str | None = None
+    window: Window | None = None
+    percentiles: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if (self.window is None) == (self.percentiles is None):
+            raise InputError("intensity", "state exactly one of a window or a percentile rule")
+        if self.percentiles is not None:
+            low, high = self.percentiles
+            if not 0.0 <= low < high <= 100.0:
+                raise InputError("intensity", f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+
+    def describe(self) -> str:
+        mapping = (
+            f"window centre {self.window.center:g}, width {self.window.width:g}"
+            if self.window is not None
+            else f"percentiles {self.percentiles[0]:g}-{self.percentiles[1]:g}"
+        )
+        return f"{self.modality or 'any modality'}, {mapping}"
+
+    def to_json(self) -> dict:
+        intensity = (
+            {"window": {"center": self.window.center, "width": self.window.width}}
+            if self.window is not None
+            else {"percentiles": list(self.percentiles)}
+        )
+        return {**({"modality": self.modality} if self.modality else {}), "intensity": intensity}
+
+    @classmethod
+    def from_json(cls, record: dict, source: str = "medgen.json") -> IntensityContract | None:
+        """The contract in a medgen.json object; None when it states no intensity mapping."""
+        intensity = record.get("intensity")
+        if intensity is None:
+            return None
+        modality = record.get("modality")
+        if modality is not None and (not isinstance(modality, str) or not modality.strip()):
+            raise InputError(source, f"modality must be a DICOM modality such as 'CT', got {modality!r}")
+        try:
+            if not isinstance(intensity, dict) or len(intensity) != 1:
+                raise ValueError("intensity must hold one of 'window' or 'percentiles'")
+            if "window" in intensity:
+                window = Window(float(intensity["window"]["center"]), float(intensity["window"]["width"]))
+                return cls(modality=modality and modality.strip().upper(), window=window)
+            if "percentiles" in intensity:
+                low, high = (float(v) for v in intensity["percentiles"])
+                return cls(modality=modality and modality.strip().upper(), percentiles=(low, high))
+            raise ValueError(f"unknown intensity mapping {sorted(intensity)}")
+        except (TypeError, KeyError, ValueError) as exc:
+            raise InputError(source, f"bad intensity contract {intensity!r}: {exc}") from None
+        except InputError as exc:
+            raise InputError(source, f"bad intensity contract: {exc.problem}") from None
+
+    def contradicts(self, modality: str) -> bool:
+        """True when the model states a modality and the source's is another (OT never contradicts:
+        it says nothing)."""
+        if self.modality is None or modality in (None, "", "OT"):
+            return False
+        return modality_family(self.modality) != modality_family(modality)
 
 
 def modality_gray(volume: Volume, k: int, stored: np.ndarray | None = None) -> np.ndarray:
@@ -125,9 +255,11 @@ class IntensityMap:
         """Slice k as float32 (R, C) in [-1, 1]."""
         return self.to_model_array(self.volume.pixels[k], k)
 
-    def to_model_array(self, stored: np.ndarray, k: int) -> np.ndarray:
-        """Any stored values of slice k's encoding (e.g. a crop) as clipped float32 model values."""
-        return np.clip(self._unclipped_model(stored, k), -1.0, 1.0).astype(np.float32)
+    def to_model_array(self, stored: np.ndarray, k: int, *, clip: bool = True) -> np.ndarray:
+        """Any stored values of slice k's encoding (e.g. a crop) as float32 model values, clipped to
+        [-1, 1] unless ``clip`` is False (noise measurement wants tissue just outside the window too)."""
+        values = self._unclipped_model(stored, k)
+        return (np.clip(values, -1.0, 1.0) if clip else values).astype(np.float32)
 
     def _unclipped_model(self, stored: np.ndarray, k: int) -> np.ndarray:
         scaled = (modality_gray(self.volume, k, stored) - self.window.lower) / self.window.width * 2.0 - 1.0
@@ -135,14 +267,18 @@ class IntensityMap:
 
     # model → stored -------------------------------------------------------------------------
 
-    def from_model(self, model: np.ndarray, k: int, reference_stored: np.ndarray | None = None) -> np.ndarray:
+    def from_model(
+        self, model: np.ndarray, k: int, reference_stored: np.ndarray | None = None, *, clip: bool = True
+    ) -> np.ndarray:
         """Model values (R, C) → stored values in slice k's dtype and shape.
 
         ``reference_stored`` (default: the source slice) decides where nothing changed: a pixel
         keeps its reference value when (1) the model value equals the reference's own model value,
         or (2) both sit at the same clip bound (saturation keeps the source, even outside the
         window), or (3) for RGB, the rounded gray equals the reference's rounded luma. So a round
-        trip with no generation changes no value, and an RGB pixel keeps its colour.
+        trip with no generation changes no value, and an RGB pixel keeps its colour. ``clip=False``
+        writes model values beyond [-1, 1] as they are (noise that follows a source already outside the
+        window); the stored range still bounds them.
         """
         slice_shape = self.volume.pixels.shape[1:]
         reference = self.volume.pixels[k] if reference_stored is None else np.asarray(reference_stored)
@@ -153,7 +289,9 @@ class IntensityMap:
             raise ValueError(f"model must have shape {slice_shape[:2]}, got {model.shape}")
 
         # 1. Invert the window and the rescale in float64.
-        m = np.clip(model.astype(np.float64), -1.0, 1.0)
+        m = model.astype(np.float64)
+        if clip:
+            m = np.clip(m, -1.0, 1.0)
         if self.inverted:
             m = -m
         modality = self.window.lower + (m + 1.0) / 2.0 * self.window.width
@@ -195,3 +333,78 @@ def _stored_range(volume: Volume) -> tuple[float, float] | None:
         info = np.finfo(dtype)
         return float(info.min), float(info.max)
     return None
+
+
+@dataclass(frozen=True)
+class WindowChoice:
+    """The window one request uses, and why: what the CLI prints and the provenance records."""
+
+    window: Window
+    source_modality: str
+    modality_rule: str
+    window_rule: str
+    contract: IntensityContract | None = None
+    forced: bool = False
+
+    def describe(self) -> str:
+        return (
+            f"source modality {self.source_modality} ({self.modality_rule}); "
+            f"window centre {self.window.center:g}, width {self.window.width:g} ({self.window_rule})"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "source_modality": self.source_modality,
+            "modality_rule": self.modality_rule,
+            "window_rule": self.window_rule,
+            "model_contract": self.contract.to_json() if self.contract is not None else None,
+            "modality_forced": self.forced,
+        }
+
+
+def resolve_window(
+    volume: Volume,
+    slices: list[int],
+    contract: IntensityContract | None,
+    *,
+    preset: str | None = None,
+    center: float | None = None,
+    width: float | None = None,
+    force_modality: bool = False,
+    source: str | None = None,
+) -> WindowChoice:
+    """The request's window: the user's (center/width or preset) first, then the model's contract,
+    then the engine's default for the recognised modality.
+
+    A source whose modality contradicts the contract is refused unless ``force_modality``. Forced, the
+    contract is set aside (a window in the model's units means nothing for this source) and the source's
+    own default is used: CT soft tissue, else percentiles; the record says so. A source of unknown
+    modality (OT: no Modality, values not HU-like) does not contradict; it gets the contract's mapping.
+    """
+    modality, modality_rule = recognise_modality(volume)
+    contradicts = contract is not None and contract.contradicts(modality)
+    if contradicts and not force_modality:
+        raise InputError(
+            source,
+            f"the model was trained on {contract.modality} ({contract.describe()}, its medgen.json) but this "
+            f"source is {modality} ({modality_rule}); give --force-modality to run it anyway",
+        )
+    user_window = center is not None or width is not None or preset is not None
+    usable_contract = None if (force_modality or user_window) else contract
+    window = choose_window(
+        volume, slices, preset=preset, center=center, width=width, modality=modality, contract=usable_contract
+    )
+    if center is not None or width is not None:
+        rule = "given by the user"
+    elif preset is not None:
+        rule = f"CT preset {preset} given by the user"
+    elif usable_contract is not None:
+        rule = f"the model's medgen.json: {usable_contract.describe()}"
+    elif modality == "CT":
+        rule = f"engine default for CT: {DEFAULT_CT_PRESET}"
+    else:
+        rule = f"engine default: percentiles {PERCENTILE_RANGE[0]:g}-{PERCENTILE_RANGE[1]:g} of the inpainted slices"
+    forced = bool(force_modality and contract is not None and not user_window)
+    if forced:
+        rule += f"; --force-modality set the model's {contract.describe()} aside"
+    return WindowChoice(window, modality, modality_rule, rule, contract, forced)

@@ -25,6 +25,14 @@ lesion-type prompt, and the written series are read back and measured:
   lesion scan itself) this gives about 0.27 for spiculated masses and < 0.2 for the base types,
   a little below the mask's own values because thin faint spicules fall under the threshold.
 
+- consistency across slices, on the outputs prompted with the case's own type (ground truth exists):
+  the adjacent-slice difference inside the lesion (mean |HU(k) - HU(k+1)| over the mask on both
+  slices, windowed HU) of the output over the same on the true lesion scan (goal [0.7, 1.4]), and the
+  Pearson correlation of the generated lesion's per-slice area (voxels changed by more than
+  ``change_threshold_hu``) with the mask's per-slice area (goal >= 0.9). Measured with the engine's
+  slice consistency on and, in one more run per case with the same seeds, off
+  (``compare_slice_consistency``), so the table shows what the method adds.
+
 ``adapters``/``token`` are passed into the prompted rows' `InpaintRequest`s (the same cases, prompts
 and seeds); with ``token`` set the spiculated row is prompted ``"<token> mass"`` (how
 `medgen train textual-inversion --phantom-spiculated` trains it). Once loaded the adapters stay in
@@ -70,6 +78,8 @@ BENCH_CASE_SEED = 1000
 ALL_TYPES = (*BASE_TYPES, LesionType.SPICULATED)
 BASELINE = "baseline"
 GOALS = {"fidelity": 0.90, "dice": 0.80, "identity": 1.0}
+ADJACENT_RATIO_GOAL = (0.7, 1.4)
+AREA_CORRELATION_GOAL = 0.9
 
 
 @dataclass
@@ -96,6 +106,9 @@ class QualitySettings:
     case_types: tuple[str, ...] | None = None  # the cases' own lesion types, in turn (None: all five)
     controlnet: str | None = None  # "PATH[:SCALE]", for every row (the baseline too)
     control_from: str = "mask-edges"
+    match_noise: bool = True  # the engine's noise texture matching (generate.noise)
+    slice_consistency: bool = True  # the engine's smoothing along the slice axis (generate.slice_consistency)
+    compare_slice_consistency: bool = True  # one more run per case with slice consistency off
 
 
 @dataclass
@@ -113,6 +126,11 @@ class Output:
     identical: int
     outside: int
     irregularity: float = float("nan")
+    # 3D figures, only where the prompt is the case's own type (else NaN)
+    adjacent_diff_hu: float = float("nan")
+    truth_adjacent_diff_hu: float = float("nan")
+    area_correlation: float = float("nan")
+    slice_consistency: bool = True
 
 
 @dataclass
@@ -137,6 +155,16 @@ class QualityReport:
     rows: list[Row]
     outputs: list[Output] = field(default_factory=list)
     seconds: float = 0.0
+    # outputs of the extra runs with slice consistency off (3D figures only)
+    consistency_off: list[Output] = field(default_factory=list)
+
+    def consistency(self) -> dict[str, dict[str, float]]:
+        """3D figures with the engine's slice consistency on (the table's outputs) and off."""
+        on = [o for o in self.outputs if o.prompt_type == o.case_type]
+        figures = {"on": consistency_figures(on)}
+        if self.consistency_off:
+            figures["off"] = consistency_figures(self.consistency_off)
+        return figures
 
     def row(self, prompt_type: str) -> Row:
         return next(r for r in self.rows if r.prompt_type == prompt_type)
@@ -182,6 +210,9 @@ class QualityReport:
             "goals_met": self.goals_met(),
             "seconds": self.seconds,
             "outputs": [asdict(o) for o in self.outputs],
+            "consistency": self.consistency(),
+            "consistency_goals": {"adjacent_ratio": ADJACENT_RATIO_GOAL, "area_correlation": AREA_CORRELATION_GOAL},
+            "consistency_off_outputs": [asdict(o) for o in self.consistency_off],
         }
 
 
@@ -203,9 +234,11 @@ def run_quality_bench(settings: QualitySettings, work_dir: Path | None = None, p
     with tempfile.TemporaryDirectory(prefix="medgen-quality-") as scratch:
         root = Path(work_dir) if work_dir is not None else Path(scratch)
         outputs: list[Output] = []
+        consistency_off: list[Output] = []
         truths: dict[str, list[float]] = {t.value: [] for t in types}
         diversity: dict[str, list[float]] = {t.value: [] for t in types} | {BASELINE: []}
-        total = settings.cases * (len(types) + int(settings.baseline))
+        compare = settings.compare_slice_consistency and settings.slice_consistency
+        total = settings.cases * (len(types) + int(settings.baseline) + int(compare))
         done = 0
         for i in range(settings.cases):
             # 2. A held-out case, its types cycling so every mask shape is seen
@@ -247,10 +280,32 @@ def run_quality_bench(settings: QualitySettings, work_dir: Path | None = None, p
                 done += 1
                 if progress is not None:
                     progress(done, total)
+            # 4. The case's own type once more with slice consistency off: what the method adds
+            if compare:
+                off = dataclasses.replace(settings, slice_consistency=False)
+                own = case.lesion_type
+                seeds = [settings.seed * 1000 + i * 10 + v for v in range(settings.variants)]
+                variants = _run_engine(
+                    inpainter, files, mask_path, _prompt(own, settings.token), f"{own.value}-3d-off",
+                    root / case.case_id, seeds, off,
+                )
+                candidates = _candidates(own.value, references)
+                for stored, seed in zip(variants, seeds):
+                    measured = _measure(
+                        case, source_stored, stored, dilated, own.value, _prompt(own, settings.token), seed,
+                        candidates, settings,
+                    )
+                    consistency_off.append(dataclasses.replace(measured, slice_consistency=False))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
         rows = [_row(t.value, _prompt(t, settings.token), outputs, truths[t.value], diversity[t.value]) for t in types]
         if settings.baseline:
             rows.append(_baseline_row(outputs, diversity[BASELINE]))
-    return QualityReport(settings=settings, rows=rows, outputs=outputs, seconds=time.perf_counter() - start)
+    return QualityReport(
+        settings=settings, rows=rows, outputs=outputs, seconds=time.perf_counter() - start,
+        consistency_off=consistency_off,
+    )
 
 
 def _prompt(lesion_type: LesionType, token: str | None) -> str:
@@ -321,6 +376,8 @@ def _run_engine(inpainter, files, mask_path, prompt, prompt_type, folder, seeds,
         mask_dilate_mm=settings.mask_dilate_mm,
         mask_blur_px=settings.mask_blur_px,
         window="soft_tissue",
+        match_noise=settings.match_noise,
+        slice_consistency=settings.slice_consistency,
         adapters=list(settings.adapters),
         token=settings.token,
         controlnet=settings.controlnet,
@@ -402,6 +459,14 @@ def _measure(case, source_stored, stored, dilated, prompt_type, prompt, seed, ca
     outside = ~dilated
     k = largest_slice(mask)
     irregularity = generated_irregularity(stored[k], source_stored[k], dilated[k], settings.lesion_threshold_hu)
+    three_d = {}
+    if prompt_type == case.lesion_type.value:
+        truth_windowed = _windowed_hu(case.hu - RESCALE_INTERCEPT)
+        three_d = {
+            "adjacent_diff_hu": adjacent_slice_difference(windowed, mask),
+            "truth_adjacent_diff_hu": adjacent_slice_difference(truth_windowed, mask),
+            "area_correlation": area_profile_correlation(changed & dilated, mask),
+        }
     return Output(
         case_id=case.case_id,
         case_type=case.lesion_type.value,
@@ -414,7 +479,45 @@ def _measure(case, source_stored, stored, dilated, prompt_type, prompt, seed, ca
         identical=int((stored[outside] == source_stored[outside]).sum()),
         outside=int(outside.sum()),
         irregularity=irregularity,
+        slice_consistency=settings.slice_consistency,
+        **three_d,
     )
+
+
+def adjacent_slice_difference(values: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |values(k) - values(k+1)| over voxels inside the mask on both slices (NaN for one slice)."""
+    both = mask[:-1] & mask[1:]
+    if not both.any():
+        return float("nan")
+    return float(np.abs(np.diff(values.astype(np.float64), axis=0))[both].mean())
+
+
+def area_profile_correlation(lesion: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation of per-slice areas of the generated lesion and of the mask, over the slices
+    the mask touches and one on either side (NaN when either profile is flat)."""
+    mask_area = mask.reshape(len(mask), -1).sum(axis=1).astype(float)
+    touched = np.nonzero(mask_area)[0]
+    if touched.size == 0:
+        return float("nan")
+    span = slice(max(int(touched[0]) - 1, 0), int(touched[-1]) + 2)
+    a, b = lesion.reshape(len(lesion), -1).sum(axis=1).astype(float)[span], mask_area[span]
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def consistency_figures(outputs: list[Output]) -> dict[str, float]:
+    """Adjacent-slice difference ratio (generated over truth, of the means) and mean area correlation."""
+    generated = [o.adjacent_diff_hu for o in outputs if np.isfinite(o.adjacent_diff_hu)]
+    truth = [o.truth_adjacent_diff_hu for o in outputs if np.isfinite(o.adjacent_diff_hu)]
+    correlations = [o.area_correlation for o in outputs if np.isfinite(o.area_correlation)]
+    return {
+        "n": len(generated),
+        "adjacent_diff_hu": float(np.mean(generated)) if generated else float("nan"),
+        "truth_adjacent_diff_hu": float(np.mean(truth)) if truth else float("nan"),
+        "adjacent_ratio": float(np.mean(generated) / np.mean(truth)) if generated and np.mean(truth) > 0 else float("nan"),
+        "area_correlation": float(np.mean(correlations)) if correlations else float("nan"),
+    }
 
 
 def _row(prompt_type, prompt, outputs, truths, diversity) -> Row:
@@ -489,6 +592,18 @@ def format_report(report: QualityReport) -> str:
             f"diversity {summary['diversity_hu']:.1f} HU (> 0: {_ok(met['diversity'])})"
         )
     lines.append(f"outside-mask identity over all outputs: {report.identity:.4%} (must be 100%: {_ok(met['identity'])})")
+    for name, figures in report.consistency().items():
+        if not figures["n"]:
+            continue
+        ratio_ok = ADJACENT_RATIO_GOAL[0] <= figures["adjacent_ratio"] <= ADJACENT_RATIO_GOAL[1]
+        corr_ok = figures["area_correlation"] >= AREA_CORRELATION_GOAL
+        lines.append(
+            f"across slices, slice consistency {name} ({figures['n']} outputs of the case's own type): "
+            f"adjacent-slice difference {figures['adjacent_diff_hu']:.1f} HU vs truth "
+            f"{figures['truth_adjacent_diff_hu']:.1f} HU, ratio {figures['adjacent_ratio']:.2f} "
+            f"(goal {ADJACENT_RATIO_GOAL[0]}-{ADJACENT_RATIO_GOAL[1]}: {_ok(ratio_ok)}); area-profile correlation "
+            f"{figures['area_correlation']:.2f} (goal >= {AREA_CORRELATION_GOAL}: {_ok(corr_ok)})"
+        )
     if LesionType.SPICULATED.value in s.types:
         lines.append("* held out: the base model never saw this type; it is the target of adapter training")
     lines.append(f"{report.seconds:.0f} s")

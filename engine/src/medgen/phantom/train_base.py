@@ -378,8 +378,11 @@ def train_base_model(out: Path, settings: TrainSettings | None = None, pairs_cac
 
 
 def write_recommended_settings(model_dir: Path) -> Path:
-    """medgen.json: the settings `medgen inpaint` and the API use for this model unless told otherwise."""
-    from medgen.generate.settings import MODEL_SETTINGS_FILE
+    """medgen.json: the settings `medgen inpaint` and the API use for this model unless told otherwise,
+    and its intensity contract: CT through the soft-tissue window the training pairs were made with."""
+    from medgen.generate.settings import write_model_settings
+    from medgen.imaging.intensity import IntensityContract, Window
+    from medgen.phantom.dataset import SOFT_TISSUE_WINDOW
     from medgen.phantom.model import DEMO_CROP_PADDING_PX, DEMO_GUIDANCE_SCALE, DEMO_STEPS
 
     settings = {
@@ -387,6 +390,5 @@ def write_recommended_settings(model_dir: Path) -> Path:
         "num_inference_steps": DEMO_STEPS,
         "crop_padding_px": DEMO_CROP_PADDING_PX,
     }
-    path = Path(model_dir) / MODEL_SETTINGS_FILE
-    path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
-    return path
+    contract = IntensityContract(modality="CT", window=Window(*SOFT_TISSUE_WINDOW))
+    return write_model_settings(model_dir, settings, contract)

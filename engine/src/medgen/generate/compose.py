@@ -1,0 +1,105 @@
+"""Generated crops back into stored values: the lesion's signal, one 3D object across slices, with the
+source's own noise texture; outside the dilated mask the source is kept bit for bit.
+
+Steps per variant:
+1. each crop is resized back to its box and reduced to its low-pass signal (`noise.generated_signal`);
+2. with ``slice_consistency``, the signals are smoothed along the slice axis (`slice_consistency`);
+3. with ``match_noise``, the signal is made to meet the source's brightness at the border
+   (`seam.harmonize_border`), the source's noise std and NPS around the mask are measured and the
+   region gets noise of that texture (`noise.retexture`); without it, the crop is blended as is;
+4. model space → stored values (`IntensityMap.from_model`), and the outside is re-checked unchanged;
+5. the noise and seam figures (`imaging.texture.measure_texture`) of every slice, on the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medgen.generate.noise import generated_signal, measure_noise_texture, retexture
+from medgen.generate.seam import harmonize_border
+from medgen.generate.slice_consistency import smooth_along_slices
+from medgen.imaging.crop import paste_generated, resize_image
+from medgen.imaging.intensity import IntensityMap, modality_gray
+from medgen.imaging.texture import TextureFigures, measure_texture, median_figures
+from medgen.imaging.volume import Volume
+
+
+@dataclass
+class ComposedVariant:
+    """One variant's stored values and its texture figures (per slice and their median)."""
+
+    pixels: np.ndarray
+    slice_figures: list[TextureFigures]
+    noise: list[dict]
+
+    @property
+    def figures(self) -> TextureFigures:
+        return median_figures(self.slice_figures)
+
+    def to_json(self) -> dict:
+        return {
+            **self.figures.to_json(),
+            "slices": [f.to_json() for f in self.slice_figures],
+            "source_noise": self.noise,
+        }
+
+
+def compose_variant(
+    volume: Volume,
+    intensity: IntensityMap,
+    jobs: list,
+    generated: np.ndarray,
+    *,
+    seed: int,
+    match_noise: bool = True,
+    slice_consistency: bool = True,
+) -> ComposedVariant:
+    """Stored values of one variant; ``jobs`` carry index, source_model, mask, dilated, weights, box;
+    ``generated`` holds one model-space crop per job at the model's resolution."""
+    # 1. Back to each box; the generated signal in full-slice arrays
+    crops_back = [resize_image(crop, job.box.shape) for job, crop in zip(jobs, generated)]
+    signals = []
+    for job, crop_back in zip(jobs, crops_back):
+        full = np.asarray(job.source_model, dtype=np.float64).copy()
+        full[job.box.slices] = generated_signal(crop_back) if match_noise else crop_back
+        signals.append(full)
+
+    # 2. One 3D object: smooth the signal along the slice axis
+    if slice_consistency and len(jobs) > 1:
+        signals = smooth_along_slices(
+            [job.index for job in jobs], signals, [job.weights for job in jobs], float(volume.spacing[0])
+        )
+
+    # 3. Blend, with the source's noise texture
+    pixels = volume.pixels.copy()
+    slice_figures, noise_records = [], []
+    for job, signal in zip(jobs, signals):
+        if match_noise:
+            signal = harmonize_border(job.source_model, signal, job.mask, job.dilated)
+            unclipped = intensity.to_model_array(volume.pixels[job.index], job.index, clip=False)
+            texture = measure_noise_texture(unclipped, job.mask, job.dilated)
+            rng = np.random.default_rng([int(seed), int(job.index)])
+            blended = retexture(
+                job.source_model, signal[job.box.slices], job.weights, texture, rng, job.box.slices, unclipped
+            )
+            noise_records.append({"slice": job.index, **texture.describe()})
+        else:
+            blended = paste_generated(job.source_model, signal[job.box.slices], job.box, job.weights)
+
+        # 4. Stored values; the outside must not have moved
+        source_stored = volume.pixels[job.index]
+        converted = intensity.from_model(blended, job.index, source_stored, clip=not match_noise)
+        keep = job.weights > 0
+        if converted.ndim == 3:  # colour: one decision per pixel for all samples
+            keep = keep[..., None]
+        pixels[job.index] = np.where(keep, converted, source_stored)
+        outside = ~job.dilated
+        if not np.array_equal(pixels[job.index][outside], source_stored[outside]):
+            raise RuntimeError(f"slice {job.index}: paste-back changed pixels outside the dilated mask")
+
+        # 5. The figures a reader's eye would judge, in modality units
+        output = modality_gray(volume, job.index, pixels[job.index])
+        slice_figures.append(measure_texture(output, job.mask, job.dilated))
+    return ComposedVariant(pixels, slice_figures, noise_records)

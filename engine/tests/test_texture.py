@@ -1,0 +1,107 @@
+"""Noise and seam figures (imaging.texture), noise texture matching (generate.noise) and smoothing along
+the slice axis (generate.slice_consistency), on synthetic slices whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from medgen.generate.noise import generated_signal, measure_noise_texture, retexture, synthesize_noise
+from medgen.generate.slice_consistency import smooth_along_slices
+from medgen.imaging.crop import dilate_mask, feather_weights
+from medgen.imaging.texture import (
+    NOISE_RATIO_BAND,
+    SEAM_RATIO_BAND,
+    highpass,
+    measure_texture,
+    robust_std,
+)
+
+SIZE = 128
+
+
+def disk(radius: float, centre=(64, 64), size=SIZE) -> np.ndarray:
+    rows, cols = np.mgrid[:size, :size]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def correlated_noise(rng, std: float, sigma: float = 1.0, size=SIZE) -> np.ndarray:
+    """Noise correlated over about a pixel, as a CT reconstruction kernel makes it."""
+    noise = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma)
+    return noise / noise.std() * std
+
+
+def scene(rng):
+    """A tissue slice in model space: a smooth gradient plus correlated noise; mask, dilated, weights."""
+    rows, _ = np.mgrid[:SIZE, :SIZE]
+    source = -0.2 + 0.002 * rows + correlated_noise(rng, 0.05)
+    mask = disk(12)
+    dilated = dilate_mask(mask, 3.0, (1.0, 1.0))
+    weights = feather_weights(mask, dilated, 4.0)
+    box = (slice(32, 96), slice(32, 96))
+    return source, mask, dilated, weights, box
+
+
+def test_a_smooth_pasted_blob_is_found_by_both_figures_and_retexturing_hides_it():
+    rng = np.random.default_rng(0)
+    source, mask, dilated, weights, box = scene(rng)
+    flat = np.full(source.shape, -0.5)  # a flat hypodense blob filling the mask: no noise at all
+    pasted = weights * flat + (1 - weights) * source
+    smooth = measure_texture(pasted, mask, dilated)
+    assert smooth.noise_std_ratio < 0.2  # the blob is far too smooth
+    assert smooth.seam_strength_ratio > SEAM_RATIO_BAND[1]  # and its step edge shows
+
+    texture = measure_noise_texture(source, mask, dilated)
+    assert texture.patches > 0 and abs(texture.std - robust_std(highpass(source)[~dilated])) < 0.2 * texture.std
+    # a lesion inside the painted mask with a soft edge, on the tissue around it, as a model makes it
+    lesion = np.where(disk(8), -0.5, ndimage.gaussian_filter(source, 3.0))
+    signal = ndimage.gaussian_filter(lesion, 1.5)[box]
+    out = retexture(source, signal, weights, texture, np.random.default_rng(1), box)
+    matched = measure_texture(out, mask, dilated)
+    assert NOISE_RATIO_BAND[0] <= matched.noise_std_ratio <= NOISE_RATIO_BAND[1]
+    assert SEAM_RATIO_BAND[0] <= matched.seam_strength_ratio <= SEAM_RATIO_BAND[1]
+    # the lesion's signal survives: mean inside is the lesion's, not the tissue's
+    assert abs(out[disk(5)].mean() - (-0.5)) < 0.05
+    # outside the weights nothing moved, bit for bit
+    assert np.array_equal(out[weights == 0], source[weights == 0])
+
+
+def test_synthesized_noise_has_the_measured_texture_not_white_noise():
+    rng = np.random.default_rng(2)
+    mask = disk(10)
+    dilated = dilate_mask(mask, 2.0, (1.0, 1.0))
+    for sigma in (0.6, 1.6):
+        source = correlated_noise(rng, 0.05, sigma)
+        texture = measure_noise_texture(source, mask, dilated)
+        made = synthesize_noise(texture, (SIZE, SIZE), np.random.default_rng(3))
+
+        def lag1(image):  # neighbour correlation of the noise part: its texture in one number
+            r = highpass(image)
+            return float(np.corrcoef(r[:, :-1].ravel(), r[:, 1:].ravel())[0, 1])
+
+        assert abs(lag1(made) - lag1(source)) < 0.12, sigma
+        assert abs(robust_std(highpass(made)) - 1.0) < 0.05  # unit std, scaled by the caller
+
+
+def test_generated_signal_removes_the_models_texture_but_keeps_the_lesion():
+    rng = np.random.default_rng(4)
+    lesion = np.where(disk(15, size=64, centre=(32, 32)), -0.5, 0.1)
+    noisy = lesion + rng.normal(0, 0.1, lesion.shape)
+    signal = generated_signal(noisy)
+    assert robust_std(highpass(signal)) < 0.3 * robust_std(highpass(noisy))
+    assert abs(signal[28:36, 28:36].mean() - (-0.5)) < 0.03
+
+
+def test_slice_smoothing_makes_neighbours_agree_inside_the_mask_only_and_never_across_a_gap():
+    rng = np.random.default_rng(5)
+    weights = [disk(10, size=32, centre=(16, 16)).astype(float) for _ in range(5)]
+    signals = [np.full((32, 32), v) + 0.0 for v in rng.normal(0, 1, 5)]
+    indices = [10, 11, 12, 13, 20]  # slice 20 has no neighbour
+    out = smooth_along_slices(indices, signals, weights, slice_spacing_mm=2.0)
+    inside = weights[0] > 0
+    before = np.mean([abs(signals[n][inside].mean() - signals[n + 1][inside].mean()) for n in range(3)])
+    after = np.mean([abs(out[n][inside].mean() - out[n + 1][inside].mean()) for n in range(3)])
+    assert after < 0.6 * before
+    for n in range(5):
+        assert np.array_equal(out[n][~inside], signals[n][~inside])  # outside the weights: untouched
+    assert np.array_equal(out[4], signals[4])  # the isolated slice is not mixed with slice 13

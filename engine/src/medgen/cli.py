@@ -98,6 +98,15 @@ def _add_inpaint_parser(subparsers) -> None:
                    "(default: the preset, or the 0.5-99.5 percentiles for MR, X-ray and US)")
     p.add_argument("--window-width", type=float, metavar="VALUE",
                    help="window width in modality units; given with --window-center (default: as --window-center)")
+    p.add_argument("--force-modality", action="store_true",
+                   help="run a source whose modality contradicts the model's medgen.json, with the source's own "
+                   "default window (default: refuse with exit 2)")
+    p.add_argument("--no-noise-match", action="store_false", dest="match_noise",
+                   help="keep the model's own texture instead of the source's measured noise std and spectrum "
+                   "(default: match the source's noise)")
+    p.add_argument("--no-slice-consistency", action="store_false", dest="slice_consistency",
+                   help="do not smooth the generated lesion along the slice axis "
+                   "(default: smooth it, Gaussian sigma 2 mm, at least one slice)")
     p.add_argument("--only-modified", action="store_true", help="write just the inpainted slices")
     p.add_argument("--seg", action="store_true", dest="write_seg", help="also write a DICOM SEG of the inpainted region")
     p.add_argument(
@@ -153,6 +162,9 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         control_from=args.control_from,
         prompt_variations=variations,
         allow_unchanged=args.allow_unchanged,
+        force_modality=args.force_modality,
+        match_noise=args.match_noise,
+        slice_consistency=args.slice_consistency,
     )
     inpainter = Inpainter(
         args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config
@@ -168,6 +180,13 @@ def _run_inpaint(args: argparse.Namespace) -> int:
 
 
 def _print_result(result) -> None:
+    for note in result.notes:
+        print(note)
+    for v, figures in enumerate(result.texture):
+        print(
+            f"variant {v + 1:02d}: noise std ratio {figures['noise_std_ratio']}, seam strength ratio "
+            f"{figures['seam_strength_ratio']} (generated region / surrounding tissue; 1 = same texture)"
+        )
     print(f"wrote {len(result.variant_dirs)} variant(s) of slice(s) {result.slices} (seeds {result.seeds}):")
     for directory in result.variant_dirs:
         print(f"  {directory}")

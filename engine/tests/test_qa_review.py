@@ -230,3 +230,26 @@ def test_three_readers_in_chromium_with_a_server_kill_in_the_middle(study, tmp_p
     html = (out / "summary.html").read_text()
     answered_synthetic = {a.case_key for a in Study(folder).answers() if a.truth == "synthetic"}
     assert html.count('<div class="case">') == len(answered_synthetic) >= 2  # each answered synthetic case
+
+
+def test_review_command_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    from medgen.cli import main
+    from medgen.qa.review.store import Study
+
+    assert main(["review", "serve", "--cases", str(tmp_path / "none"), "--port", "0"]) == 2
+    assert "study.sqlite" in capsys.readouterr().err
+    ct_small = dicom_testfile("CT_small.dcm")
+    study = tmp_path / "study"
+    assert main(["review", "add-real", "--cases", str(study), str(ct_small), "--mask", str(tmp_path / "no.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no.nii.gz" in err
+    assert Study(study).case_counts() == {"real": 0, "synthetic": 0}
+    # a study of real cases only cannot be balanced: refused before serving
+    from medgen.imaging.read import read_volume
+
+    disc = np.zeros((1,) + read_volume(ct_small).shape2d, bool)
+    disc[0, 60:70, 50:60] = True
+    mask = write_labelmap_like(read_volume(ct_small), disc, tmp_path / "disc.nii.gz")
+    assert main(["review", "add-real", "--cases", str(study), str(ct_small), "--mask", str(mask)]) == 0
+    assert main(["review", "serve", "--cases", str(study), "--port", "0", "--readers", "ann"]) == 2
+    assert "real and synthetic" in capsys.readouterr().err

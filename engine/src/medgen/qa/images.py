@@ -90,8 +90,8 @@ class ValueCoding:
         return rgb
 
 
-def outline_rgba(mask: np.ndarray, colour=(255, 64, 64)) -> np.ndarray:
-    """The mask's one-pixel outline, transparent elsewhere."""
+def outline_rgba(mask: np.ndarray, colour=(64, 230, 64)) -> np.ndarray:
+    """The mask's one-pixel outline, transparent elsewhere; green, apart from the difference map's red and blue."""
     edge = mask & ~ndimage.binary_erosion(mask)
     rgba = np.zeros(mask.shape + (4,), np.uint8)
     rgba[edge] = (*colour, 255)

@@ -32,6 +32,16 @@ def phantom_model_dir() -> Path:
     return demo_model_path()
 
 
+@pytest.fixture(scope="session")
+def phantom_demo_run(tmp_path_factory):
+    """`medgen demo` at small size (4 slices, 2 variants, 4 steps): one finished run that the QA report and
+    reader-study tests read (its phantom case is beside it, in out.parent / "phantom")."""
+    from medgen.phantom.commands import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("demo-run") / "demo", device="cpu", num_slices=4, num_variants=2,
+                    num_inference_steps=4)
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op thread: on a busy 2-core machine spinning OpenMP threads make timings erratic and

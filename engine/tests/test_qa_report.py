@@ -17,13 +17,9 @@ from qa_chromium import console_errors, quit_chromium, save_screenshot, start_ch
 
 
 @pytest.fixture(scope="module")
-def phantom_run(tmp_path_factory):
+def phantom_run(phantom_demo_run):
     """`medgen demo`'s path at small size: a phantom CT twin inpainted under a cyst mask, 2 variants."""
-    from medgen.phantom.commands import run_demo
-
-    result = run_demo(tmp_path_factory.mktemp("qa") / "demo", device="cpu", num_slices=4, num_variants=2,
-                      num_inference_steps=4)
-    return result
+    return phantom_demo_run
 
 
 @pytest.fixture(scope="module")

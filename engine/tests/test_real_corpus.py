@@ -1,0 +1,68 @@
+"""Every real DICOM file pydicom and pydicom-data ship either works or is refused up front.
+
+Found at test time (never copied into the repository): pydicom's test and charset files and the
+pydicom-data package. A file is run through the engine with a small square mask in its centre; the
+outcome must be a success, or a refusal whose reason is on the written list
+(``medgen.imaging.unsupported``). A crash, a failure after generation started, an unlisted refusal or
+an output that breaks a rule fails the test. The default run reads and pre-flights every file and
+generates a representative sample with 2 steps; the full generation run is marked slow.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from real_corpus import REFUSED, SUCCESS, case_id, corpus_files, preflight_case, run_case
+
+FILES = corpus_files()
+pytestmark = pytest.mark.skipif(not FILES, reason="pydicom's test files are not installed")
+
+# One of each kind that once crashed or failed late: CT with private tags, MR in implicit VR, NM with
+# NumberOfFrames=1, RT Dose (SEG step), an old-style time, colour US with burned-in text
+SAMPLE = ("CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "rtdose_1frame.dcm", "ExplVR_BigEnd.dcm",
+          "US1_UNCR.dcm")
+
+
+@pytest.fixture(scope="module")
+def demo_inpainter():
+    from medgen.api import Inpainter
+    from medgen.phantom.model import demo_model_path
+
+    return Inpainter(demo_model_path(), device="cpu")
+
+
+def _sample_files() -> list[Path]:
+    by_name = {path.name: path for path in FILES}
+    return [by_name[name] for name in SAMPLE if name in by_name]
+
+
+@pytest.mark.parametrize("path", FILES, ids=[case_id(p) for p in FILES])
+def test_every_file_passes_the_preflight_or_is_refused_with_a_listed_reason(path):
+    """With --seg, and without it where the SEG is refused (the SEG pre-flight builds the DICOM first)."""
+    outcome = preflight_case(path, write_seg=True)
+    assert outcome.kind in (SUCCESS, REFUSED), f"with --seg: {outcome.kind}: {outcome.message}"
+    if outcome.kind == REFUSED:
+        outcome = preflight_case(path, write_seg=False)
+        assert outcome.kind in (SUCCESS, REFUSED), f"without --seg: {outcome.kind}: {outcome.message}"
+
+
+@pytest.mark.parametrize("path", _sample_files(), ids=[p.name for p in _sample_files()])
+def test_sample_generates_or_is_refused_with_a_listed_reason(path, demo_inpainter, tmp_path):
+    """With --seg, which writes the synthetic series too (the run without it is in the slow test)."""
+    outcome = run_case(demo_inpainter, path, tmp_path, write_seg=True, steps=2)
+    assert outcome.kind in (SUCCESS, REFUSED), f"{outcome.kind}: {outcome.message}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("write_seg", [False, True], ids=["dicom", "seg"])
+@pytest.mark.parametrize("path", FILES, ids=[case_id(p) for p in FILES])
+def test_whole_corpus_generates_or_is_refused_with_a_listed_reason(path, write_seg, demo_inpainter, tmp_path):
+    outcome = run_case(demo_inpainter, path, tmp_path, write_seg=write_seg, steps=2)
+    assert outcome.kind in (SUCCESS, REFUSED), f"{outcome.kind}: {outcome.message}"
+
+
+def test_sample_names_exist_in_the_corpus():
+    """The sample is only representative if its files are really there."""
+    names = {path.name for path in FILES}
+    missing = [name for name in SAMPLE if name not in names]
+    assert not missing, f"sample files missing from the installed corpus: {missing}"

@@ -158,3 +158,31 @@ def test_help_documents_force_modality():
     inpaint = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("inpaint"))
     text = inpaint.format_help()
     assert "--force-modality" in text and "--no-noise-match" in text and "--no-slice-consistency" in text
+
+
+def test_adapter_training_crops_and_manifest_follow_the_base_models_contract(tmp_path, phantom_model_dir):
+    import SimpleITK as sitk
+
+    from medgen.train.data import file_crops
+    from medgen.train.loop import AdapterTrainSettings, write_manifest
+
+    rng = np.random.default_rng(4)
+    hu = head_ct_like(rng)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.nii.gz"))  # no modality: HU-like
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[1, 26:38, 26:38] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / "mask.nii.gz"))
+    (tmp_path / "train.csv").write_text("image,mask,prompt\nct.nii.gz,mask.nii.gz,lesion\n")
+
+    soft = file_crops(tmp_path, resolution=32)  # recognised CT, no contract: soft tissue
+    lung = file_crops(tmp_path, resolution=32, contract=IntensityContract(modality="CT", window=Window(-600, 1500)))
+    centre = slice(12, 20)
+    assert abs(soft.images[0][centre, centre].mean() - 0.0) < 0.1  # 40 HU: the soft-tissue window's centre
+    assert abs(lung.images[0][centre, centre].mean() - (40 + 600) / 750) < 0.1  # 40 HU in the lung window
+
+    out = tmp_path / "adapter"
+    out.mkdir()
+    manifest = write_manifest(out, kind="lora", base=phantom_model_dir, settings=AdapterTrainSettings(),
+                              history=[], num_crops=1)
+    record = json.loads(Path(manifest).read_text())
+    assert record["modality"] == "CT" and record["intensity"] == {"window": {"center": 40.0, "width": 400.0}}

@@ -87,7 +87,10 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         check_optimizer(args.optimizer)
         if args.data is not None:
-            crops = file_crops(args.data, resolution=_model_resolution(Path(base)))
+            from medgen.generate.settings import read_intensity_contract
+
+            crops = file_crops(args.data, resolution=_model_resolution(Path(base)),
+                               contract=read_intensity_contract(base))
         elif args.kind == "controlnet":
             crops = phantom_lesion_crops(args.phantom, prompt=args.prompt, lesion_types=BASE_TYPES, seed=args.seed)
         else:

@@ -107,11 +107,13 @@ def read_training_table(data: str | Path) -> list[tuple[Path, Path, str]]:
 
 
 def file_crops(
-    data: str | Path, *, resolution: int, crop_padding_px: int = DEFAULT_CROP_PADDING_PX
+    data: str | Path, *, resolution: int, crop_padding_px: int = DEFAULT_CROP_PADDING_PX, contract=None
 ) -> AdapterCrops:
-    """Every masked slice of every row, read, windowed and cropped as `medgen inpaint` does."""
+    """Every masked slice of every row, read, windowed and cropped as `medgen inpaint` does: through the
+    base model's intensity ``contract`` (its medgen.json) when it has one, else the engine's default
+    for the file's recognised modality."""
     from medgen.imaging.crop import mask_crop_box, resize_image, resize_mask
-    from medgen.imaging.intensity import IntensityMap, choose_window
+    from medgen.imaging.intensity import IntensityMap, resolve_window
     from medgen.imaging.masks import read_mask
     from medgen.imaging.read import read_volume
 
@@ -121,7 +123,8 @@ def file_crops(
         # a training row's mask may come from another series of the study: resampled, as it always was
         mask3d = np.asarray(read_mask(mask_path, volume, resample=True), dtype=bool)
         slices = [int(k) for k in np.nonzero(mask3d.reshape(len(mask3d), -1).any(axis=1))[0]]
-        intensity = IntensityMap(volume, choose_window(volume, slices))  # the inference default window
+        window = resolve_window(volume, slices, contract, source=str(image_path)).window  # as inference
+        intensity = IntensityMap(volume, window)
         for k in slices:
             box = mask_crop_box(mask3d[k], crop_padding_px)
             crop = resize_image(intensity.to_model(k)[box.slices], (resolution, resolution))

@@ -259,14 +259,19 @@ def write_manifest(out: Path, *, kind: str, base: Path, settings: AdapterTrainSe
     trained on, and how."""
     from medgen.generate.adapters import write_manifest as write_adapter_manifest
 
+    from medgen.generate.settings import read_intensity_contract
+
     steps = [h["loss"] for h in history if "loss" in h]
     fixed = [h["fixed_batch_loss"] for h in history if "fixed_batch_loss" in h]
+    # the adapter was trained through its base model's intensity contract: record it with the adapter
+    contract = read_intensity_contract(base) if Path(base).is_dir() else None
 
     return write_adapter_manifest(
         Path(out),
         kind=kind,
         base_model=base,
-        modality="CT",
+        modality=contract.modality if contract is not None else None,
+        intensity=contract.to_json()["intensity"] if contract is not None else None,
         **extra,
         num_crops=num_crops,
         settings=settings.to_json(),

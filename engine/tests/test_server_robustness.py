@@ -30,6 +30,7 @@ from medgen.server.process import ServerProcess
 from test_server import assert_error, client, inputs, job_parameters, post_job, wait_for  # noqa: F401 - inputs is a fixture
 
 LONG_STEPS = 200
+MAX_SLICES = 64
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def server(tmp_path_factory, tiny_model_dir):
     for folder in (data_dir, data_dir / "jobs", data_dir / "jobs" / "left-over"):
         os.chmod(folder, 0o755)
     process = ServerProcess(data_dir, tiny_model_dir, "--cpu-threads", "1", "--max-steps", str(LONG_STEPS),
-                            "--max-upload-mb", "8", "--keep-inputs", "forever")
+                            "--max-upload-mb", "8", "--keep-inputs", "forever", "--max-slices", str(MAX_SLICES))
     process.start()
     yield process
     process.stop()
@@ -174,7 +175,9 @@ def test_an_oversized_upload_without_the_token_is_refused_before_its_body_is_rea
         sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000000000\r\n"
                      b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
         sock.settimeout(10)
-        answer = sock.recv(4096)
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b"token" in answer
 
@@ -229,6 +232,19 @@ def test_an_rle_file_claiming_65535_squared_pixels_is_refused_before_decoding(se
                              files=[("source", ("big.dcm", data)), ("mask", ("m.nrrd", inputs["mask"].read_bytes()))])
         assert_error(response, 413, "65535x65535", "before decoding")
         assert http.get("/v1/health").status_code == 200
+
+
+def test_the_slice_limit_is_configurable_and_read_from_the_header(server, tmp_path):
+    import SimpleITK as sitk
+
+    image = sitk.Image([4, 4, MAX_SLICES + 1], sitk.sitkInt16)
+    sitk.WriteImage(image, str(tmp_path / "tall.nrrd"))
+    with client(server) as http:
+        assert http.get("/v1/info").json()["limits"]["max_slices"] == MAX_SLICES
+        response = http.post("/v1/jobs", data={"parameters": json.dumps(job_parameters())},
+                             files=[("source", ("tall.nrrd", (tmp_path / "tall.nrrd").read_bytes())),
+                                    ("mask", ("m.nrrd", (tmp_path / "tall.nrrd").read_bytes()))])
+    assert_error(response, 413, f"{MAX_SLICES + 1} slices", str(MAX_SLICES))
 
 
 def test_the_data_folder_is_private_whatever_mode_it_had(server, inputs):

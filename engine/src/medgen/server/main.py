@@ -76,12 +76,16 @@ def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
     p.add_argument("--max-variants", type=int, default=limits.max_variants, help="most variants one job may ask for")
     p.add_argument("--max-steps", type=int, default=limits.max_inference_steps,
                    help="most denoising steps one job may ask for")
+    p.add_argument("--max-slices", type=int, default=limits.max_slices, metavar="N",
+                   help="slices (or frames) an upload may declare; checked from its headers before decoding")
+    p.add_argument("--max-slice-pixels", type=int, default=limits.max_slice_pixels, metavar="N",
+                   help="rows x columns x samples one slice may declare; checked from its headers before decoding")
     p.add_argument("--keep-results", default="7d", metavar="DURATION",
                    help="delete a finished job (results, uploads, database contents) this long after it finished: "
-                        "90s, 30m, 12h, 7d or 'forever' (default %(default)s)")
+                        "90s, 30m, 12h, 7d or 'forever' (default: %(default)s)")
     p.add_argument("--keep-inputs", default="0", metavar="DURATION",
                    help="remove a job's uploaded scan and mask this long after it finished: 0 = as soon as it "
-                        "succeeds, fails or is cancelled; 'forever' = with its results (default %(default)s)")
+                        "succeeds, fails or is cancelled; 'forever' = with its results (default: %(default)s)")
     p.add_argument("--max-data-size", default=None, metavar="SIZE",
                    help="quota of the data folder in bytes or with a unit (500M, 20G); a submission that would "
                         "pass it answers 507 (default: no quota)")
@@ -129,6 +133,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             "max_upload_bytes": args.max_upload_mb << 20,
             "max_variants": args.max_variants,
             "max_inference_steps": args.max_steps,
+            "max_slices": args.max_slices,
+            "max_slice_pixels": args.max_slice_pixels,
             "max_data_bytes": max_data_bytes,
         }
     )

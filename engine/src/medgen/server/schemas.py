@@ -84,6 +84,8 @@ class JobParameters(BaseModel):
     window_center: float | None = Field(default=None, ge=-MAX_WINDOW_VALUE, le=MAX_WINDOW_VALUE)
     window_width: float | None = Field(default=None, gt=0, le=2 * MAX_WINDOW_VALUE)
     control_from: ControlFrom = Field(default="mask-edges", description="a ControlNet's control image source")
+    allow_unchanged: bool = Field(default=False, description="keep a result in which no voxel changed (else the "
+                                                             "job fails saying so)")
     prompt_variations: list[Annotated[str, Field(max_length=4000)]] | None = Field(
         default=None, max_length=64, description="variant v gets item v mod n in front of the prompt (or for '{}')"
     )

@@ -146,6 +146,7 @@ def engine_request(
         adapters=adapters,
         controlnet=controlnet,
         control_from=parameters.control_from,
+        allow_unchanged=parameters.allow_unchanged,
     )
 
 

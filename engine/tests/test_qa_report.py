@@ -160,3 +160,32 @@ def test_report_command_errors_are_one_line_with_exit_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "provenance.json" in done.stderr
     assert not (not_a_run / "report.html").exists()
+
+
+def test_trained_adapter_index_reaches_the_report_of_a_run_that_used_it(tmp_path, phantom_model_dir, capsys):
+    """`medgen train` on a CSV (pydicom's CT_small under a painted disc) writes the crop index; a run with
+    that adapter gets a memorization row naming the training file, slice and crop box."""
+    from medgen.cli import main
+    from medgen.imaging.read import read_volume
+    from medgen.train.cli import train_main
+    from testfiles import dicom_testfile, write_labelmap_like
+
+    ct_small = dicom_testfile("CT_small.dcm")
+    volume = read_volume(ct_small)
+    rows, cols = np.mgrid[: volume.shape2d[0], : volume.shape2d[1]]
+    mask = write_labelmap_like(volume, ((rows - 70) ** 2 + (cols - 60) ** 2 <= 8**2)[None], tmp_path / "disc.nii.gz")
+    (tmp_path / "train.csv").write_text(f"image,mask,prompt\n{ct_small},{mask},<spiculated> mass\n")
+    adapter = tmp_path / "ti"
+    assert train_main(["textual-inversion", "--data", str(tmp_path / "train.csv"), "--steps", "1", "--batch-size", "1",
+                       "--device", "cpu", "--out", str(adapter)]) == 0
+    records = json.loads((adapter / "training-crops.json").read_text())["crops"]
+    assert records == [{"file": str(ct_small), "slice": 0, "prompt": "<spiculated> mass",
+                        "crop_box": records[0]["crop_box"]}] and len(records[0]["crop_box"]) == 4
+    out = tmp_path / "run"
+    assert main(["inpaint", str(ct_small), "--mask", str(mask), "--prompt", "<spiculated> mass", "--model",
+                 str(phantom_model_dir), "--adapter", str(adapter), "--steps", "2", "--seed", "3", "--window",
+                 "soft_tissue", "--device", "cpu", "--out", str(out), "--report"]) == 0
+    page = (out / "report.html").read_text()
+    assert "1 training crop(s) in 1 index(es)" in page
+    assert re.search(r"<td>-?[01]\.\d{3} \((distinct|possible copy)\)</td><td>[^<]*CT_small\.dcm, slice 0, box \[",
+                     page)

@@ -3,6 +3,7 @@
 
 import json
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -51,8 +52,6 @@ def _run_job(http, inputs) -> str:
         state = http.get(f"/v1/jobs/{job_id}").json()["state"]
         if state in ("succeeded", "failed", "cancelled"):
             break
-        import time
-
         time.sleep(0.05)
     assert state == "succeeded"
     return job_id

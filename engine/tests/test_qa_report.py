@@ -189,3 +189,40 @@ def test_trained_adapter_index_reaches_the_report_of_a_run_that_used_it(tmp_path
     assert "1 training crop(s) in 1 index(es)" in page
     assert re.search(r"<td>-?[01]\.\d{3} \((distinct|possible copy)\)</td><td>[^<]*CT_small\.dcm, slice 0, box \[",
                      page)
+
+
+@pytest.mark.parametrize(
+    "columns, rows, flips, edges",
+    [
+        ((1, 0, 0), (0, 1, 0), (False, False, False), "RLAP"),  # axial as most scanners store it
+        ((-1, 0, 0), (0, 1, 0), (False, False, True), "RLAP"),  # columns run to the patient's right
+        ((0, 1, 0), (1, 0, 0), (True, False, False), "RLAP"),  # rows and columns swapped
+        ((1, 0, 0), (0, 0, -1), (False, False, False), "RLSI"),  # coronal
+        ((0, 1, 0), (0, 0, 1), (False, True, False), "APSI"),  # sagittal stored feet first
+    ],
+)
+def test_radiological_view(columns, rows, flips, edges):
+    from medgen.qa.images import radiological_view
+
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1] = columns, rows
+    matrix[:3, 2] = np.cross(columns, rows)
+    view = radiological_view(matrix)
+    assert (view.transpose, view.flip_rows, view.flip_cols) == flips
+    assert view.edges["left"] + view.edges["right"] + view.edges["top"] + view.edges["bottom"] == edges
+    image = np.arange(6).reshape(2, 3)
+    assert view.apply(image).shape == ((3, 2) if view.transpose else (2, 3))
+
+
+def test_value_coding_is_exact_for_integers_and_fine_for_floats():
+    from medgen.qa.images import ValueCoding
+
+    def decode(coding, rgb):
+        return coding.offset + coding.scale * (rgb[..., 0].astype(float) * 256 + rgb[..., 1])
+
+    hu = np.array([[-1024, 0, 40], [3071, -3, 1000]], float)
+    coding = ValueCoding.for_values([hu])
+    np.testing.assert_array_equal(decode(coding, coding.encode(hu)), hu)
+    unit = np.random.default_rng(0).random((8, 8))  # e.g. a normalised MR
+    coding = ValueCoding.for_values([unit])
+    assert np.abs(decode(coding, coding.encode(unit)) - unit).max() <= coding.scale / 2 + 1e-12 < 1e-5

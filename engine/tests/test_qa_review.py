@@ -253,3 +253,24 @@ def test_review_command_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert main(["review", "add-real", "--cases", str(study), str(ct_small), "--mask", str(mask)]) == 0
     assert main(["review", "serve", "--cases", str(study), "--port", "0", "--readers", "ann"]) == 2
     assert "real and synthetic" in capsys.readouterr().err
+
+
+def test_summary_statistics_on_known_answers():
+    from medgen.qa.review.store import Answer
+    from medgen.qa.review.summary import auc_from_scores, summarize, wilson_interval
+
+    def answer(reader, key, truth, said, confidence, realism=3):
+        return Answer(reader, key, truth, f"origin of {key}", said, confidence, realism, "2026-01-01T00:00:00+00:00")
+
+    answers = [
+        answer("a", "s1", "synthetic", "synthetic", 3), answer("a", "s2", "synthetic", "real", 1),
+        answer("a", "r1", "real", "real", 1), answer("a", "r2", "real", "synthetic", 1),
+    ]
+    # scores: synthetic +3, -1; real -1, +1 -> pairs (3>-1), (3>1), (-1=-1: half), (-1<1) -> 2.5 of 4
+    assert auc_from_scores(answers) == pytest.approx(0.625)
+    low, high = wilson_interval(2, 4)
+    assert (round(low, 4), round(high, 4)) == (0.1500, 0.8500)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    rows, easiest = summarize(answers)
+    assert [r.reader for r in rows] == ["a", "pooled"] and rows[0].accuracy == 0.5
+    assert [c.key for c in easiest] == ["s1", "s2"]  # s1 called synthetic with certainty

@@ -20,7 +20,7 @@ import numpy as np
 
 from medgen.errors import OutputError
 from medgen.imaging.crop import mask_crop_box, resize_image, resize_mask
-from medgen.imaging.intensity import CT_PRESETS, IntensityMap, modality_gray
+from medgen.imaging.intensity import CT_PRESETS, IntensityMap, modality_gray, recognise_modality
 from medgen.qa.crop_index import COPY_THRESHOLD, CropIndex
 from medgen.qa.images import (
     ValueCoding,
@@ -95,8 +95,9 @@ def build_report_html(run: RunData) -> str:
     figures = [source_figures(run)] + [variant_figures(run, v) for v in run.variants]
     memorization, indexes = _memorization_rows(run)
     # 3. Fill the template
+    modality, _ = recognise_modality(run.source)  # a NIfTI in HU counts as CT
     presets = {"run": [run.window.center, run.window.width]}
-    if run.source.modality == "CT":
+    if modality == "CT":
         presets.update({name: [CT_PRESETS[name].center, CT_PRESETS[name].width] for name in REPORT_PRESETS})
     lower = min(float(np.min(modality_gray(run.source, k))) for k in run.slices)
     upper = max(float(np.max(modality_gray(run.source, k))) for k in run.slices)
@@ -104,7 +105,7 @@ def build_report_html(run: RunData) -> str:
     data = {
         "coding": {"offset": coding.offset, "scale": coding.scale},
         "presets": presets,
-        "unit": "HU" if run.source.modality == "CT" else "",
+        "unit": "HU" if modality == "CT" else "",
         "edges": view.edges,
         "panels": ["source"] + [v.name for v in run.variants],
         "slices": slice_data,
@@ -203,7 +204,7 @@ def _summary_html(run: RunData) -> str:
         ("model", f"{model.get('name')} (sha256 {str(model.get('sha256', ''))[:16]}...)"),
         ("adapters", ", ".join(f"{Path(a['path']).name} ({a.get('kind', 'adapter')})"
                                for a in run.engine_record.get("adapters", [])) or "none"),
-        ("source", f"{run.source_path} ({run.source.modality}, {run.source.num_slices} slice(s), "
+        ("source", f"{run.source_path} ({recognise_modality(run.source)[0]}, {run.source.num_slices} slice(s), "
                    f"{run.source.shape2d[0]} x {run.source.shape2d[1]})"),
         ("mask", str(run.mask_path)),
         ("inpainted slices", ", ".join(str(k) for k in run.slices)),

@@ -98,8 +98,14 @@ def _seg(volume, masks_per_slice, images, only_modified, source) -> None:
     reason = seg_refusal(volume, len(masks_per_slice) if only_modified else volume.num_slices)
     if reason:
         raise InputError(source, reason, reason="seg-source")
-    build_inpaint_seg(images, masks_per_slice, _PLACEHOLDER, source_volume=volume,
-                      software_version=_PLACEHOLDER, model_name=_PLACEHOLDER)
+    try:
+        build_inpaint_seg(images, masks_per_slice, _PLACEHOLDER, source_volume=volume,
+                          software_version=_PLACEHOLDER, model_name=_PLACEHOLDER)
+    except MedgenError:
+        raise
+    except Exception as exc:  # highdicom meets attributes it cannot use (an unknown SOP class, ...)
+        raise InputError(source, f"cannot build a DICOM SEG over the synthetic images: {first_line(exc)}",
+                         reason="seg-source") from exc
 
 
 def _like_source(volume: Volume, source) -> None:

@@ -95,10 +95,10 @@ def _round_trip(ds: pydicom.Dataset) -> pydicom.Dataset:
 def _seg(volume, masks_per_slice, images, only_modified, source) -> None:
     from medgen.dicom.seg import build_inpaint_seg, seg_refusal
 
-    reason = seg_refusal(volume, len(masks_per_slice) if only_modified else volume.num_slices)
-    if reason:
-        raise InputError(source, reason, reason="seg-source")
     try:
+        reason = seg_refusal(volume, len(masks_per_slice) if only_modified else volume.num_slices)
+        if reason:
+            raise InputError(source, reason, reason="seg-source")
         build_inpaint_seg(images, masks_per_slice, _PLACEHOLDER, source_volume=volume,
                           software_version=_PLACEHOLDER, model_name=_PLACEHOLDER)
     except MedgenError:

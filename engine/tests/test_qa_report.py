@@ -89,6 +89,21 @@ def test_report_renders_and_scrolls_in_chromium(report_path, tmp_path):
         driver.find_element(By.CSS_SELECTOR, '#presets button[data-preset="lung"]').click()
         wait.until(lambda d: d.execute_script("return document.body.dataset.renderedPreset") == "lung")
         assert driver.find_element(By.ID, "slice-label").text.startswith("slice ")
+        # the value under the pointer is the source's HU there (rows and columns of the displayed slice)
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(driver).move_to_element_with_offset(canvases[0], 0, 0).perform()  # the view's centre
+        probe = driver.find_element(By.ID, "probe").text
+        match = re.fullmatch(r"source \((\d+), (\d+)\): (-?[\d.]+) HU", probe)
+        assert match, probe
+        from medgen.imaging.intensity import modality_gray
+        from medgen.qa.images import radiological_view
+        from medgen.qa.run import load_run
+
+        run = load_run(report_path.parent)
+        k = run.slices[int(driver.find_element(By.ID, "slice").get_attribute("value"))]
+        shown = radiological_view(run.source.ijk_to_lps).apply(modality_gray(run.source, k))
+        assert float(match[3]) == pytest.approx(shown[int(match[1]), int(match[2])], abs=0.05)
         images = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         assert all(images)
         assert console_errors(driver) == []

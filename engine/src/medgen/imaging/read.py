@@ -320,6 +320,12 @@ def _decode_pixels(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, PixelFo
         # pydicom tries each plugin; the first plugin's reason is the useful one
         raise InputError(path, f"cannot decode pixel data (transfer syntax {syntax_name}): {first_line(exc)}",
                          reason="damaged" if transfer_syntax and not transfer_syntax.is_compressed else "codec") from exc
+    except BaseException as exc:
+        # a decoder written in Rust panics on some damaged streams (pyo3's PanicException is no Exception)
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise InputError(path, f"the {syntax_name} decoder failed on damaged pixel data: {first_line(exc)}",
+                         reason="damaged") from None
 
     decoded_photometric = str(meta.get("photometric_interpretation", photometric))
     if decoded_photometric not in SUPPORTED_PHOTOMETRICS:

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 LOCAL_CPU_SLOTS = 2
 """CPU slots of the Ray instance that `--ray auto` starts when none is running (its GPUs are all used)."""
+RESTART_POLL_S = 1.0
+"""How long to wait before asking again whether a lost actor has been restarted."""
 
 
 def connect(address: str) -> bool:
@@ -102,32 +104,64 @@ class RayRunner:
         attempts: dict[str, int] = {}
         first_handed_out: dict[str, float] = {}
         idle = list(self.actors)
-        in_flight: dict = {}  # object ref -> (actor, row)
-        while pending or in_flight:
-            # 1. Every free actor gets the next row
+        in_flight: dict = {}  # object ref of a row -> (actor, row)
+        restarting: dict = {}  # object ref of a model load -> actor: a lost actor gets rows again once loaded
+
+        def hand_out() -> None:
             while idle and pending:
                 actor, row = idle.pop(), pending.popleft()
                 attempts[row.id] = attempts.get(row.id, 0) + 1
                 first_handed_out.setdefault(row.id, time.perf_counter())
                 in_flight[actor.run.remote(row)] = (actor, row)
-            # 2. Wait for one result; a dead actor's row comes back as "lost"
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+
+        while pending or in_flight:
+            # 1. Every free actor gets the next row
+            hand_out()
+            if not in_flight and not restarting:
+                raise RuntimeError("every Ray worker was lost and none could load the model again")
+            # 2. Wait for a row's result or a restarted actor's model load
+            [ref], _ = ray.wait(list(in_flight) + list(restarting), num_returns=1)
+            if ref in restarting:
+                self._restarted(ref, restarting, idle)
+                continue
             actor, row = in_flight.pop(ref)
             try:
                 outcome = ray.get(ref)
+                idle.append(actor)
             except RayActorError as error:
                 outcome = RowOutcome.lost(row.id, f"worker lost: {type(error).__name__}: {error}")
-                logger.warning("row %s: its worker was lost; handing the row out again", row.id)
-                actor.load.remote()  # the restarted actor reloads the model before its next row
+                logger.warning("row %s: its worker was lost; the row is handed out again", row.id)
+                restarting[actor.load.remote()] = actor  # Ray restarts the actor; it reloads the model
             except RayError as error:  # the task itself could not run (e.g. its arguments)
                 outcome = RowOutcome(row.id, ok=False, error=f"{type(error).__name__}: {error}", kind="error",
                                      retryable=True)
-            idle.append(actor)
-            # 3. Retry, or report the row as finished
-            if should_retry(outcome, attempts[row.id], self.max_retries):
+                idle.append(actor)
+            # 3. Retry, or report the row as finished (after the freed actor has its next row)
+            retry = should_retry(outcome, attempts[row.id], self.max_retries)
+            if retry:
                 pending.appendleft(row)
-            else:
+            hand_out()
+            if not retry:
                 on_finished(row, outcome, attempts[row.id], time.perf_counter() - first_handed_out[row.id])
+
+    @staticmethod
+    def _restarted(ref, restarting: dict, idle: list) -> None:
+        """A lost actor's model load came back: the actor takes rows again, or is asked again while
+        Ray is still restarting it, or is dropped when the model no longer loads."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        actor = restarting.pop(ref)
+        try:
+            error = ray.get(ref)
+        except RayActorError:
+            time.sleep(RESTART_POLL_S)
+            restarting[actor.load.remote()] = actor
+            return
+        if error:
+            logger.warning("a restarted Ray worker could not load the model and is left out: %s", error)
+        else:
+            idle.append(actor)
 
     def stop(self) -> None:
         import ray

@@ -5,7 +5,8 @@ that raises ends failed and the next one runs; a stored job this version cannot 
 start-up; a cancel answered 200 never ends as a success; headers that claim huge images are refused
 before decoding; an oversized upload without the token gets 401 before its body is read; the data
 folder is private whatever mode it had; a full disk passes and the worker runs new jobs once space is
-freed. The tiny random-weight model keeps every job to a second or so.
+freed; seeded fuzz cases of the upload and JSON bodies (server_fuzz.py) never get a 5xx. The tiny
+random-weight model keeps every job to a second or so.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
 
 from medgen.server.process import ServerProcess
+from server_fuzz import FAST_CASES, run_cases
 from test_server import assert_error, client, inputs, job_parameters, post_job, wait_for  # noqa: F401 - inputs is a fixture
 
 LONG_STEPS = 200
@@ -255,6 +257,20 @@ def test_the_data_folder_is_private_whatever_mode_it_had(server, inputs):
     loose = [f"{p} {stat.S_IMODE(p.stat().st_mode):o}" for p in paths
              if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)]
     assert not loose, loose
+
+
+# --- item 3: fuzzing the upload and the JSON -------------------------------------------------
+
+
+def test_fuzzed_uploads_and_json_never_get_a_5xx_and_the_worker_survives(server, inputs):
+    run_cases(server, inputs, range(FAST_CASES))
+
+
+@pytest.mark.slow
+def test_many_fuzzed_requests_never_get_a_5xx_and_the_worker_survives(server, inputs):
+    """MEDGEN_SERVER_FUZZ_CASES cases (default 2000) beyond the fast subset."""
+    cases = int(os.environ.get("MEDGEN_SERVER_FUZZ_CASES", "2000"))
+    run_cases(server, inputs, range(FAST_CASES, FAST_CASES + cases))
 
 
 # --- item 6: a full disk -----------------------------------------------------------------------

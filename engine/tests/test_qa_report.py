@@ -122,7 +122,7 @@ def _generated_crop(run, variant, k):
 
 
 def test_memorization_check_flags_a_copied_crop_only(phantom_run, tmp_path):
-    from medgen.qa.crop_index import COPY_THRESHOLD, write_crop_index
+    from medgen.imaging.crop_index import COPY_THRESHOLD, write_crop_index
     from medgen.qa.report import write_report
     from medgen.qa.run import load_run
     from medgen.train.data import phantom_lesion_crops
@@ -155,7 +155,7 @@ def test_memorization_check_flags_a_copied_crop_only(phantom_run, tmp_path):
 
 
 def test_training_writes_its_crop_index(tmp_path):
-    from medgen.qa.crop_index import CropIndex
+    from medgen.imaging.crop_index import CropIndex
     from medgen.train.data import phantom_lesion_crops
     from medgen.train.loop import write_training_crop_index
 

@@ -21,7 +21,7 @@ import numpy as np
 from medgen.errors import OutputError
 from medgen.imaging.crop import mask_crop_box, resize_image, resize_mask
 from medgen.imaging.intensity import CT_PRESETS, IntensityMap, modality_gray, recognise_modality
-from medgen.qa.crop_index import COPY_THRESHOLD, CropIndex
+from medgen.imaging.crop_index import COPY_THRESHOLD, CropIndex
 from medgen.qa.images import (
     ValueCoding,
     difference_rgb,
@@ -168,7 +168,7 @@ def _memorization_rows(run: RunData) -> tuple[list[MemorizationRow], list[CropIn
     rows: list[MemorizationRow] = []
     if not indexes:
         return rows, indexes
-    from medgen.qa.crop_index import crop_thumbnail
+    from medgen.imaging.crop_index import crop_thumbnail
 
     resolution = int(run.parameters.get("resolution") or 64)
     padding = int(run.parameters.get("crop_padding_px") or 16)

@@ -229,7 +229,7 @@ def train_adapter(
 
 def write_training_crop_index(out: Path, crops: AdapterCrops) -> None:
     """The index of the crops this adapter saw, for the memorization check of `medgen report`."""
-    from medgen.qa.crop_index import write_crop_index
+    from medgen.imaging.crop_index import write_crop_index
 
     origins = crops.origins or [{"file": None, "slice": None, "crop_box": None, "prompt": p} for p in crops.prompts]
     write_crop_index(out, crops.images, crops.masks, origins)

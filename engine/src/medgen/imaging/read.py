@@ -207,7 +207,8 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
             except InvalidDicomError:
                 ds = _read_bare_dataset(path)
             _fill_transfer_syntax(ds, path)
-            ds.get("NumberOfFrames")  # values pydicom checks lazily are checked here, inside the capture
+            for _ in ds.iterall():  # parse every element now: a value pydicom cannot read is a damaged file
+                pass
     except InputError:
         raise
     except Exception as exc:  # pydicom raises many kinds on damaged files

@@ -228,6 +228,18 @@ def _add_bench_parser(subparsers) -> None:
         "batch", help="rows per minute of `medgen batch`, local vs Ray, and its overhead per row", add_help=False
     )
     batch.set_defaults(handler=_run_bench_batch, passes_arguments_on=True, own_parser="medgen.bench.batch:build_parser")
+    augment = bench_commands.add_parser(
+        "augment", help="does synthetic pathology help a downstream model learn? (MONAI UNet/Classifier)",
+        add_help=False,
+    )
+    augment.set_defaults(handler=_run_bench_augment, passes_arguments_on=True,
+                         own_parser="medgen.bench.augment:build_parser")
+
+
+def _run_bench_augment(args: argparse.Namespace) -> int:
+    from medgen.bench.augment import main as augment_main
+
+    return augment_main(args.rest)
 
 
 def _run_bench_batch(args: argparse.Namespace) -> int:

@@ -97,7 +97,7 @@ CASES = (
     RealCase("MR_small.dcm", "MR", centre=(44, 20), radius_px=5, force_modality=True),
     RealCase("RG1_UNCR.dcm", "CR", centre=(900, 560), radius_px=40, force_modality=True),
     RealCase("invesalius-cranium", "CT", centre=(128, 100), radius_px=8, force_modality=False, slices=(52, 53, 54, 55, 56)),
-    RealCase("mricron-ch2", "MR", centre=(120, 60), radius_px=8, force_modality=True, slices=(90,)),
+    RealCase("mricron-ch2", "MR", centre=(120, 60), radius_px=10, force_modality=True, slices=(90,)),
 )
 
 

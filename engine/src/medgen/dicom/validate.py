@@ -111,12 +111,23 @@ class ValidationReport:
             lines.append(f"{name:<{width}}  {report.status.value}")
             for problem in report.problems():
                 lines.append(f"{'':<{width}}    {problem.status.value} {problem.check}: {problem.message}")
+        lines += self.texture_lines()
         lines.append(
             f"checked {len(self.files)} file(s): {self.count(CheckStatus.PASS)} passed, "
             f"{self.count(CheckStatus.WARN)} passed with warnings, {self.count(CheckStatus.FAIL)} failed"
             + (f" (source {self.source})" if self.source else "")
         )
         return "\n".join(lines)
+
+
+    def texture_lines(self) -> list[str]:
+        """The noise and seam figures of each written series (from its provenance), one line per folder."""
+        seen: dict[str, str] = {}
+        for report in self.files:
+            for check in report.checks:
+                if check.check == "texture":
+                    seen.setdefault(display_path(report.path.parent), check.message)
+        return [f"texture {folder}: {message}" for folder, message in seen.items()]
 
 
 def display_path(path: Path) -> str:
@@ -312,6 +323,8 @@ def _check_instance(ds: Dataset, path: Path, report: FileReport) -> None:
         _check_source_reference(ds, report)
         _check_derivation(ds, report)
     _check_provenance(ds, path, report)
+    if not _is_seg(ds):
+        _check_texture(ds, report)
     _check_file_meta(ds, report)
     _check_uid_values(ds, report)
 
@@ -424,6 +437,36 @@ def _check_provenance(ds: Dataset, path: Path, report: FileReport) -> None:
         report.add("provenance", CheckStatus.WARN, f"no {PROVENANCE_FILENAME} beside the series")
     else:
         report.add("provenance", CheckStatus.PASS)
+
+
+def _check_texture(ds: Dataset, report: FileReport) -> None:
+    """The generated region's noise std ratio and seam strength ratio (medgen.imaging.texture), as the
+    engine measured them on this variant; a warning outside their bands, nothing when not recorded."""
+    from medgen.imaging.texture import NOISE_RATIO_BAND, SEAM_RATIO_BAND
+
+    try:
+        record = read_provenance(ds)
+    except json.JSONDecodeError:
+        return
+    if not record or not record.get("texture"):
+        return
+    seeds = [v.get("seed") for v in record.get("variants", [])]
+    seed = record.get("variant_seed")
+    index = seeds.index(seed) if seed in seeds else 0
+    if index >= len(record["texture"]):
+        return
+    figures = record["texture"][index]
+    noise, seam = figures.get("noise_std_ratio"), figures.get("seam_strength_ratio")
+    message = (
+        f"noise std ratio {noise}, seam strength ratio {seam} "
+        f"(generated region / surrounding tissue; bands {NOISE_RATIO_BAND[0]}-{NOISE_RATIO_BAND[1]}, "
+        f"{SEAM_RATIO_BAND[0]}-{SEAM_RATIO_BAND[1]})"
+    )
+    in_band = (
+        noise is not None and seam is not None
+        and NOISE_RATIO_BAND[0] <= noise <= NOISE_RATIO_BAND[1] and SEAM_RATIO_BAND[0] <= seam <= SEAM_RATIO_BAND[1]
+    )
+    report.add("texture", CheckStatus.PASS if in_band else CheckStatus.WARN, message)
 
 
 def _check_file_meta(ds: Dataset, report: FileReport) -> None:

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
-from medgen.imaging.texture import NOISE_SPLIT_SIGMA_PX, highpass, noise_std, robust_std, surround_ring
+from medgen.imaging.texture import NOISE_MEDIAN_PX, highpass, noise_std, robust_std, surround_ring
 
 NPS_PATCH_PX = 16
 """Side of the square patches the NPS is averaged over (smaller on small images)."""
+SIGNAL_SMOOTH_SIGMA_PX = 1.0
+"""Gaussian sigma (pixels) that rounds off the median's small steps in the generated signal."""
 HOMOGENEOUS_FACTOR = 1.5
 """A patch counts as homogeneous tissue when its residual std is at most this times the median patch's."""
 
@@ -119,8 +121,11 @@ def synthesize_noise(texture: NoiseTexture, shape: tuple[int, int], rng: np.rand
 
 
 def generated_signal(generated: np.ndarray) -> np.ndarray:
-    """The generated image's low-pass: the lesion's signal without the model's own texture."""
-    return ndimage.gaussian_filter(np.asarray(generated, dtype=np.float64), NOISE_SPLIT_SIGMA_PX, mode="reflect")
+    """The lesion's signal without the model's own texture: the generated image's median over the same
+    window the noise measure uses (`texture.highpass`), which keeps the lesion's edges, lightly smoothed.
+    What the measure would count as noise is left to the source's texture alone."""
+    median = ndimage.median_filter(np.asarray(generated, dtype=np.float64), size=NOISE_MEDIAN_PX, mode="reflect")
+    return ndimage.gaussian_filter(median, SIGNAL_SMOOTH_SIGMA_PX, mode="reflect")
 
 
 def retexture(
@@ -141,6 +146,12 @@ def retexture(
     src = blended[box]
     w = np.asarray(weights, dtype=np.float64)[box]
     noise = synthesize_noise(texture, src.shape, rng)
+    # this realisation, not just the field on average, has the measured std where it matters: inside
+    # the region (a small region holds few independent noise grains, so one draw can be 30 % off)
+    core = w >= 1.0 if np.count_nonzero(w >= 1.0) >= 16 else w > 0
+    realised = robust_std(highpass(noise)[core]) if core.any() else 1.0
+    if realised > 0:
+        noise = noise / realised
     amplitude = texture.std * np.sqrt(np.clip(w * (2.0 - w), 0.0, 1.0))
     mixed = w * np.asarray(signal_crop, dtype=np.float64) + (1.0 - w) * src + amplitude * noise
     lower, upper = -1.0, 1.0

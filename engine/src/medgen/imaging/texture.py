@@ -74,8 +74,11 @@ def robust_std(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size < 2:
         return float("nan")
-    low, high = np.percentile(values, TRIM_PERCENTILES)
-    central = values[(values >= low) & (values <= high)]
+    # trimmed by rank, not by value: integer data has many ties at the cut
+    ordered = np.sort(values)
+    first = int(round(ordered.size * TRIM_PERCENTILES[0] / 100.0))
+    last = int(round(ordered.size * TRIM_PERCENTILES[1] / 100.0))
+    central = ordered[first:last]
     return float(central.std() / TRIMMED_NORMAL_STD) if central.size >= 2 else 0.0
 
 

@@ -1,0 +1,102 @@
+"""Real scans through the whole engine with the shipped demo model and default settings: the intensity
+contract picks the window, the generated region gets the scan's own noise, its border leaves no seam,
+and `medgen validate` reports both figures. Data from pydicom, pydicom-data, invesalius-examples and
+mricron-data, read at test time; a test skips when its package is absent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from real_texture import CASES, run_real_case
+
+from medgen.imaging.texture import NOISE_RATIO_BAND, SEAM_RATIO_BAND
+
+CASE = {case.name: case for case in CASES}
+
+
+@pytest.fixture(scope="module")
+def demo_inpainter(phantom_model_dir):
+    from medgen.api import Inpainter
+
+    return Inpainter(phantom_model_dir, device="cpu")
+
+
+def run_or_skip(inpainter, name: str, work: Path, **options):
+    result = run_real_case(inpainter, CASE[name], work, **options)
+    if result is None:
+        pytest.skip(f"{name}: its data package is not installed")
+    return result
+
+
+def assert_in_bands(result):
+    figures = result.texture[0]
+    assert NOISE_RATIO_BAND[0] <= figures["noise_std_ratio"] <= NOISE_RATIO_BAND[1], figures
+    assert SEAM_RATIO_BAND[0] <= figures["seam_strength_ratio"] <= SEAM_RATIO_BAND[1], figures
+    provenance = json.loads(result.provenance_path.read_text())
+    assert provenance["texture"][0]["noise_std_ratio"] == figures["noise_std_ratio"]
+    return provenance
+
+
+def test_real_ct_default_settings_window_from_the_model_noise_and_seam_in_band(demo_inpainter, tmp_path):
+    from medgen.dicom.validate import validate_paths
+    from medgen.imaging.crop import dilate_mask
+    from medgen.imaging.intensity import modality_gray
+    from medgen.imaging.masks import read_mask
+    from medgen.imaging.read import read_volume
+
+    result = run_or_skip(demo_inpainter, "CT_small.dcm", tmp_path)
+    provenance = assert_in_bands(result)
+    intensity = provenance["parameters"]["intensity"]
+    assert intensity["source_modality"] == "CT" and "medgen.json" in intensity["window_rule"]
+    assert (provenance["parameters"]["window_center"], provenance["parameters"]["window_width"]) == (40.0, 400.0)
+    assert any("medgen.json" in note for note in result.notes)
+
+    # generated values lie inside the model's window, unless the source was beyond it already
+    source = read_volume(Path(provenance["inputs"][0]["path"]))
+    output = read_volume(result.variant_dirs[0])
+    mask = read_mask(tmp_path / "mask.nii.gz", source)
+    k = result.slices[0]
+    region = dilate_mask(mask[k], 2.0, source.spacing[1:])
+    before, after = modality_gray(source, k)[region], modality_gray(output, k)[region]
+    lower, upper = 40 - 200, 40 + 200
+    assert np.all((after >= np.minimum(lower, before) - 0.5) & (after <= np.maximum(upper, before) + 0.5))
+    assert not np.array_equal(before, after)
+
+    report = validate_paths([result.variant_dirs[0]], source=Path(provenance["inputs"][0]["path"]),
+                            run_dciodvfy=False)
+    texture = [c for f in report.files for c in f.checks if c.check == "texture"]
+    assert texture and texture[0].status.value == "PASS" and "noise std ratio" in texture[0].message
+    assert "texture " in report.table() and "seam strength ratio" in report.table()
+    assert all(c.status.value == "PASS" for f in report.files for c in f.checks if c.check == "outside-mask")
+
+
+def test_without_noise_matching_the_same_ct_lesion_is_found_by_its_smoothness(demo_inpainter, tmp_path):
+    result = run_or_skip(demo_inpainter, "CT_small.dcm", tmp_path, match_noise=False)
+    assert result.texture[0]["noise_std_ratio"] < NOISE_RATIO_BAND[0]
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "RG1_UNCR.dcm"])
+def test_real_mr_and_cr_with_the_ct_model_forced_noise_and_seam_in_band(demo_inpainter, tmp_path, name):
+    provenance = assert_in_bands(run_or_skip(demo_inpainter, name, tmp_path))
+    intensity = provenance["parameters"]["intensity"]
+    assert intensity["modality_forced"] and "percentiles" in intensity["window_rule"]
+    assert provenance["texture"][0]["source_noise"][0]["nps_patches"] > 0
+
+
+@pytest.mark.slow
+def test_invesalius_head_ct_nifti_without_modality_is_ct_and_its_3d_lesion_in_band(demo_inpainter, tmp_path):
+    result = run_or_skip(demo_inpainter, "invesalius-cranium", tmp_path)
+    provenance = assert_in_bands(result)
+    intensity = provenance["parameters"]["intensity"]
+    assert intensity["source_modality"] == "CT" and "HU-like" in intensity["modality_rule"]
+    assert provenance["parameters"]["window_width"] == 400.0 and len(result.slices) == 5
+
+
+@pytest.mark.slow
+def test_mricron_t1_mr_nifti_noise_and_seam_in_band(demo_inpainter, tmp_path):
+    provenance = assert_in_bands(run_or_skip(demo_inpainter, "mricron-ch2", tmp_path))
+    assert provenance["parameters"]["intensity"]["source_modality"] == "OT"

@@ -49,20 +49,21 @@ def build_dataset(folder: Path) -> Path:
     for name, (path, slices) in sources.items():
         write_labelmap_like(read_volume(path), disk_mask(read_volume(path), slices), folder / f"{name}-mask.nii.gz")
     ct, mr, emr, ect, brain = (str(sources[n][0]) for n in ("ct", "mr", "emr", "ect", "brain"))
+    # one step without classifier-free guidance (guidance 1): the plumbing, not the images, is under test
     lines = [
-        "id,input,mask,prompt,slice,all-slices,variants,seed,steps,strength,negative-prompt,seg,dicom",
-        f"ct-1,{ct},ct-mask.nii.gz,hypodense lesion,,,1,1,2,,,,",
-        f"ct-2,{ct},ct-mask.nii.gz,hyperdense lesion,,,2,2,2,,,yes,",
-        f",{ct},ct-mask.nii.gz,cyst,,,1,,2,,,,",  # no id, no seed: both derived from the row
-        f"mr-1,{mr},mr-mask.nii.gz,bright lesion,,,1,4,2,,,,",
-        f"mr-2,{mr},mr-mask.nii.gz,dark lesion,,,1,5,2,,artifact,,",
-        f"mr-3,{mr},mr-mask.nii.gz,lesion,,,1,6,2,0.8,,,",
-        f"emr-1,{emr},emr-mask.nii.gz,lesion,3 4,,1,7,2,,,,",
-        f"emr-2,{emr},emr-mask.nii.gz,lesion,,yes,1,8,2,,,,",
-        f"ect-1,{ect},ect-mask.nii.gz,lesion,1,,1,9,2,,,,",
-        f"brain-1,{brain},brain-mask.nii.gz,lesion,90,,1,10,2,,,,",
-        f"brain-2,{brain},brain-mask.nii.gz,lesion,90,,2,11,2,,,,",
-        f"brain-3,{brain},brain-mask.nii.gz,lesion,90,,1,12,2,,,,yes",
+        "id,input,mask,prompt,slice,all-slices,variants,seed,steps,strength,negative-prompt,seg,dicom,guidance",
+        f"ct-1,{ct},ct-mask.nii.gz,hypodense lesion,,,1,1,2,,,,,1",
+        f"ct-2,{ct},ct-mask.nii.gz,hyperdense lesion,,,2,2,2,,,yes,,1",
+        f",{ct},ct-mask.nii.gz,cyst,,,1,,2,,,,,1",  # no id, no seed: both derived from the row
+        f"mr-1,{mr},mr-mask.nii.gz,bright lesion,,,1,4,2,,,,,1",
+        f"mr-2,{mr},mr-mask.nii.gz,dark lesion,,,1,5,2,,artifact,,,1",
+        f"mr-3,{mr},mr-mask.nii.gz,lesion,,,1,6,2,0.8,,,,1",
+        f"emr-1,{emr},emr-mask.nii.gz,lesion,3 4,,1,7,2,,,,,1",
+        f"emr-2,{emr},emr-mask.nii.gz,lesion,,yes,1,8,2,,,,,1",
+        f"ect-1,{ect},ect-mask.nii.gz,lesion,1,,1,9,2,,,,,1",
+        f"brain-1,{brain},brain-mask.nii.gz,lesion,90,,1,10,2,,,,,1",
+        f"brain-2,{brain},brain-mask.nii.gz,lesion,90,,2,11,2,,,,,1",
+        f"brain-3,{brain},brain-mask.nii.gz,lesion,90,,1,12,2,,,,yes,1",
     ]
     manifest = folder / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -32,7 +32,10 @@ def connect(address: str) -> bool:
     ``auto``: the running instance (RAY_ADDRESS, or one started with `ray start` on this machine),
     else a new local one on loopback without a dashboard.
     """
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise InputError(None, "--ray needs Ray, which is not installed here: pip install 'medgen[ray]'") from None
 
     if ray.is_initialized():
         return False

@@ -23,6 +23,14 @@ SAMPLE = ("CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "rtdose_1fram
           "US1_UNCR.dcm")
 
 
+# Files whose decoding alone takes half a minute on two cores (120 JPEG frames): pre-flighted in the slow run
+HEAVY = ("color3d_jpeg_baseline.dcm",)
+
+
+def _preflight_params() -> list:
+    return [pytest.param(p, id=case_id(p), marks=[pytest.mark.slow] if p.name in HEAVY else []) for p in FILES]
+
+
 @pytest.fixture(scope="module")
 def demo_inpainter():
     from medgen.api import Inpainter
@@ -36,7 +44,7 @@ def _sample_files() -> list[Path]:
     return [by_name[name] for name in SAMPLE if name in by_name]
 
 
-@pytest.mark.parametrize("path", FILES, ids=[case_id(p) for p in FILES])
+@pytest.mark.parametrize("path", _preflight_params())
 def test_every_file_passes_the_preflight_or_is_refused_with_a_listed_reason(path):
     """With --seg, and without it where the SEG is refused (the SEG pre-flight builds the DICOM first)."""
     outcome = preflight_case(path, write_seg=True)

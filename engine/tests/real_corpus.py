@@ -4,6 +4,7 @@ through the engine and sorted into one outcome.
 Run it as a script to measure the whole corpus (prints one line per case and the counts):
 
     .venv/bin/python engine/tests/real_corpus.py [--steps 2] [--seg both|yes|no] [NAME_FILTER]
+    .venv/bin/python engine/tests/real_corpus.py --preflight-only   # no model: outcome and pre-flight time
 """
 
 from __future__ import annotations
@@ -231,8 +232,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("filter", nargs="?", default="", help="only files whose path contains this text")
     parser.add_argument("--steps", type=int, default=2, help="diffusion steps per case (default 2)")
     parser.add_argument("--seg", choices=["both", "yes", "no"], default="both", help="with --seg, without, or both")
+    parser.add_argument("--preflight-only", action="store_true",
+                        help="read and pre-flight each file with --seg (no model); print the time it took")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    if args.preflight_only:
+        return _preflight_only(args.filter)
     inpainter = Inpainter(demo_model_path(), device="cpu")
     seg_modes = {"both": (False, True), "yes": (True,), "no": (False,)}[args.seg]
     counts = {kind: 0 for kind in OUTCOMES}
@@ -247,6 +252,22 @@ def main(argv: list[str]) -> int:
                       f"({result.seconds:.1f}s) {result.message[:300]}", flush=True)
     print(" ".join(f"{kind}={count}" for kind, count in counts.items()),
           f"cases={sum(counts.values())} wall={time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def _preflight_only(name_filter: str) -> int:
+    """Outcome and seconds of reading plus pre-flight per file: the time a doomed request takes to fail."""
+    counts = {kind: 0 for kind in OUTCOMES}
+    seconds = []
+    for path in (f for f in corpus_files() if name_filter in str(f)):
+        result = preflight_case(path, write_seg=True)
+        counts[result.kind] += 1
+        seconds.append(result.seconds)
+        print(f"{result.kind:15s} {case_id(path)} ({result.seconds:.2f}s) {result.message[:200]}", flush=True)
+    times = np.sort(np.array(seconds))
+    print(" ".join(f"{kind}={count}" for kind, count in counts.items() if count),
+          f"files={len(times)} median={np.median(times):.2f}s p95={times[int(0.95 * (len(times) - 1))]:.2f}s "
+          f"max={times[-1]:.2f}s under-1s={int(np.sum(times < 1.0))}")
     return 0
 
 

@@ -126,6 +126,18 @@ def test_own_manifests_run_through_the_same_pipeline(toy_sets, tmp_path, capsys)
     assert "spiculated*" not in capsys.readouterr().out
 
 
+def test_without_a_test_manifest_whole_rows_are_held_out(toy_sets, tmp_path):
+    folder, _ = toy_sets
+    code = main(["bench", "augment", "--real-manifest", str(folder / "held-out.jsonl"), "--synthetic-manifest",
+                 str(folder / "synthetic.jsonl"), "--test-fraction", "0.4", "--synthetic", "2", "--seeds", "1",
+                 "--train-steps", "2", "--batch-size", "2", "--device", "cpu", "--work-dir", str(folder),
+                 "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["sets"]["real"], report["sets"]["held_out"]) == (3, 2)
+    assert math.isnan(report["rows"][0]["p_value"])  # one seed: no test
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-manifest", metavar="CSV|JSONL",
                    help="your held-out real lesions, same format (default: --test-fraction of --real-manifest)")
     p.add_argument("--test-fraction", type=float, default=AugmentSettings.test_fraction, metavar="FRACTION",
-                   help="share of --real-manifest's crops held out when no --test-manifest is given, 0-1")
+                   help="share of --real-manifest's rows held out (a fixed draw) when no --test-manifest is "
+                   "given, 0-1")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the inpainting model runs (the small networks train on the CPU)")
     p.add_argument("--threads", type=int, default=AugmentSettings.threads, metavar="N",
@@ -213,11 +214,13 @@ def _manifest_sets(settings: AugmentSettings, folder: Path) -> Sets:
     real = [real[i] for i in rng.permutation(len(real))]
     if settings.test_manifest:
         held_out = data.read_real_manifest(Path(settings.test_manifest), crop_px=settings.crop_px)
-    else:
-        count = max(1, int(round(settings.test_fraction * len(real))))
-        held_out, real = real[:count], real[count:]
+    else:  # whole rows are held out, so no scan has crops on both sides
+        rows = list(dict.fromkeys(s.source.split(":")[0] for s in real))
+        held_rows = set(rows[: max(1, int(round(settings.test_fraction * len(rows))))])
+        held_out = [s for s in real if s.source.split(":")[0] in held_rows]
+        real = [s for s in real if s.source.split(":")[0] not in held_rows]
         if not real:
-            raise InputError(settings.real_manifest, "too few crops to hold some out; give --test-manifest")
+            raise InputError(settings.real_manifest, "too few rows to hold some out; give --test-manifest")
     _say(f"inpainting the synthetic manifest with `medgen batch` (model {settings.model or 'demo'})")
     synthetic, batch = data.run_synthetic_manifest(
         Path(settings.synthetic_manifest), folder / "batch-synthetic", crop_px=settings.crop_px,

@@ -232,8 +232,13 @@ class Worker:
             self._store.remove_scratch(job.id)
 
     def _end(self, job_id: str, state: JobState, error: str | None = None) -> None:
-        """Record the final state, then apply what follows it: a deletion asked while the job ran, and
-        the removal of the upload when inputs are not kept. A store that fails keeps it for later."""
+        """Remove the upload when inputs are not kept (a success's report is made from it first), record
+        the final state, then apply a deletion asked while the job ran. A state the store cannot write
+        is kept and written before the next job."""
+        if self._config.retention.keep_inputs_s == 0:
+            if state is JobState.SUCCEEDED:
+                self._make_report(job_id)
+            self._store.remove_inputs(job_id)  # before the final state shows: a finished job has no upload
         try:
             final = self._store.finish(job_id, state, error)
         except Exception as exc:  # noqa: BLE001 - written again before the next job (see _record_unrecorded)
@@ -247,8 +252,17 @@ class Worker:
     def _after_finish(self, job_id: str) -> None:
         if self._store.complete_requested_delete(job_id):
             logger.info("job %s: deleted as asked", job_id)
-        elif self._config.retention.keep_inputs_s == 0:
-            self._store.remove_inputs(job_id)
+
+    def _make_report(self, job_id: str) -> None:
+        """The job's QA report reads the upload: build it now, before the upload goes (a failure loses
+        only the report, never the job)."""
+        files = self._store.files(job_id)
+        try:
+            from medgen.qa.report import cached_job_report
+
+            cached_job_report(files.result_dir, files.engine_inputs())
+        except Exception as exc:  # noqa: BLE001 - the results stand without their report
+            logger.warning("job %s: no report made (%s)", job_id, exc)
 
     def _record_unrecorded(self) -> None:
         for job_id, (state, error) in list(self._unrecorded.items()):

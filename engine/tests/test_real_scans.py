@@ -16,6 +16,9 @@ from real_texture import CASES, run_real_case
 from medgen.imaging.texture import NOISE_RATIO_BAND, SEAM_RATIO_BAND
 
 CASE = {case.name: case for case in CASES}
+QUICK = {"num_inference_steps": 4}
+"""Fewer steps where the figure under test does not depend on them (the texture comes from the source);
+the default-settings figures of every case are in the slow tests and in `real_texture.py`."""
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +78,22 @@ def test_real_ct_default_settings_window_from_the_model_noise_and_seam_in_band(d
 
 
 def test_without_noise_matching_the_same_ct_lesion_is_found_by_its_smoothness(demo_inpainter, tmp_path):
-    result = run_or_skip(demo_inpainter, "CT_small.dcm", tmp_path, match_noise=False)
+    result = run_or_skip(demo_inpainter, "CT_small.dcm", tmp_path, match_noise=False, **QUICK)
     assert result.texture[0]["noise_std_ratio"] < NOISE_RATIO_BAND[0]
 
 
 @pytest.mark.parametrize("name", ["MR_small.dcm", "RG1_UNCR.dcm"])
 def test_real_mr_and_cr_with_the_ct_model_forced_noise_and_seam_in_band(demo_inpainter, tmp_path, name):
-    provenance = assert_in_bands(run_or_skip(demo_inpainter, name, tmp_path))
+    provenance = assert_in_bands(run_or_skip(demo_inpainter, name, tmp_path, **QUICK))
     intensity = provenance["parameters"]["intensity"]
     assert intensity["modality_forced"] and "percentiles" in intensity["window_rule"]
     assert provenance["texture"][0]["source_noise"][0]["nps_patches"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MR_small.dcm", "RG1_UNCR.dcm"])
+def test_real_mr_and_cr_default_settings_noise_and_seam_in_band(demo_inpainter, tmp_path, name):
+    assert_in_bands(run_or_skip(demo_inpainter, name, tmp_path))
 
 
 @pytest.mark.slow

@@ -329,6 +329,28 @@ def test_malformed_uploads_get_a_4xx_that_says_what_to_fix(server, inputs, tmp_p
     assert job_dirs == known, "a refused upload left files behind"
 
 
+def test_a_mask_on_another_spacing_needs_resample_mask_as_on_the_command_line(server, inputs, tmp_path):
+    """The job field means what `medgen inpaint --resample-mask` means: refused without it, naming it."""
+    coarse = sitk.Resample(sitk.Cast(sitk.ReadImage(str(inputs["mask"])), sitk.sitkUInt8),
+                           [16, 16, 3], sitk.Transform(), sitk.sitkNearestNeighbor, inputs["image"].GetOrigin(),
+                           (SPACING[0] * 2, SPACING[1] * 2, SPACING[2]), inputs["image"].GetDirection())
+    coarse_path = tmp_path / "coarse-mask.nrrd"
+    sitk.WriteImage(coarse, str(coarse_path))
+    assert sitk.GetArrayFromImage(coarse).any()
+    with client(server) as http:
+        for resample, expected in ((False, 400), (True, 202)):
+            with open(inputs["source"], "rb") as source, open(coarse_path, "rb") as mask:
+                response = http.post(
+                    "/v1/jobs", data={"parameters": json.dumps(job_parameters(resample_mask=resample))},
+                    files=[("source", ("ct.nrrd", source, "application/octet-stream")),
+                           ("mask", ("mask.nrrd", mask, "application/octet-stream"))],
+                )
+            assert response.status_code == expected, response.text
+            if not resample:
+                assert "resample" in response.json()["error"]["message"].lower()
+        assert wait_for(http, response.json()["id"])["state"] == "succeeded"
+
+
 def test_full_queue_answers_429_and_a_killed_server_finishes_its_queue_on_restart(server, inputs):
     with client(server) as http:
         finished = post_job(http, inputs, seed=3).json()["id"]

@@ -86,6 +86,8 @@ class JobParameters(BaseModel):
     control_from: ControlFrom = Field(default="mask-edges", description="a ControlNet's control image source")
     allow_unchanged: bool = Field(default=False, description="keep a result in which no voxel changed (else the "
                                                              "job fails saying so)")
+    resample_mask: bool = Field(default=False, description="resample a mask on another plane or spacing onto the "
+                                                           "source (nearest neighbour), as `medgen inpaint --resample-mask`")
     prompt_variations: list[Annotated[str, Field(max_length=4000)]] | None = Field(
         default=None, max_length=64, description="variant v gets item v mod n in front of the prompt (or for '{}')"
     )

@@ -1,13 +1,16 @@
 """Turn a job's multipart upload into the files `medgen inpaint` reads, and check them before queueing.
 
-The form has four parts:
+The form has these parts:
 
 - ``parameters``: JSON of :class:`JobParameters`;
 - ``source``: the DICOM instances of the slices (one part per file), or one NRRD, NIfTI or NPY volume;
 - ``source_geometry``: for an NPY source only, JSON ``{"ijk_to_lps": 4x4}`` or ``{"ijk_to_ras": 4x4}``
   taking (column i, row j, slice k) to millimetres; the array is indexed (k, j, i);
 - ``mask``: a labelmap on the source's grid (NRRD, .seg.nrrd, NIfTI or NPY of the source's shape) or
-  a DICOM SEG.
+  a DICOM SEG;
+- ``source_pixels``: optional, beside DICOM ``source`` parts: the voxels the client actually shows (NPY);
+  the DICOM files are then header templates only, and must agree with these voxels outside the mask
+  (medgen.server.template_check).
 
 Nothing the client names is used as a path: files are saved under names the server chooses. Every
 problem becomes a 4xx with a sentence that says what to fix, before the job takes a place in the queue.
@@ -47,7 +50,8 @@ class ReceivedUpload:
 async def receive_upload(request: Request, limits: Limits, input_dir: Path) -> ReceivedUpload:
     """Read the form, save the files under ``input_dir`` and return where they are."""
     # 1. Read the form; Starlette spools file parts to disk and caps their number
-    form = await request.form(max_files=limits.max_files + 1, max_fields=len(FORM_FIELDS), max_part_size=_MAX_TEXT_PART_BYTES)
+    form = await request.form(max_files=limits.max_files + 2,  # the DICOM files, the mask, the sent voxels
+                              max_fields=len(FORM_FIELDS), max_part_size=_MAX_TEXT_PART_BYTES)
     try:
         unknown = sorted(set(form.keys()) - set(FORM_FIELDS))
         if unknown:
@@ -376,7 +380,8 @@ def inspect_inputs(
     if mask_path.suffix == ".npy":
         mask_path = npy_to_nrrd(mask_path, mask_path.with_suffix(".nrrd"), volume.ijk_to_lps, what="mask", limits=limits,
                                 expected_shape=volume.pixels.shape[:3])
-    mask = read_mask(mask_path, volume, segment=parameters.segment, label=parameters.label)
+    mask = read_mask(mask_path, volume, segment=parameters.segment, label=parameters.label,
+                     resample=parameters.resample_mask)
     check_sent_pixels(source_path, volume, mask, parameters.strength)
     chosen = select_slices(mask, parameters.slices, parameters.all_slices, volume)
     info = SourceInfo(

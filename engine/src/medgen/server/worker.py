@@ -147,6 +147,7 @@ def engine_request(
         controlnet=controlnet,
         control_from=parameters.control_from,
         allow_unchanged=parameters.allow_unchanged,
+        resample_mask=parameters.resample_mask,
     )
 
 

@@ -89,3 +89,19 @@ def test_model_may_be_left_out_and_help_names_the_demo_model(capsys):
         main(["inpaint", "--help"])
     text = capsys.readouterr().out
     assert "demo" in text and "phantom anatomy only" in text
+
+
+def test_create_tiny_prints_one_line_and_no_library_noise(tmp_path):
+    """Importing diffusers logs about optional backends (torchvision) and saving draws bars: none of that."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
+    result = subprocess.run([sys.executable, "-m", "medgen.cli", "model", "create-tiny", str(tmp_path / "tiny")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.strip().splitlines() == [
+        f"wrote a tiny random-weight inpaint model to {tmp_path / 'tiny'} (its output is noise: use it for plumbing only)"
+    ]

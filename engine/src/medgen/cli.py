@@ -14,6 +14,9 @@ from medgen.phantom.model import DEMO_MODEL_HELP
 from medgen.progress import ProgressBar
 
 EXIT_BAD_INPUT = 2
+QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+"""Importing diffusers already logs (about optional backends such as torchvision) and saving shows loading
+bars: the environment silences them before any import; our own bar and one-line errors are what is shown."""
 MODEL_LOADING_COMMANDS = {"inpaint", "demo", "bench", "serve", "phantom", "train", "batch"}
 
 
@@ -310,7 +313,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _add_demo_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="phantom CT, mask, prompt, shipped demo model: the whole path once")
     p.add_argument("--out", type=Path, default=Path("medgen-demo"),
-                   help="folder for the phantom, its masks and the synthetic series; must be new or empty")
+                   help="folder for the phantom, its masks and the synthetic series; when it already holds files, "
+                   "the first free medgen-demo-2, -3, ... is used and named")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs; auto takes CUDA when there is one")
     p.set_defaults(handler=_run_demo)
@@ -439,6 +443,8 @@ def _quiet_library_progress_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk; never reach for a hub
+    for name, value in QUIET_LIBRARIES.items():  # before anything imports them (parsers may)
+        os.environ.setdefault(name, value)
     parser = build_parser()
     # `serve` and `bench speed` own their options (and --help); everything after the command goes to them
     args, rest = parser.parse_known_args(argv)

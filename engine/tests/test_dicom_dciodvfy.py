@@ -130,3 +130,19 @@ def test_run_without_dciodvfy_raises(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(FileNotFoundError, match="dicom3tools"):
         run_dciodvfy("x.dcm")
+
+
+def test_validate_says_whether_dciodvfy_ran(tmp_path, monkeypatch, capsys):
+    """A table without a dciodvfy row must not read as a pass: the last line says what happened."""
+    from medgen.cli import main
+
+    source = _data_file("CT_small.dcm")
+    if is_available():
+        main(["validate", str(source)])
+        assert capsys.readouterr().out.strip().splitlines()[-1] == "dciodvfy: ran on each of the 1 file(s)"
+    main(["validate", str(source), "--no-dciodvfy"])
+    assert "dciodvfy: skipped (--no-dciodvfy)" in capsys.readouterr().out.strip().splitlines()[-1]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dciodvfy to be found
+    main(["validate", str(source)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("dciodvfy: not installed") and "apt-get install dicom3tools" in last

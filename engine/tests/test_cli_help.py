@@ -105,3 +105,14 @@ def test_create_tiny_prints_one_line_and_no_library_noise(tmp_path):
     assert result.stdout.strip().splitlines() == [
         f"wrote a tiny random-weight inpaint model to {tmp_path / 'tiny'} (its output is noise: use it for plumbing only)"
     ]
+
+
+def test_the_progress_bar_starts_from_the_first_report_not_from_zero(capsys):
+    """A first report of (1, 20) used to read as thousands of steps per second."""
+    from medgen.progress import ProgressBar
+
+    with ProgressBar("steps") as bar:
+        bar.update(1, 20)
+        assert bar.bar.n == 1 and "?step/s" in str(bar.bar)  # no rate yet: nothing has been timed
+        bar.update(3, 20)
+        assert bar.bar.n == 3

@@ -6,7 +6,9 @@ Steps per variant:
 2. with ``slice_consistency``, the signals are smoothed along the slice axis (`slice_consistency`);
 3. with ``match_noise``, the signal is made to meet the source's brightness at the border
    (`seam.harmonize_border`), the source's noise std and NPS around the mask are measured and the
-   region gets noise of that texture (`noise.retexture`); without it, the crop is blended as is;
+   region gets noise of that texture (`noise.retexture`), shared between adjacent slices as much as
+   the source's own noise is (an AR(1) chain along the slice axis); without it, the crop is blended
+   as is;
 4. model space → stored values (`IntensityMap.from_model`), and the outside is re-checked unchanged;
 5. the noise and seam figures (`imaging.texture.measure_texture`) of every slice, on the output.
 """
@@ -17,12 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medgen.generate.noise import generated_signal, measure_noise_texture, retexture
+from medgen.generate.noise import (
+    generated_signal,
+    measure_noise_texture,
+    retexture,
+    slice_noise_correlation,
+    synthesize_noise,
+)
 from medgen.generate.seam import harmonize_border
 from medgen.generate.slice_consistency import smooth_along_slices
 from medgen.imaging.crop import paste_generated, resize_image
 from medgen.imaging.intensity import IntensityMap, modality_gray
-from medgen.imaging.texture import TextureFigures, measure_texture, median_figures
+from medgen.imaging.texture import TextureFigures, measure_texture, median_figures, surround_ring
 from medgen.imaging.volume import Volume
 
 
@@ -72,19 +80,31 @@ def compose_variant(
             [job.index for job in jobs], signals, [job.weights for job in jobs], float(volume.spacing[0])
         )
 
-    # 3. Blend, with the source's noise texture
+    # 3. Blend, with the source's noise texture; the noise of adjacent slices correlated like the source's
     pixels = volume.pixels.copy()
     slice_figures, noise_records = [], []
+    union = _union_box(jobs)
+    rho = _slice_correlation(volume, intensity, jobs) if match_noise else 0.0
+    previous_index, previous_noise = None, None
     for job, signal in zip(jobs, signals):
         if match_noise:
             signal = harmonize_border(job.source_model, signal, job.mask, job.dilated)
             unclipped = intensity.to_model_array(volume.pixels[job.index], job.index, clip=False)
             texture = measure_noise_texture(unclipped, job.mask, job.dilated)
             rng = np.random.default_rng([int(seed), int(job.index)])
-            blended = retexture(
-                job.source_model, signal[job.box.slices], job.weights, texture, rng, job.box.slices, unclipped
+            fresh = synthesize_noise(texture, (union[0].stop - union[0].start, union[1].stop - union[1].start), rng)
+            shared = previous_noise is not None and previous_index == job.index - 1
+            field = rho * previous_noise + np.sqrt(1.0 - rho**2) * fresh if shared else fresh
+            previous_index, previous_noise = job.index, field
+            inner = (
+                slice(job.box.row0 - union[0].start, job.box.row1 - union[0].start),
+                slice(job.box.col0 - union[1].start, job.box.col1 - union[1].start),
             )
-            noise_records.append({"slice": job.index, **texture.describe()})
+            blended = retexture(
+                job.source_model, signal[job.box.slices], job.weights, texture, rng, job.box.slices, unclipped,
+                noise=field[inner],
+            )
+            noise_records.append({"slice": job.index, **texture.describe(), "slice_correlation": round(rho, 4)})
         else:
             blended = paste_generated(job.source_model, signal[job.box.slices], job.box, job.weights)
 
@@ -103,3 +123,30 @@ def compose_variant(
         output = modality_gray(volume, job.index, pixels[job.index])
         slice_figures.append(measure_texture(output, job.mask, job.dilated))
     return ComposedVariant(pixels, slice_figures, noise_records)
+
+
+def _union_box(jobs: list) -> tuple[slice, slice]:
+    """The smallest box holding every job's crop box: one noise field covers all slices."""
+    return (
+        slice(min(j.box.row0 for j in jobs), max(j.box.row1 for j in jobs)),
+        slice(min(j.box.col0 for j in jobs), max(j.box.col1 for j in jobs)),
+    )
+
+
+def _slice_correlation(volume: Volume, intensity: IntensityMap, jobs: list) -> float:
+    """Median correlation of the source's noise between each inpainted slice and the next one, in the
+    tissue ring around the mask (0 for a single slice)."""
+    values = []
+    for job in jobs:
+        neighbour = job.index + 1 if job.index + 1 < volume.num_slices else job.index - 1
+        if neighbour < 0 or neighbour == job.index:
+            continue
+        ring = surround_ring(job.mask, job.dilated)
+        values.append(
+            slice_noise_correlation(
+                intensity.to_model_array(volume.pixels[job.index], job.index, clip=False),
+                intensity.to_model_array(volume.pixels[neighbour], neighbour, clip=False),
+                ring,
+            )
+        )
+    return float(np.median(values)) if values else 0.0

@@ -28,6 +28,8 @@ NPS_PATCH_PX = 16
 """Side of the square patches the NPS is averaged over (smaller on small images)."""
 SIGNAL_SMOOTH_SIGMA_PX = 1.0
 """Gaussian sigma (pixels) that rounds off the median's small steps in the generated signal."""
+MAX_SLICE_CORRELATION = 0.95
+"""Noise shared with the previous slice is capped here, so every slice keeps some noise of its own."""
 HOMOGENEOUS_FACTOR = 1.5
 """A patch counts as homogeneous tissue when its residual std is at most this times the median patch's."""
 
@@ -120,6 +122,15 @@ def synthesize_noise(texture: NoiseTexture, shape: tuple[int, int], rng: np.rand
     return noise / scale if scale > 0 else noise
 
 
+def slice_noise_correlation(values: np.ndarray, neighbour: np.ndarray, region: np.ndarray) -> float:
+    """Correlation of the noise of two adjacent slices over ``region`` (0 when it cannot be measured):
+    thin or overlapping reconstructions share noise between neighbours, and so must the generated noise."""
+    a, b = highpass(values)[region], highpass(neighbour)[region]
+    if a.size < 16 or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.clip(np.corrcoef(a, b)[0, 1], 0.0, MAX_SLICE_CORRELATION))
+
+
 def generated_signal(generated: np.ndarray) -> np.ndarray:
     """The lesion's signal without the model's own texture: the generated image's median over the same
     window the noise measure uses (`texture.highpass`), which keeps the lesion's edges, lightly smoothed.
@@ -136,16 +147,18 @@ def retexture(
     rng: np.random.Generator,
     box: tuple[slice, slice],
     source_unclipped: np.ndarray | None = None,
+    noise: np.ndarray | None = None,
 ) -> np.ndarray:
     """The blended model-space slice: the generated ``signal_crop`` (inside ``box``) with the source's
     noise texture (see the module doc). Clipped to the window the model saw, [-1, 1], except where the
     source itself lies beyond it (``source_unclipped``): there noise may reach down (or up) to the
-    source's own value, so tissue at the window's edge keeps its full noise. Outside the weights
-    nothing changes."""
+    source's own value, so tissue at the window's edge keeps its full noise. ``noise`` (the box's
+    shape) is a field from `synthesize_noise` made by the caller (to share it between slices); None
+    draws one from ``rng``. Outside the weights nothing changes."""
     blended = np.asarray(source_model, dtype=np.float64).copy()
     src = blended[box]
     w = np.asarray(weights, dtype=np.float64)[box]
-    noise = synthesize_noise(texture, src.shape, rng)
+    noise = synthesize_noise(texture, src.shape, rng) if noise is None else np.asarray(noise, dtype=np.float64)
     # this realisation, not just the field on average, has the measured std where it matters: inside
     # the region (a small region holds few independent noise grains, so one draw can be 30 % off)
     core = w >= 1.0 if np.count_nonzero(w >= 1.0) >= 16 else w > 0

@@ -125,3 +125,35 @@ def test_harmonized_border_removes_a_background_shift_and_keeps_a_lesion_that_re
     assert np.abs(out[background] - source_low[background]).max() < 0.02
     assert abs((out[lesion & dilated] - source_low[lesion & dilated]).mean() - (-0.4)) < 0.02
     assert np.array_equal(out[~dilated], signal[~dilated])
+
+
+def test_generated_noise_is_shared_between_adjacent_slices_as_much_as_the_sources():
+    from types import SimpleNamespace
+
+    from medgen.generate.compose import compose_variant
+    from medgen.imaging.crop import mask_crop_box
+    from medgen.imaging.intensity import IntensityMap, Window
+    from medgen.imaging.volume import SourceFormat, Volume
+
+    def run(shared: bool) -> float:
+        rng = np.random.default_rng(7)
+        base = correlated_noise(rng, 20.0)
+        slices = [base if shared else correlated_noise(rng, 20.0) for _ in range(3)]
+        pixels = np.stack([40 + s for s in slices]).round().astype(np.int16)
+        volume = Volume(pixels=pixels, spacing=(1.0, 1.0, 1.0), ijk_to_lps=np.eye(4), modality="CT",
+                        pixel_format=None, rescale_slope=np.ones(3), rescale_intercept=np.zeros(3),
+                        source_format=SourceFormat.NIFTI, source_paths=[])
+        intensity = IntensityMap(volume, Window(40, 400))
+        mask = disk(14)
+        dilated = dilate_mask(mask, 2.0, (1.0, 1.0))
+        box = mask_crop_box(dilated, 16)
+        jobs = [SimpleNamespace(index=k, source_model=intensity.to_model(k), mask=mask, dilated=dilated,
+                                weights=feather_weights(mask, dilated, 4.0), box=box) for k in range(3)]
+        flat = np.zeros((3, 64, 64), np.float32)
+        out = compose_variant(volume, intensity, jobs, flat, seed=0, slice_consistency=False).pixels
+        a, b = highpass(out[0].astype(float))[disk(10)], highpass(out[1].astype(float))[disk(10)]
+        assert np.array_equal(out[:, ~dilated], pixels[:, ~dilated])
+        return float(np.corrcoef(a, b)[0, 1])
+
+    assert run(shared=True) > 0.8
+    assert abs(run(shared=False)) < 0.2

@@ -88,7 +88,7 @@ def compose_variant(
     previous_index, previous_noise = None, None
     for job, signal in zip(jobs, signals):
         if match_noise:
-            signal = harmonize_border(job.source_model, signal, job.mask, job.dilated)
+            signal = harmonize_border(job.source_model, signal, job.mask, job.dilated, job.box.slices)
             unclipped = intensity.to_model_array(volume.pixels[job.index], job.index, clip=False)
             texture = measure_noise_texture(unclipped, job.mask, job.dilated)
             rng = np.random.default_rng([int(seed), int(job.index)])

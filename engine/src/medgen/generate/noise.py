@@ -6,7 +6,9 @@ averaged over square patches of that residual that do not touch the pasted regio
 edge. Then the generated crop keeps only its low-pass (the lesion's signal; the model's own texture,
 usually too smooth, is dropped) and gets new noise shaped by the measured NPS:
 
-    out = w * lowpass(generated) + (1 - w) * source + sigma * sqrt(w * (2 - w)) * n
+    out = w * signal(generated) + (1 - w) * source + a * sqrt(w * (2 - w)) * n
+
+(``a`` is sigma less what texture the signal keeps of its own, in quadrature)
 
 with w the feathered blend weight and n unit noise of the NPS's texture. In the feathered zone the
 source's own residual (weight 1 - w) and the new noise add up to exactly sigma, so no halo of lower
@@ -26,7 +28,8 @@ from medgen.imaging.texture import NOISE_MEDIAN_PX, highpass, noise_std, robust_
 
 NPS_PATCH_PX = 16
 """Side of the square patches the NPS is averaged over (smaller on small images)."""
-SIGNAL_SMOOTH_SIGMA_PX = 1.0
+SIGNAL_MEDIAN_PX = 3
+SIGNAL_SMOOTH_SIGMA_PX = 0.7
 """Gaussian sigma (pixels) that rounds off the median's small steps in the generated signal."""
 MAX_SLICE_CORRELATION = 0.95
 """Noise shared with the previous slice is capped here, so every slice keeps some noise of its own."""
@@ -132,10 +135,9 @@ def slice_noise_correlation(values: np.ndarray, neighbour: np.ndarray, region: n
 
 
 def generated_signal(generated: np.ndarray) -> np.ndarray:
-    """The lesion's signal without the model's own texture: the generated image's median over the same
-    window the noise measure uses (`texture.highpass`), which keeps the lesion's edges, lightly smoothed.
-    What the measure would count as noise is left to the source's texture alone."""
-    median = ndimage.median_filter(np.asarray(generated, dtype=np.float64), size=NOISE_MEDIAN_PX, mode="reflect")
+    """The lesion's signal without most of the model's own texture: a 3 x 3 median (it keeps edges and
+    lesions of a few pixels), lightly smoothed. What texture remains is counted by `retexture`."""
+    median = ndimage.median_filter(np.asarray(generated, dtype=np.float64), size=SIGNAL_MEDIAN_PX, mode="reflect")
     return ndimage.gaussian_filter(median, SIGNAL_SMOOTH_SIGMA_PX, mode="reflect")
 
 
@@ -165,7 +167,10 @@ def retexture(
     realised = robust_std(highpass(noise)[core]) if core.any() else 1.0
     if realised > 0:
         noise = noise / realised
-    amplitude = texture.std * np.sqrt(np.clip(w * (2.0 - w), 0.0, 1.0))
+    # the signal keeps a little texture of its own: add only what it lacks of the source's noise
+    own = noise_std(np.asarray(signal_crop, dtype=np.float64), core) if np.count_nonzero(core) >= 16 else 0.0
+    added = np.sqrt(max(texture.std**2 - (own if np.isfinite(own) else 0.0) ** 2, 0.0))
+    amplitude = added * np.sqrt(np.clip(w * (2.0 - w), 0.0, 1.0))
     mixed = w * np.asarray(signal_crop, dtype=np.float64) + (1.0 - w) * src + amplitude * noise
     lower, upper = -1.0, 1.0
     if source_unclipped is not None:

@@ -305,3 +305,24 @@ def test_an_ultrasound_with_text_gets_burned_in_annotation_yes():
     (_, derived), = writer.derive_instances(volume.pixels, modified_slices=[0])
     assert derived.BurnedInAnnotation == "YES"
     assert any("Burned In Annotation" in note for note in writer.repairs)
+
+
+def test_a_seg_over_images_with_an_empty_slice_thickness_reads_back_in_highdicom(tmp_path):
+    """Pixel Measures need Slice Thickness (Type 1C); the source's is empty (Type 2), the SEG gets the spacing."""
+    import highdicom as hd
+
+    from medgen.dicom.preflight import _round_trip
+    from medgen.dicom.seg import build_inpaint_seg
+    from medgen.dicom.writer import SyntheticSeriesWriter
+
+    volume = read_volume(dicom_testfile("explicit_VR-UN.dcm"))
+    assert "SliceThickness" in volume.datasets[0] and not volume.datasets[0].SliceThickness
+    masks = _centre(volume)
+    writer = SyntheticSeriesWriter(volume, series_description="s", derivation_description="d", provenance={},
+                                   software_version="1", model_name="m")
+    images = [_round_trip(ds) for _, ds in writer.derive_instances(volume.pixels, modified_slices=list(masks))]
+    seg = build_inpaint_seg(images, masks, "lesion", source_volume=volume, software_version="1", model_name="m")
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    measures = hd.seg.segread(path).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) > 0

@@ -69,13 +69,18 @@ def private_elements_as_unknown(ds: Dataset, source: Dataset) -> list[str]:
     implicit = getattr(source, "original_encoding", (False, True))[0]
     if not implicit:
         return []
-    changed = 0
+    kept = dropped = 0
     for tag in [t for t in ds.keys() if t.is_private and t.element > 0x00FF]:
         raw = source.get_item(tag)
         if isinstance(raw, RawDataElement) and isinstance(raw.value, (bytes, bytearray)):
             ds[tag] = DataElement(tag, "UN", bytes(raw.value))
-            changed += 1
+            kept += 1
         elif ds[tag].VR not in ("UN", "SQ"):
             del ds[tag]  # already parsed with a guessed VR and its bytes are gone: drop it, with a note
-            changed += 1
-    return [f"{changed} private element(s) of the implicit-VR source kept as UN (their VR is unknown)"] if changed else []
+            dropped += 1
+    notes = []
+    if kept:
+        notes.append(f"{kept} private element(s) of the implicit-VR source kept as UN (their VR is unknown)")
+    if dropped:
+        notes.append(f"{dropped} private element(s) of the implicit-VR source dropped (VR unknown, bytes not kept)")
+    return notes

@@ -138,7 +138,7 @@ def build_inpaint_seg(
             mask = keyed.get(key)
             frames.append(mask if mask is not None else np.zeros((ds.Rows, ds.Columns), dtype=bool))
     pixel_array = np.stack(frames).astype(np.uint8)
-    images = [_with_functional_groups(ds, source_volume) for ds in images]
+    images = [_with_slice_thickness(_with_functional_groups(ds, source_volume), source_volume) for ds in images]
     if not pixel_array.any():
         raise ValueError("none of the masked slices is among the synthetic instances")
 
@@ -236,6 +236,21 @@ def _with_functional_groups(image: Dataset, volume: Volume) -> Dataset:
     return view
 
 
+def _with_slice_thickness(image: Dataset, volume: Volume) -> Dataset:
+    """A single-frame image whose Slice Thickness is empty (Type 2: unknown), as highdicom sees it: with the
+    volume's slice spacing, so the SEG's Pixel Measures get the Slice Thickness they need (Type 1C).
+    highdicom copies Pixel Measures from the image whenever the pixel spacing agrees, so the value must
+    be on the image it reads; the written image keeps its own empty value."""
+    if "SharedFunctionalGroupsSequence" in image or image.get("SliceThickness") or "FrameOfReferenceUID" not in image:
+        return image
+    view = Dataset()
+    for element in image:
+        view.add(element)
+    view.file_meta = image.file_meta
+    view.SliceThickness = float(volume.spacing[0])
+    return view
+
+
 def _slice_keys(volume: Volume) -> list[SourceFrame]:
     """(source SOP Instance UID, frame or None) of each slice of the volume, in slice order."""
     if volume.is_multiframe:
@@ -251,8 +266,9 @@ def _needs_pixel_measures(image: Dataset) -> bool:
     shared = image.get("SharedFunctionalGroupsSequence")
     if shared:
         measures = shared[0].get("PixelMeasuresSequence")
-        return not measures or "SliceThickness" not in measures[0]
-    return "SliceThickness" not in image or "PixelSpacing" not in image
+        return not measures or not measures[0].get("SliceThickness")
+    # missing or empty (Type 2 in CT/MR images) alike
+    return not image.get("SliceThickness") or not image.get("PixelSpacing")
 
 
 def _pixel_measures(image: Dataset, volume: Volume) -> hd.PixelMeasuresSequence:

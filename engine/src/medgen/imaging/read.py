@@ -207,8 +207,7 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
             except InvalidDicomError:
                 ds = _read_bare_dataset(path)
             _fill_transfer_syntax(ds, path)
-            for _ in ds.iterall():  # parse every element now: a value pydicom cannot read is a damaged file
-                pass
+            _parse_every_element(ds, keep_private_raw=getattr(ds, "original_encoding", (False,))[0] is True)
     except InputError:
         raise
     except Exception as exc:  # pydicom raises many kinds on damaged files
@@ -217,6 +216,21 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
     for message in messages:
         logger.debug("%s: %s", path, message)
     return ds
+
+
+def _parse_every_element(ds: pydicom.Dataset, *, keep_private_raw: bool) -> None:
+    """Parse every element now, so a value pydicom cannot read is a damaged file before any work.
+
+    Private elements of an implicit-VR file stay unparsed: their VR is unknown, and the writer keeps
+    their raw bytes (medgen.dicom.repair.private_elements_as_unknown).
+    """
+    for tag in list(ds.keys()):
+        if keep_private_raw and tag.is_private:
+            continue
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _parse_every_element(item, keep_private_raw=keep_private_raw)
 
 
 def _read_bare_dataset(path: Path) -> pydicom.Dataset:

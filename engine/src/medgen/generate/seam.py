@@ -7,6 +7,8 @@ the pasted (dilated) region, inside the crop: there the model only redrew the so
 model keeps it, a model out of its depth shifts it), and no lesion it was asked for can lie. Its
 median is added to the generated signal: one number per slice keeps every gradient the model drew (the
 lesion's contrast, shape and rim); a model whose background already matches gets an offset near zero.
+Then, between the painted mask and the dilated edge (room to blend, not part of the lesion), the
+signal tapers to the source's low-pass: unchanged at the mask's edge, the source's at the dilated edge.
 """
 
 from __future__ import annotations
@@ -46,7 +48,19 @@ def harmonize_border(
     box: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
     """``signal`` (full slice, model space) shifted by `border_offset` inside ``dilated``; unchanged outside."""
+    # 1. The model's overall shift, read outside the pasted region
     dilated = np.asarray(dilated, bool)
+    mask = np.asarray(mask, bool)
     out = np.array(signal, dtype=np.float64, copy=True)
     out[dilated] += border_offset(source_model, signal, dilated, box)
+
+    # 2. Between the painted mask and the dilated edge the region only blends: the generated signal
+    #    tapers to the source's low-pass there, fully at the dilated edge, not at all at the mask's edge
+    band = dilated & ~mask
+    if band.any():
+        from_mask = ndimage.distance_transform_edt(~mask)
+        to_edge = ndimage.distance_transform_edt(dilated) - 1.0  # 0 on the dilated mask's outermost pixels
+        taper = np.clip(from_mask / np.maximum(from_mask + to_edge, 1e-9), 0.0, 1.0)
+        source_low = ndimage.gaussian_filter(np.asarray(source_model, np.float64), NOISE_SPLIT_SIGMA_PX, mode="reflect")
+        out[band] += taper[band] * (source_low[band] - out[band])
     return out

@@ -80,11 +80,12 @@ def without_run_fields(value):
 
 
 def dicom_content(dataset) -> list:
-    """Every element except UIDs and dates/times (new per write: the engine has no deterministic UID
-    mode), private provenance JSON without its run fields, recursively through sequences."""
+    """Every element, UIDs included (derived from content: the same row gives the same UIDs wherever it
+    runs), except the creation dates/times, and the private provenance JSON without its run fields,
+    recursively through sequences."""
     content = []
     for element in dataset:
-        if element.VR in ("UI", "DA", "TM", "DT"):
+        if element.VR in ("DA", "TM", "DT"):
             continue
         if element.VR == "SQ":
             content.append((element.tag, [dicom_content(item) for item in element.value]))
@@ -102,7 +103,7 @@ def dicom_content(dataset) -> list:
 def assert_same_outputs(a: Path, b: Path) -> None:
     """Two batch output folders hold the same rows, files and index: NIfTI, PNG and JSON sidecars byte
     for byte (provenance less its run fields), DICOM pixel data byte for byte and every other
-    attribute except UIDs and dates/times."""
+    attribute (UIDs included) except the creation dates/times."""
     files_a = sorted(p.relative_to(a) for p in (a / "rows").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in (b / "rows").rglob("*") if p.is_file())
     assert files_a == files_b

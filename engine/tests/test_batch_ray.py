@@ -3,9 +3,9 @@ no dashboard) with the tiny random-weight model, on the 12-row real DICOM and NI
 test_batch.py: a worker killed mid-run by its PID, a driver killed and run again, and in both cases
 every row once in the index, no partial folder, and the same files as the local run.
 
-The engine makes new UIDs and timestamps on every write (it has no deterministic UID mode), so DICOM
-outputs are compared on pixel data and every attribute except UIDs and dates/times; NIfTI, PNG and
-the JSON sidecars are compared byte for byte.
+UIDs are derived from content, so DICOM outputs are compared on pixel data and every attribute, UIDs
+included, except the creation dates/times (SOURCE_DATE_EPOCH would fix those too); NIfTI, PNG and the
+JSON sidecars are compared byte for byte.
 """
 
 import os
@@ -34,7 +34,7 @@ def ray_address():
     ray.shutdown()
 
 
-def test_ray_run_with_a_worker_killed_mid_run_matches_the_local_run_except_uids_and_times(
+def test_ray_run_with_a_worker_killed_mid_run_matches_the_local_run_but_for_creation_times(
     dataset, local_run, ray_address, tiny_model_dir, tmp_path
 ):
     killed = []

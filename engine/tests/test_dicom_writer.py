@@ -556,7 +556,8 @@ def test_series_unmodified_slices_are_bit_identical_to_the_source(ct_series, tmp
 
 
 def test_uids_are_derived_from_content_other_pixels_another_series(ct_series, tmp_path):
-    """The same pixels and settings: the same series and instances (a rerun reproduces them); any other
+    """The same pixels and settings: the same series and instances (a rerun reproduces them, at another time
+    too); any other
     pixels: a new series. Never the source's."""
     series_writer = _make_writer(ct_series)
     pixels = _modify_block(ct_series, 0)
@@ -998,3 +999,14 @@ def test_derivation_description_states_prompt_model_adapters_seed():
 
 def test_derivation_description_fits_st():
     assert len(format_derivation_description(prompt="p" * 5000, model_name="m", seed=1)) == 1024
+
+
+def test_sc_uids_depend_on_content_not_on_when_it_was_written(tmp_path):
+    pixels = SC_CASES["uint8"]
+    outs = [pydicom.dcmread(write_secondary_capture(
+        _nifti_like(pixels), pixels, tmp_path / f"v{i}", series_description="x", derivation_description="d",
+        provenance={"seed": 1, "created_utc": f"2026-01-0{i + 1}T00:00:00+00:00"}, software_version="1",
+        model_name="m")[0]) for i in range(2)]
+    assert outs[0].SOPInstanceUID == outs[1].SOPInstanceUID
+    assert outs[0].SeriesInstanceUID == outs[1].SeriesInstanceUID
+    assert outs[0].StudyInstanceUID == outs[1].StudyInstanceUID

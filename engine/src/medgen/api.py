@@ -409,8 +409,11 @@ class Inpainter:
     def _provenance(self, request, volume, window, slice_indices, seeds, adapters=(), prompts=None) -> dict:
         from medgen.dicom.provenance import build_provenance
 
+        # Where the run is written is no part of how to reproduce it: left out, the same request written
+        # elsewhere (a batch row on another node) carries the same provenance, bytes and UIDs.
         parameters = {
-            key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(request).items()
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in asdict(request).items() if key != "out"
         }
         parameters.update(
             {

@@ -445,7 +445,8 @@ def write_secondary_capture(
     ds = Dataset()
     _use_utf8_if_needed(ds, [series_description, derivation_description, model_name, software_version,
                              patient_name, patient_id])
-    sop_uid = content_uid("sc-instance", provenance_json, stored.tobytes(), series_description, series_number)
+    settings = json.dumps({k: v for k, v in record.items() if k != "created_utc"}, sort_keys=True, default=str)
+    sop_uid = content_uid("sc-instance", settings, stored.tobytes(), series_description, series_number)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     _set_date_time(ds, "InstanceCreation", now)

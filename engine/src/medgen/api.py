@@ -365,6 +365,7 @@ class Inpainter:
             compose_variant(
                 volume, intensity, jobs, generated[:, v], seed=seeds[v],
                 match_noise=request.match_noise, slice_consistency=request.slice_consistency,
+                within_contract=not choice.forced,
             )
             for v in range(request.num_variants)
         ]

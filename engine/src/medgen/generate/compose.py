@@ -26,11 +26,11 @@ from medgen.generate.noise import (
     slice_noise_correlation,
     synthesize_noise,
 )
-from medgen.generate.seam import harmonize_border
+from medgen.generate.seam import harmonize_border, harmonize_membrane
 from medgen.generate.slice_consistency import smooth_along_slices
 from medgen.imaging.crop import paste_generated, resize_image
 from medgen.imaging.intensity import IntensityMap, modality_gray
-from medgen.imaging.texture import TextureFigures, measure_texture, median_figures, surround_ring
+from medgen.imaging.texture import NOISE_MEDIAN_PX, TextureFigures, measure_texture, median_figures, surround_ring
 from medgen.imaging.volume import Volume
 
 
@@ -63,15 +63,20 @@ def compose_variant(
     seed: int,
     match_noise: bool = True,
     slice_consistency: bool = True,
+    within_contract: bool = True,
 ) -> ComposedVariant:
     """Stored values of one variant; ``jobs`` carry index, source_model, mask, dilated, weights, box;
-    ``generated`` holds one model-space crop per job at the model's resolution."""
+    ``generated`` holds one model-space crop per job at the model's resolution. ``within_contract``
+    False (a model forced onto another modality) trusts the generated image less: all of its texture is
+    dropped and its border is made to meet the source by `seam.harmonize_membrane`."""
     # 1. Back to each box; the generated signal in full-slice arrays
     crops_back = [resize_image(crop, job.box.shape) for job, crop in zip(jobs, generated)]
     signals = []
     for job, crop_back in zip(jobs, crops_back):
         full = np.asarray(job.source_model, dtype=np.float64).copy()
-        full[job.box.slices] = generated_signal(crop_back) if match_noise else crop_back
+        full[job.box.slices] = (
+            generated_signal(crop_back, median_px=3 if within_contract else NOISE_MEDIAN_PX) if match_noise else crop_back
+        )
         signals.append(full)
 
     # 2. One 3D object: smooth the signal along the slice axis
@@ -88,7 +93,10 @@ def compose_variant(
     previous_index, previous_noise = None, None
     for job, signal in zip(jobs, signals):
         if match_noise:
-            signal = harmonize_border(job.source_model, signal, job.mask, job.dilated, job.box.slices)
+            if within_contract:
+                signal = harmonize_border(job.source_model, signal, job.mask, job.dilated, job.box.slices)
+            else:
+                signal = harmonize_membrane(job.source_model, signal, job.mask, job.dilated)
             unclipped = intensity.to_model_array(volume.pixels[job.index], job.index, clip=False)
             texture = measure_noise_texture(unclipped, job.mask, job.dilated)
             rng = np.random.default_rng([int(seed), int(job.index)])

@@ -28,7 +28,6 @@ from medgen.imaging.texture import NOISE_MEDIAN_PX, highpass, noise_std, robust_
 
 NPS_PATCH_PX = 16
 """Side of the square patches the NPS is averaged over (smaller on small images)."""
-SIGNAL_MEDIAN_PX = 3
 SIGNAL_SMOOTH_SIGMA_PX = 0.7
 """Gaussian sigma (pixels) that rounds off the median's small steps in the generated signal."""
 MAX_SLICE_CORRELATION = 0.95
@@ -134,10 +133,11 @@ def slice_noise_correlation(values: np.ndarray, neighbour: np.ndarray, region: n
     return float(np.clip(np.corrcoef(a, b)[0, 1], 0.0, MAX_SLICE_CORRELATION))
 
 
-def generated_signal(generated: np.ndarray) -> np.ndarray:
-    """The lesion's signal without most of the model's own texture: a 3 x 3 median (it keeps edges and
-    lesions of a few pixels), lightly smoothed. What texture remains is counted by `retexture`."""
-    median = ndimage.median_filter(np.asarray(generated, dtype=np.float64), size=SIGNAL_MEDIAN_PX, mode="reflect")
+def generated_signal(generated: np.ndarray, median_px: int = 3) -> np.ndarray:
+    """The lesion's signal without most of the model's own texture: a ``median_px`` median (3 keeps edges
+    and lesions of a few pixels; 5, the noise measure's own size, removes all the texture it counts),
+    lightly smoothed. What texture remains is counted by `retexture`."""
+    median = ndimage.median_filter(np.asarray(generated, dtype=np.float64), size=median_px, mode="reflect")
     return ndimage.gaussian_filter(median, SIGNAL_SMOOTH_SIGMA_PX, mode="reflect")
 
 

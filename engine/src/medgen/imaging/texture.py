@@ -5,8 +5,8 @@
   inside a ring of surrounding tissue just outside the pasted (dilated) region. 1 means the same
   graininess; a smooth pasted-in blob gives well below 1.
 - seam strength ratio: the mean gradient magnitude in a band across the outer border of the pasted
-  (dilated) region, where generated and source meet, over the same in the next band of equal width
-  further out. A visible edge gives above 1, a smooth halo below 1.
+  (dilated) region, where generated and source meet (less the mask and one pixel around it: the
+  lesion's own rim is no seam), over the same in the next band of equal width further out. A visible edge gives above 1, a smooth halo below 1.
 
 Both are computed in modality units on a box around the mask, so a 2000-pixel radiograph costs no
 more than a 128-pixel CT. `measure_texture` is the one entry point; `medgen validate` and the run
@@ -175,6 +175,9 @@ def measure_texture(
     surround_std = noise_std(image, surround_ring(mask, dilated), residual)
     gradient = gradient_magnitude(image)
     border, outer = border_bands(dilated)
+    border &= ~ndimage.binary_dilation(mask)  # the lesion's own rim, where a small dilation brings it close
+    if not border.any():
+        border, _ = border_bands(dilated)
     border_mean = float(gradient[border].mean()) if border.any() else float("nan")
     outer_mean = float(gradient[outer].mean()) if outer.any() else float("nan")
     return TextureFigures(

@@ -163,13 +163,9 @@ def slicer_sorted_files(files: list[Path]) -> list[Path]:
     return [f for _, f in sorted(zip((float(np.dot(h.ImagePositionPatient, normal)) for h in headers), files))]
 
 
-def slicer_mask(series: Path, out: Path) -> tuple[Path, np.ndarray]:
-    """Load as Slicer's DICOM scalar volume plugin does (vtkITK archetype reader, GDCM), paint a segment
-    on a labelmap with the volume's geometry, save the segmentation as .seg.nrrd."""
-    slicer = pytest.importorskip("slicer")
-    import vtk
-    from vtk.util import numpy_support
-
+def slicer_series_reader(slicer, series: Path):
+    """Slicer's reader of a DICOM series as its DICOM scalar volume plugin sets it up (vtkITK archetype
+    reader, GDCM, native orientation and origin), run; its RAS-to-IJK matrix is the volume's geometry."""
     files = slicer_sorted_files(dicom_files(series))
     reader = slicer.vtkITKArchetypeImageSeriesScalarReader()
     reader.SetArchetype(str(files[0]))
@@ -181,6 +177,17 @@ def slicer_mask(series: Path, out: Path) -> tuple[Path, np.ndarray]:
     reader.SetUseNativeOriginOn()
     reader.SetDICOMImageIOApproachToGDCM()
     reader.Update()
+    return reader
+
+
+def slicer_mask(series: Path, out: Path) -> tuple[Path, np.ndarray]:
+    """Load as Slicer's DICOM scalar volume plugin does (vtkITK archetype reader, GDCM), paint a segment
+    on a labelmap with the volume's geometry, save the segmentation as .seg.nrrd."""
+    slicer = pytest.importorskip("slicer")
+    import vtk
+    from vtk.util import numpy_support
+
+    reader = slicer_series_reader(slicer, series)
     image = reader.GetOutput()
     columns, rows, slices = image.GetDimensions()
     pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(slices, rows, columns)
@@ -271,16 +278,7 @@ def test_engine_reads_a_tilted_series_as_slicer_does_and_unlike_simpleitk(tmp_pa
 
     series = tilted_ct(tmp_path)
     volume = read_volume(series)
-    reader = slicer.vtkITKArchetypeImageSeriesScalarReader()
-    files = slicer_sorted_files(dicom_files(series))
-    reader.SetArchetype(str(files[0]))
-    for f in files:
-        reader.AddFileName(str(f))
-    reader.SetSingleFile(0)
-    reader.SetDesiredCoordinateOrientationToNative()
-    reader.SetUseNativeOriginOn()
-    reader.Update()
-    ras_to_ijk = reader.GetRasToIjkMatrix()
+    ras_to_ijk = slicer_series_reader(slicer, series).GetRasToIjkMatrix()
     ijk_to_ras = vtk.vtkMatrix4x4()
     vtk.vtkMatrix4x4.Invert(ras_to_ijk, ijk_to_ras)
     slicer_ijk_to_lps = LPS_FROM_RAS @ np.array([[ijk_to_ras.GetElement(r, c) for c in range(4)] for r in range(4)])

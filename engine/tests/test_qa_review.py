@@ -6,13 +6,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import requests
+
+from medgen.server.process import free_port
 
 from qa_chromium import console_errors, quit_chromium, save_screenshot, start_chromium
 from testfiles import dicom_testfile, write_labelmap_like
@@ -48,12 +49,6 @@ def study(tmp_path_factory, phantom_demo_run):
     add_run_cases(s, demo.out)
     add_run_cases(s, work / "ct-small-run")
     return {"folder": folder, "work": work, "ct_small": ct_small, "demo": demo.out}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start_server(folder, port, readers=None):
@@ -123,7 +118,7 @@ def test_pages_and_image_urls_give_nothing_away(study):
 
     s = Study(study["folder"])
     reader = s.add_reader("leak-check")
-    port = _free_port()
+    port = free_port()
     process, links, _ = _start_server(study["folder"], port)
     try:
         link = links["leak-check"]
@@ -165,7 +160,7 @@ def test_three_readers_in_chromium_with_a_server_kill_in_the_middle(study, tmp_p
 
     folder = study["folder"]
     truths = Study(folder).case_info()
-    port = _free_port()
+    port = free_port()
     process, links, summary_link = _start_server(folder, port, READERS)
     driver = start_chromium()
     try:

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import os
 
+import numpy as np
 from pydicom.uid import UID
 
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
@@ -37,6 +38,16 @@ def content_uid(*parts: object) -> UID:
         digest.update(len(data).to_bytes(8, "big") + data)  # length-prefixed: ("ab","c") != ("a","bc")
     # 128 bits of the hash under the 2.25 root, the form PS3.5 B.2 gives UUID-derived UIDs
     return UID(f"2.25.{int.from_bytes(digest.digest()[:16], 'big')}")
+
+
+def pixel_digest(frames) -> str:
+    """SHA-256 of a sequence of arrays (frames or slices), fed one at a time: a UID part for pixels without
+    first copying a whole volume into one bytes object."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(str(frame.shape).encode() + str(frame.dtype).encode())
+        digest.update(memoryview(np.ascontiguousarray(frame)).cast("B"))
+    return digest.hexdigest()
 
 
 def stamp_creation_time(ds, when: dt.datetime) -> None:

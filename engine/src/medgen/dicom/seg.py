@@ -27,7 +27,7 @@ from medgen.dicom.codes import MedgenCode
 from medgen.errors import InputError, OutputError
 from medgen.imaging.library_messages import first_line
 from medgen.imaging.volume import SourceFormat, Volume
-from medgen.reproducible import content_uid, creation_time, stamp_creation_time
+from medgen.reproducible import content_uid, creation_time, pixel_digest, stamp_creation_time
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +160,17 @@ def build_inpaint_seg(
         contribution_datetime=now,
         contribution_description=codes.CONTRIBUTION_DESCRIPTION,
     )
+    segments_digest = pixel_digest(pixel_array)  # hashed once for both UIDs
+    referenced_uids = [ds.SOPInstanceUID for ds in images]
     try:
         seg = hd.seg.Segmentation(
             source_images=images,
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=content_uid("seg-series", pixel_array.tobytes(), label,
-                                            *[ds.SOPInstanceUID for ds in images]),
+            series_instance_uid=content_uid("seg-series", segments_digest, label, *referenced_uids),
             series_number=series_number if series_number is not None else _series_number(images[0]),
-            sop_instance_uid=content_uid("seg-instance", pixel_array.tobytes(), label,
-                                         *[ds.SOPInstanceUID for ds in images]),
+            sop_instance_uid=content_uid("seg-instance", segments_digest, label, *referenced_uids),
             instance_number=1,
             manufacturer=codes.MANUFACTURER,
             manufacturer_model_name=_single_line(model_name)[:64],

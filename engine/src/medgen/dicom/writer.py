@@ -52,7 +52,7 @@ from medgen.dicom.provenance import provenance_to_json
 from medgen.dicom.repair import private_elements_as_unknown, repair_dates_and_times, uses_iso_2022
 from medgen.errors import InputError, OutputError
 from medgen.imaging.volume import PixelFormat, SourceFormat, Volume
-from medgen.reproducible import content_uid, creation_time
+from medgen.reproducible import content_uid, creation_time, pixel_digest
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class SyntheticSeriesWriter:
         settings = {k: v for k, v in self.provenance.items() if k != "created_utc"}
         return content_uid(
             "series", self.source.datasets[0].get("SeriesInstanceUID", ""), slices,
-            np.ascontiguousarray(pixels[slices]).tobytes(), json.dumps(settings, sort_keys=True, default=str),
+            pixel_digest(pixels[k] for k in slices), json.dumps(settings, sort_keys=True, default=str),
             self.series_description, self.derivation_description, self.series_number,
         )
 
@@ -446,7 +446,7 @@ def write_secondary_capture(
     _use_utf8_if_needed(ds, [series_description, derivation_description, model_name, software_version,
                              patient_name, patient_id])
     settings = json.dumps({k: v for k, v in record.items() if k != "created_utc"}, sort_keys=True, default=str)
-    sop_uid = content_uid("sc-instance", settings, stored.tobytes(), series_description, series_number)
+    sop_uid = content_uid("sc-instance", settings, pixel_digest(stored), series_description, series_number)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     _set_date_time(ds, "InstanceCreation", now)

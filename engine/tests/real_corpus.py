@@ -10,15 +10,12 @@ Run it as a script to measure the whole corpus (prints one line per case and the
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-# Files in the data folders that are not DICOM (pydicom's own notes, dumps and test fixtures).
-NOT_DICOM_SUFFIXES = (".py", ".pyc", ".txt", ".json", ".dump", ".icc", ".gz", ".md")
-NOT_DICOM_NAMES = ("README",)
 
 SUCCESS = "success"
 REFUSED = "refused"  # a MedgenError whose reason is on medgen.imaging.unsupported's list
@@ -29,43 +26,136 @@ WRONG = "wrong output"  # written, but the output breaks a rule
 OUTCOMES = (SUCCESS, REFUSED, UNFAIR, CRASH, LATE, WRONG)
 
 
-def corpus_roots() -> list[Path]:
-    """The data folders of the installed packages (pydicom's test and charset files, pydicom-data)."""
+# Files that are surely not DICOM (notes, scripts, dumps, other image formats): never read. Everything
+# else is read and counted only when it is DICOM (see is_dicom).
+NOT_DICOM_SUFFIXES = (".py", ".pyc", ".txt", ".json", ".dump", ".icc", ".md", ".rst", ".nii", ".par", ".rec",
+                      ".mnc", ".trk", ".tck", ".hdr", ".img", ".head", ".brik", ".bin", ".mat", ".npy", ".npz",
+                      ".png", ".jpg", ".gif", ".lut", ".plist", ".inv3", ".vtp", ".dat")
+NOT_DICOM_NAMES = ("README", ".gitignore")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+# Where packages install DICOM files: (package, importable name, folders inside it). Found through
+# importlib without importing, so a package whose own dependencies are missing still counts.
+PYTHON_PACKAGE_FOLDERS = (
+    ("pydicom", "pydicom", ("data/test_files", "data/charset_files")),
+    ("pydicom-data", "data_store", ("data",)),
+    ("nibabel", "nibabel", ("nicom/tests/data", "tests/data")),
+    ("pynetdicom", "pynetdicom", ("tests/dicom_files",)),
+    ("heudiconv", "heudiconv", ("tests/data",)),
+)
+# Debian packages: (package, folder pattern). invesalius-examples (an InVesalius project) and
+# mricron-data (NIfTI templates) ship no DICOM; dicom3tools and dicomnifti one example each.
+DEBIAN_FOLDERS = (
+    ("python3-pydicom", "/usr/lib/python3/dist-packages/pydicom/data/test_files"),
+    ("python3-pydicom", "/usr/lib/python3/dist-packages/pydicom/data/charset_files"),
+    ("octave-dicom", "/usr/share/octave/packages/dicom-*/imdata"),
+    ("dicomnifti", "/usr/share/doc/dicomnifti/examples"),
+    ("dicom3tools", "/usr/share/doc/dicom3tools/examples"),
+)
+# Gzipped DICOM (nibabel ships its Philips and Siemens files so) is unpacked here at test time
+UNPACKED = Path(tempfile.gettempdir()) / "medgen-real-corpus"
+
+
+def corpus_roots() -> list[tuple[str, Path]]:
+    """(package, folder) for every installed package's DICOM folder, in a fixed order."""
+    import glob
+    import importlib.util
+
     roots = []
-    try:
-        import pydicom
+    for package, module, folders in PYTHON_PACKAGE_FOLDERS:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        base = Path(list(spec.submodule_search_locations)[0])
+        roots += [(package, base / folder) for folder in folders]
+    for package, pattern in DEBIAN_FOLDERS:
+        roots += [(package, Path(folder)) for folder in sorted(glob.glob(pattern))]
+    return [(package, root.resolve()) for package, root in roots if root.is_dir()]
 
-        data = Path(pydicom.__file__).parent / "data"
-        roots += [data / "test_files", data / "charset_files"]
-    except ImportError:
-        pass
-    try:
-        import data_store
 
-        roots.append(Path(data_store.__file__).parent / "data")
-    except ImportError:
-        pass
-    return [root for root in roots if root.is_dir()]
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: the Part-10 preamble, a DICOM file name, or (without either) a data set that
+    pydicom's forced read finds real DICOM attributes in."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head[128:132] == b"DICM" or path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    import warnings
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=1024)
+            return any(keyword in ds for keyword in ("SOPClassUID", "StudyInstanceUID", "Modality"))
+    except Exception:  # whatever the forced read of a non-DICOM file raises
+        return False
+
+
+def _unpacked(package: str, root: Path, path: Path) -> Path:
+    """A gzipped file unpacked once into UNPACKED (written aside and renamed, so parallel runs agree)."""
+    import gzip
+    import os
+
+    target = UNPACKED / package / path.relative_to(root).with_suffix("")
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        partial.write_bytes(gzip.decompress(path.read_bytes()))
+        partial.replace(target)
+    return target
+
+
+def corpus_cases() -> list[tuple[str, Path]]:
+    """(package, file) for every DICOM file of the installed packages, sorted per folder; a file whose
+    bytes an earlier package already shipped (Debian's pydicom, nibabel's two copies) is counted once."""
+    import hashlib
+
+    cases, seen = [], set()
+    for package, root in corpus_roots():
+        for path in sorted(root.rglob("*")):
+            name = path.name.lower()
+            if not path.is_file() or "__pycache__" in path.parts or path.name in NOT_DICOM_NAMES:
+                continue
+            if name.endswith(".gz"):
+                if name.removesuffix(".gz").endswith(NOT_DICOM_SUFFIXES):
+                    continue
+                path = _unpacked(package, root, path)
+            elif name.endswith(NOT_DICOM_SUFFIXES):
+                continue
+            if not is_dicom(path):
+                continue
+            digest = hashlib.sha1(path.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                cases.append((package, path))
+    return cases
 
 
 def corpus_files() -> list[Path]:
-    """Every file under the data folders that could be DICOM (by name), sorted, de-duplicated by name."""
-    files = []
-    for root in corpus_roots():
-        for path in sorted(root.rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts:
-                continue
-            if path.name.lower().endswith(NOT_DICOM_SUFFIXES) or path.name in NOT_DICOM_NAMES:
-                continue
-            files.append(path)
-    return files
+    """Every DICOM file of the corpus (see corpus_cases)."""
+    return [path for _, path in corpus_cases()]
+
+
+def case_package(path: Path) -> str:
+    """The package a corpus file came from."""
+    for package, root in corpus_roots():
+        if path.is_relative_to(root) or path.is_relative_to(UNPACKED / package):
+            return package
+    return "?"
 
 
 def case_id(path: Path) -> str:
-    """A short stable name: the path under its data folder."""
-    for root in corpus_roots():
+    """A short stable name: the package and the path under its data folder."""
+    for package, root in corpus_roots():
         if path.is_relative_to(root):
-            return f"{root.name}/{path.relative_to(root).as_posix()}"
+            return f"{package}/{root.name}/{path.relative_to(root).as_posix()}"
+        if path.is_relative_to(UNPACKED / package):
+            return f"{package}/{path.relative_to(UNPACKED / package).as_posix()}.gz"
     return path.name
 
 
@@ -74,6 +164,7 @@ class Outcome:
     kind: str
     message: str = ""
     seconds: float = 0.0
+    reason: str | None = None  # the refusal's listed reason
 
 
 def centre_mask(volume) -> tuple[np.ndarray, int]:
@@ -103,8 +194,8 @@ def run_case(inpainter, source: Path, work: Path, *, write_seg: bool, steps: int
     started = time.perf_counter()
     generation_started = []
 
-    def outcome(kind: str, message: str = "") -> Outcome:
-        return Outcome(kind, message, time.perf_counter() - started)
+    def outcome(kind: str, message: str = "", reason: str | None = None) -> Outcome:
+        return Outcome(kind, message, time.perf_counter() - started, reason)
 
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,7 +211,9 @@ def run_case(inpainter, source: Path, work: Path, *, write_seg: bool, steps: int
     except MedgenError as error:
         if generation_started and getattr(error, "reason", None) != "unchanged":  # only knowable afterwards
             return outcome(LATE, str(error))
-        return outcome(REFUSED if listed_reason(error) else UNFAIR, str(error))
+        if listed_reason(error):
+            return outcome(REFUSED, str(error), error.reason)
+        return outcome(UNFAIR, str(error))
     except Exception as error:  # the corpus measures exactly these
         return outcome(CRASH, f"{type(error).__name__}: {error}".splitlines()[0])
     problem = output_problem(result, volume, write_seg)
@@ -141,7 +234,7 @@ def preflight_case(source: Path, *, write_seg: bool) -> Outcome:
         preflight(volume, {k: mask[k].astype(bool)}, write_seg=write_seg, write_dicom=False, only_modified=False)
     except MedgenError as error:
         kind = REFUSED if listed_reason(error) else UNFAIR
-        return Outcome(kind, str(error), time.perf_counter() - started)
+        return Outcome(kind, str(error), time.perf_counter() - started, error.reason if kind == REFUSED else None)
     except Exception as error:  # the corpus measures exactly these
         return Outcome(CRASH, f"{type(error).__name__}: {error}".splitlines()[0], time.perf_counter() - started)
     return Outcome(SUCCESS, "", time.perf_counter() - started)
@@ -240,33 +333,42 @@ def main(argv: list[str]) -> int:
         return _preflight_only(args.filter)
     inpainter = Inpainter(demo_model_path(), device="cpu")
     seg_modes = {"both": (False, True), "yes": (True,), "no": (False,)}[args.seg]
-    counts = {kind: 0 for kind in OUTCOMES}
+    results = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for n, path in enumerate(f for f in corpus_files() if args.filter in str(f)):
+        for n, (package, path) in enumerate(c for c in corpus_cases() if args.filter in str(c[1])):
             for write_seg in seg_modes:
                 result = run_case(inpainter, path, Path(tmp) / f"{n}-{int(write_seg)}", write_seg=write_seg,
                                   steps=args.steps)
-                counts[result.kind] += 1
+                results.append((package, result))
                 print(f"{result.kind:15s} {'seg' if write_seg else '   '} {case_id(path)} "
                       f"({result.seconds:.1f}s) {result.message[:300]}", flush=True)
-    print(" ".join(f"{kind}={count}" for kind, count in counts.items()),
-          f"cases={sum(counts.values())} wall={time.perf_counter() - started:.0f}s")
+    print_summary(results)
+    print(f"wall={time.perf_counter() - started:.0f}s")
     return 0
+
+
+def print_summary(results: list[tuple[str, Outcome]]) -> None:
+    """Outcomes per package and in all, and the refusal reasons met."""
+    packages = list(dict.fromkeys(package for package, _ in results))
+    for package in packages + ["all"]:
+        kinds = [r.kind for p, r in results if package in ("all", p)]
+        print(f"{package:16s} cases={len(kinds):4d} " + " ".join(f"{k.replace(' ', '-')}={kinds.count(k)}"
+                                                            for k in OUTCOMES if kinds.count(k)))
+    reasons = [r.reason for _, r in results if r.kind == REFUSED]
+    print("refusal reasons:", ", ".join(f"{reason}={reasons.count(reason)}" for reason in sorted(set(reasons))))
 
 
 def _preflight_only(name_filter: str) -> int:
     """Outcome and seconds of reading plus pre-flight per file: the time a doomed request takes to fail."""
-    counts = {kind: 0 for kind in OUTCOMES}
-    seconds = []
-    for path in (f for f in corpus_files() if name_filter in str(f)):
+    results = []
+    for package, path in (c for c in corpus_cases() if name_filter in str(c[1])):
         result = preflight_case(path, write_seg=True)
-        counts[result.kind] += 1
-        seconds.append(result.seconds)
+        results.append((package, result))
         print(f"{result.kind:15s} {case_id(path)} ({result.seconds:.2f}s) {result.message[:200]}", flush=True)
-    times = np.sort(np.array(seconds))
-    print(" ".join(f"{kind}={count}" for kind, count in counts.items() if count),
-          f"files={len(times)} median={np.median(times):.2f}s p95={times[int(0.95 * (len(times) - 1))]:.2f}s "
+    print_summary(results)
+    times = np.sort(np.array([r.seconds for _, r in results]))
+    print(f"files={len(times)} median={np.median(times):.2f}s p95={times[int(0.95 * (len(times) - 1))]:.2f}s "
           f"max={times[-1]:.2f}s under-1s={int(np.sum(times < 1.0))}")
     return 0
 

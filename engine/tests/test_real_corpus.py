@@ -1,7 +1,8 @@
-"""Every real DICOM file pydicom and pydicom-data ship either works or is refused up front.
+"""Every real DICOM file that installed packages ship either works or is refused up front.
 
-Found at test time (never copied into the repository): pydicom's test and charset files and the
-pydicom-data package. A file is run through the engine with a small square mask in its centre; the
+Found at test time (never copied into the repository): pydicom's test and charset files, pydicom-data,
+nibabel, pynetdicom and heudiconv (pip), and Debian's python3-pydicom, octave-dicom, dicomnifti and
+dicom3tools where installed (see real_corpus.corpus_roots). A file is run through the engine with a small square mask in its centre; the
 outcome must be a success, or a refusal whose reason is on the written list
 (``medgen.imaging.unsupported``). A crash, a failure after generation started, an unlisted refusal or
 an output that breaks a rule fails the test. The default run reads and pre-flights every file and
@@ -12,10 +13,28 @@ from pathlib import Path
 
 import pytest
 
-from real_corpus import REFUSED, SUCCESS, case_id, corpus_files, preflight_case, run_case
+from real_corpus import (
+    REFUSED,
+    SUCCESS,
+    case_id,
+    case_package,
+    corpus_cases,
+    corpus_files,
+    is_dicom,
+    preflight_case,
+    run_case,
+)
 
 FILES = corpus_files()
 pytestmark = pytest.mark.skipif(not FILES, reason="pydicom's test files are not installed")
+
+
+def package_file(package: str, name: str) -> Path:
+    """One corpus file of one package, or a skip where that package is not installed."""
+    for file_package, path in corpus_cases():
+        if file_package == package and path.name == name:
+            return path
+    pytest.skip(f"{package} (with {name}) is not installed")
 
 # One of each kind that once crashed or failed late: CT with private tags, MR in implicit VR, NM with
 # NumberOfFrames=1, RT Dose (SEG step), an old-style time, colour US with burned-in text
@@ -74,3 +93,45 @@ def test_sample_names_exist_in_the_corpus():
     names = {path.name for path in FILES}
     missing = [name for name in SAMPLE if name not in names]
     assert not missing, f"sample files missing from the installed corpus: {missing}"
+
+
+def test_only_dicom_files_are_cases_and_each_once():
+    """nibabel ships PAR/REC, MINC and CSA dumps beside its DICOM; heudiconv a NIfTI; none is a case.
+    Gzipped DICOM is unpacked and counted; the same bytes in two packages count once."""
+    import hashlib
+
+    cases = corpus_cases()
+    assert all(is_dicom(path) for _, path in cases)
+    names = {path.name.lower() for _, path in cases}
+    assert not any(name.endswith((".par", ".rec", ".mnc", ".bin", ".nii", ".gz", ".txt")) for name in names)
+    digests = [hashlib.sha1(path.read_bytes()).hexdigest() for _, path in cases]
+    assert len(digests) == len(set(digests))
+    assert all(case_package(path) == package for package, path in cases)
+
+
+def test_a_non_dicom_file_is_not_dicom(tmp_path):
+    """The forced read of a text or binary file finds no DICOM attributes."""
+    (tmp_path / "notes").write_text("PixelData and Modality are words here, not elements\n" * 20)
+    (tmp_path / "noise").write_bytes(bytes(range(256)) * 8)
+    assert not is_dicom(tmp_path / "notes") and not is_dicom(tmp_path / "noise")
+
+
+def test_philips_enhanced_mr_with_per_frame_geometry_gets_a_seg():
+    """nibabel's 176-frame Philips enhanced MR keeps Pixel Measures and Plane Orientation per frame only;
+    highdicom reads them from the shared groups. The SEG is built (it was refused as seg-source)."""
+    outcome = preflight_case(package_file("nibabel", "philips_mprage.dcm"), write_seg=True)
+    assert outcome.kind == SUCCESS, outcome.message
+
+
+def test_a_patient_sex_outside_its_values_is_written_empty_with_a_note():
+    """nibabel's slicethickness_empty_string.dcm says Patient's Sex 'N/A', which stopped the SEG step;
+    it is written empty (unknown), and the repair is noted for the provenance."""
+    from medgen.dicom.preflight import preflight
+    from medgen.imaging.read import read_volume
+
+    from real_corpus import centre_mask
+
+    volume = read_volume(package_file("nibabel", "slicethickness_empty_string.dcm"))
+    mask, k = centre_mask(volume)
+    report = preflight(volume, {k: mask[k].astype(bool)}, write_seg=True, write_dicom=False, only_modified=False)
+    assert any("PatientSex 'N/A'" in note and "empty" in note for note in report.repairs)

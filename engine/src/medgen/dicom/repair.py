@@ -84,3 +84,17 @@ def private_elements_as_unknown(ds: Dataset, source: Dataset) -> list[str]:
     if dropped:
         notes.append(f"{dropped} private element(s) of the implicit-VR source dropped (VR unknown, bytes not kept)")
     return notes
+
+
+# Enumerated values the SEG step checks (highdicom reads Patient's Sex as PS3.3 C.7.1.1 defines it)
+_PATIENT_SEX = ("M", "F", "O")
+
+
+def repair_enumerated_values(ds: Dataset) -> list[str]:
+    """Empty a Patient's Sex outside its enumerated values ("N/A", "U"): Type 2, so empty means unknown,
+    which is what such a value says."""
+    value = ds.get("PatientSex")
+    if value is None or str(value).strip() in ("", *_PATIENT_SEX):
+        return []
+    ds.PatientSex = ""
+    return [f"PatientSex {str(value)!r} is not one of M, F, O; written empty (unknown)"]

@@ -138,7 +138,8 @@ def build_inpaint_seg(
             mask = keyed.get(key)
             frames.append(mask if mask is not None else np.zeros((ds.Rows, ds.Columns), dtype=bool))
     pixel_array = np.stack(frames).astype(np.uint8)
-    images = [_with_slice_thickness(_with_functional_groups(ds, source_volume), source_volume) for ds in images]
+    images = [_with_slice_thickness(_with_shared_geometry(_with_functional_groups(ds, source_volume)),
+                                    source_volume) for ds in images]
     if not pixel_array.any():
         raise ValueError("none of the masked slices is among the synthetic instances")
 
@@ -233,6 +234,38 @@ def _with_functional_groups(image: Dataset, volume: Volume) -> Dataset:
         group.PlanePositionSequence = [position]
         per_frame.append(group)
     view.PerFrameFunctionalGroupsSequence = per_frame
+    return view
+
+
+# Functional groups highdicom reads from the Shared Functional Groups only
+_SHARED_GROUPS = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+
+
+def _with_shared_geometry(image: Dataset) -> Dataset:
+    """An enhanced multi-frame image whose Pixel Measures and Plane Orientation are per frame only (Philips
+    enhanced MR), as highdicom reads it: a view with them in the Shared Functional Groups, where highdicom
+    looks. Done only for a group every frame has the same; the written image stays as it is."""
+    shared = image.get("SharedFunctionalGroupsSequence")
+    per_frame = image.get("PerFrameFunctionalGroupsSequence")
+    if not shared or not per_frame:
+        return image
+    moved = {}
+    for keyword in _SHARED_GROUPS:
+        values = [group.get(keyword) for group in per_frame]
+        if keyword not in shared[0] and values[0] and all(v == values[0] for v in values[1:]):
+            moved[keyword] = values[0]
+    if not moved:
+        return image  # highdicom then says what it lacks, and the SEG is refused
+    shared_view = Dataset()
+    for element in shared[0]:
+        shared_view.add(element)
+    for keyword, value in moved.items():
+        setattr(shared_view, keyword, value)
+    view = Dataset()
+    for element in image:
+        view.add(element)
+    view.file_meta = image.file_meta
+    view.SharedFunctionalGroupsSequence = [shared_view]
     return view
 
 

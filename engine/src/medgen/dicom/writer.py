@@ -49,7 +49,12 @@ from pydicom.uid import (
 from medgen.dicom import codes
 from medgen.dicom.codes import MedgenCode
 from medgen.dicom.provenance import provenance_to_json
-from medgen.dicom.repair import private_elements_as_unknown, repair_dates_and_times, uses_iso_2022
+from medgen.dicom.repair import (
+    private_elements_as_unknown,
+    repair_dates_and_times,
+    repair_enumerated_values,
+    uses_iso_2022,
+)
 from medgen.errors import InputError, OutputError
 from medgen.imaging.volume import PixelFormat, SourceFormat, Volume
 from medgen.reproducible import content_uid, creation_time, pixel_digest
@@ -263,6 +268,7 @@ class SyntheticSeriesWriter:
         _use_utf8_if_needed(ds, [self.series_description, self.derivation_description, self.model_name,
                                  self.software_version])
         notes += repair_dates_and_times(ds)
+        notes += repair_enumerated_values(ds)
         notes += self._add_missing_frame_of_reference(ds)
         notes += self._mark_burned_in_text(ds, src, pixels)
         self.repairs += [note for note in notes if note not in self.repairs]

@@ -290,6 +290,12 @@ class Inpainter:
 
         checked = preflight(volume, {k: mask[k] for k in slice_indices}, write_seg=request.write_seg,
                             write_dicom=request.write_dicom, only_modified=request.only_modified)
+        # a source the model's contract does not cover is refused from its medgen.json, before the load
+        from medgen.model_contract_check import contract_refusal
+
+        contract_refusal(self.model_path, volume, slice_indices, force_modality=request.force_modality,
+                         preset=request.window, center=request.window_center, width=request.window_width,
+                         source=str(request.input))
 
         # 3. Fill unset settings from the model's own recommendation, then the engine's defaults;
         #    load the request's adapters and ControlNet

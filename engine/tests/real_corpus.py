@@ -266,7 +266,7 @@ def output_problem(result, volume, write_seg: bool) -> str | None:
             continue
         if ds.get("SyntheticData") != "YES":
             return f"{path.name}: Synthetic Data is not YES"
-        problem = private_element_problem(ds)
+        problem = private_element_problem(_read_as_written(path))
         if problem:
             return f"{path.name}: {problem}"
         try:
@@ -296,6 +296,22 @@ def _any_voxel_changed(result, volume) -> bool:
 
 # Longest value each text VR holds (PS3.5 6.2), in characters.
 _VR_MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "SH": 16, "TM": 14, "UI": 64}
+
+
+def _read_as_written(path: Path):
+    """The file with each element in the VR it was written with: pydicom otherwise turns a private UN
+    into its dictionary's VR on reading, and an element the writer rightly kept as UN would look guessed."""
+    import pydicom
+
+    saved = pydicom.config.replace_un_with_known_vr
+    pydicom.config.replace_un_with_known_vr = False
+    try:
+        ds = pydicom.dcmread(path)
+        for _ in ds.iterall():  # parse every element while the setting holds
+            pass
+        return ds
+    finally:
+        pydicom.config.replace_un_with_known_vr = saved
 
 
 def private_element_problem(ds) -> str | None:

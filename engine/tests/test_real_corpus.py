@@ -24,6 +24,7 @@ from real_corpus import (
     preflight_case,
     run_case,
 )
+from testfiles import dicom_testfile
 
 FILES = corpus_files()
 pytestmark = pytest.mark.skipif(not FILES, reason="pydicom's test files are not installed")
@@ -135,3 +136,30 @@ def test_a_patient_sex_outside_its_values_is_written_empty_with_a_note():
     mask, k = centre_mask(volume)
     report = preflight(volume, {k: mask[k].astype(bool)}, write_seg=True, write_dicom=False, only_modified=False)
     assert any("PatientSex 'N/A'" in note and "empty" in note for note in report.repairs)
+
+
+def test_the_private_vr_check_reads_each_element_in_its_written_vr(tmp_path):
+    """A private element kept as UN is right (its VR is unknown); pydicom turns a known private tag's UN
+    into its dictionary VR on reading, which once made a correct output look wrong. Written as SH with 21
+    characters, it is wrong."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    from real_corpus import _read_as_written, private_element_problem
+
+    value = b"Tra>Cor(2.8)>Sag(0.6) "
+    for vr, expected_problem in (("UN", False), ("SH", True)):
+        ds = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+        ds.private_block(0x0051, "SIEMENS MR HEADER", create=True)
+        ds[0x0051100E] = DataElement(0x0051100E, vr, value if vr == "UN" else value.decode())
+        path = tmp_path / f"{vr}.dcm"
+        ds.save_as(path)
+        assert bool(private_element_problem(_read_as_written(path))) == expected_problem, vr
+
+
+def test_heudiconv_implicit_vr_siemens_output_passes(demo_inpainter, tmp_path):
+    """heudiconv's implicit-VR Siemens files: every private element of the output is readable in the VR it
+    was written with (UN where the source never wrote one)."""
+    path = package_file("heudiconv", "b0dwi_for_fmap+00001.dcm")
+    outcome = run_case(demo_inpainter, path, tmp_path, write_seg=False, steps=2)
+    assert outcome.kind == SUCCESS, outcome.message

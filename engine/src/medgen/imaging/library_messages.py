@@ -1,13 +1,18 @@
 """Keep pydicom's and highdicom's own warnings and logged tracebacks off the user's screen.
 
 pydicom logs a full traceback for every decoder plugin that fails before raising its own error,
-and warns about each odd value it meets. The engine's error already says what went wrong in one
+and warns about each odd value it meets; ITK, niftilib and Rust decoders write to the process's
+stderr themselves. The engine's error already says what went wrong in one
 line; these messages are gathered instead, and the first of them can be added to that line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,3 +56,29 @@ def first_line(error: BaseException) -> str:
     """An exception's message as one short line (libraries put whole reports in theirs)."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+# One capture of the process's stderr at a time: file descriptor 2 is shared by every thread
+_NATIVE_LOCK = threading.RLock()
+
+
+@contextmanager
+def captured_native_stderr() -> Iterator[list[str]]:
+    """Collect what native code (ITK's warnings, niftilib's "** ERROR" lines, a Rust decoder's panic
+    message) writes straight to file descriptor 2, as one-line strings, instead of letting it reach
+    the terminal ahead of the engine's own one-line error. Wrap only the library call itself: while
+    it runs, anything else the process writes to stderr is collected too."""
+    messages: list[str] = []
+    with _NATIVE_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            messages.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())

@@ -26,7 +26,7 @@ from pydicom.uid import (
 )
 
 from medgen.errors import InputError
-from medgen.imaging.library_messages import captured_library_messages, first_line
+from medgen.imaging.library_messages import captured_library_messages, captured_native_stderr, first_line
 from medgen.imaging.limits import check_size
 from medgen.imaging.volume import PixelFormat, SourceFormat, Volume
 
@@ -328,7 +328,7 @@ def _decode_pixels(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, PixelFo
     if not decoder.is_available:
         raise InputError(path, f"no installed decoder reads transfer syntax {syntax_name}", reason="codec")
     try:
-        with captured_library_messages():
+        with captured_library_messages(), captured_native_stderr():  # a Rust decoder's panic message too
             # as_rgb=True converts YBR_FULL / YBR_FULL_422 to RGB; meta says what the array really holds.
             pixels, meta = decoder.as_array(ds, as_rgb=True)
     except Exception as exc:
@@ -486,7 +486,25 @@ def _grid_frame_position(ds: pydicom.Dataset, frame_index: int | None, position,
     return list(start + np.cross(row, column) * relative)
 
 
+# Farthest a position and largest a spacing may be, in mm: beyond it a value is damage, not anatomy
+_MAX_COORDINATE_MM = 1e6
+
+
 def _stack_geometry(
+    infos: list[_SliceInfo], source: Path
+) -> tuple[list[int], np.ndarray, tuple[float, float, float]]:
+    """Slice order and the ijk→LPS matrix; a header whose geometry overflows (positions of 1e300) is
+    refused as damaged here, without numpy's overflow warnings reaching the terminal."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        order, ijk_to_lps, spacing = _stack_geometry_unchecked(infos, source)
+    if not np.isfinite(ijk_to_lps).all() or np.abs(ijk_to_lps).max() > _MAX_COORDINATE_MM \
+            or not np.isfinite(spacing).all():
+        raise InputError(source, f"geometry attributes (Image Position, Pixel Spacing, slice spacing) are not "
+                         f"finite or lie beyond {_MAX_COORDINATE_MM:g} mm", reason="damaged")
+    return order, ijk_to_lps, spacing
+
+
+def _stack_geometry_unchecked(
     infos: list[_SliceInfo], source: Path
 ) -> tuple[list[int], np.ndarray, tuple[float, float, float]]:
     """Slice order and the ijk→LPS matrix: sort along the normal, else by InstanceNumber."""
@@ -576,7 +594,8 @@ def read_itk_image(path: Path, what: str) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with captured_native_stderr():  # ITK's warnings and niftilib's "** ERROR" lines
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(path, f"cannot read {what}: {itk_error_message(exc)}", reason="damaged") from exc
     size = [int(n) for n in reader.GetSize()]
@@ -586,7 +605,8 @@ def read_itk_image(path: Path, what: str) -> sitk.Image:
     check_size(path, rows=size[1], columns=size[0], frames=frames,
                samples=int(reader.GetNumberOfComponents()))
     try:
-        return reader.Execute()
+        with captured_native_stderr():
+            return reader.Execute()
     except RuntimeError as exc:
         raise InputError(path, f"cannot read {what}: {itk_error_message(exc)}", reason="damaged") from exc
 
@@ -596,7 +616,8 @@ def is_slicer_segmentation(path: Path) -> bool:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with captured_native_stderr():
+            reader.ReadImageInformation()
     except RuntimeError:
         return False
     return any(key.startswith("Segment0_") for key in reader.GetMetaDataKeys())

@@ -55,9 +55,13 @@ if [[ ! -x "${venv}/bin/python" ]] && ! "$python" -c 'import ensurepip, venv' >/
 fi
 if [[ $with_tests == 1 ]]; then
     # dciodvfy and dcmtk validate output; Orthanc is the PACS; Chromium drives the report and reader
-    # tests; invesalius-examples and mricron-data are real scans; the rest lets Qt draw offscreen
+    # tests; invesalius-examples and mricron-data are real scans; dicomnifti and python3-pydicom (and
+    # dicom3tools) ship real DICOM files for the real-file corpus (tests/real_corpus.py; about 20 MB);
+    # the rest lets Qt draw offscreen. octave-dicom's five DICOM files count too where it is installed,
+    # but it brings Octave (about 125 packages, 250 MB), so it is left to the user.
     wanted=(dicom3tools dcmtk orthanc orthanc-dicomweb chromium chromium-driver invesalius-examples
-            mricron-data libgl1 libegl1 libfontconfig1 libxkbcommon0 libdbus-1-3 libglib2.0-0 fonts-dejavu-core)
+            mricron-data dicomnifti python3-pydicom libgl1 libegl1 libfontconfig1 libxkbcommon0 libdbus-1-3
+            libglib2.0-0 fonts-dejavu-core)
     missing=()
     for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

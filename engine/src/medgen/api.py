@@ -275,6 +275,20 @@ class Inpainter:
         return records
 
     def __call__(self, request: InpaintRequest, progress: ProgressCallback | None = None) -> InpaintResult:
+        steps = self.steps(request)
+        work = next(steps)
+        try:
+            steps.send(self.generate(work, progress))
+        except StopIteration as finished:
+            return finished.value
+        raise RuntimeError("Inpainter.steps yielded more than once")
+
+    def steps(self, request: InpaintRequest):
+        """The request as a generator: it yields the model work (a Generation) once, takes the
+        generated crops back by send() and returns the InpaintResult. Split so that a batch runner can
+        read and crop several requests, generate them in shared model calls, then write each."""
+        from medgen.generate.batched import Generation
+
         # 1. Check inputs and the output location before any heavy work
         check_request(request)
         check_output_dir(request.out)
@@ -332,36 +346,21 @@ class Inpainter:
         crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], (resolution,) * 2) for job in jobs])
         control_images = self._control_images(request, crops, jobs)
 
-        # 6. Generate every variant of every slice, one batched call per distinct prompt
+        # 6. Generate every variant of every slice (see generate)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         seeds = [seed + v for v in range(request.num_variants)]
         prompts = variant_prompts(request.prompt, request.prompt_variations, request.num_variants)
-        generated = np.empty((len(jobs), request.num_variants, resolution, resolution), np.float32)
-        groups = [[v for v, p in enumerate(prompts) if p == prompt] for prompt in dict.fromkeys(prompts)]
-        done_variants = 0
-        for group in groups:
-            group_progress = progress
-            if progress is not None and len(groups) > 1:
-                # counted in slice-steps over all variants, so the count only grows from group to group
-                unit = len(jobs) * request.num_inference_steps
-
-                def group_progress(done: int, total: int, before: int = done_variants, size: int = len(group)) -> None:
-                    progress(round((before + size * done / total) * unit), request.num_variants * unit)
-
-            generated[:, group] = self.model.inpaint(
-                crops.astype(np.float32),
-                crop_masks.astype(np.float32),
-                prompt=prompts[group[0]],
-                negative_prompt=request.negative_prompt,
-                num_variants=len(group),
-                seeds=[seeds[v] for v in group],
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                strength=request.strength,
-                callback=group_progress,
-                control_images=control_images,
-            )
-            done_variants += len(group)
+        generated = yield Generation(
+            crops=crops.astype(np.float32),
+            masks=crop_masks.astype(np.float32),
+            control_images=control_images,
+            prompts=prompts,
+            seeds=seeds,
+            negative_prompt=request.negative_prompt,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            strength=request.strength,
+        )
 
         # 7. Paste back into stored values with the source's noise texture, one 3D object across slices;
         #    outside the dilated mask the source is kept as is
@@ -393,6 +392,40 @@ class Inpainter:
         result.notes.append(choice.describe())
         result.texture = provenance["texture"]
         return result
+
+    def generate(self, work, progress: ProgressCallback | None = None) -> np.ndarray:
+        """Every variant of every crop of one request, one batched model call per distinct prompt:
+        float32 (slices, variants, resolution, resolution) in model space."""
+        resolution = self.model.resolution
+        num_slices, num_variants = len(work.crops), len(work.seeds)
+        prompts, seeds = work.prompts, work.seeds
+        generated = np.empty((num_slices, num_variants, resolution, resolution), np.float32)
+        groups = [[v for v, p in enumerate(prompts) if p == prompt] for prompt in dict.fromkeys(prompts)]
+        done_variants = 0
+        for group in groups:
+            group_progress = progress
+            if progress is not None and len(groups) > 1:
+                # counted in slice-steps over all variants, so the count only grows from group to group
+                unit = num_slices * work.num_inference_steps
+
+                def group_progress(done: int, total: int, before: int = done_variants, size: int = len(group)) -> None:
+                    progress(round((before + size * done / total) * unit), num_variants * unit)
+
+            generated[:, group] = self.model.inpaint(
+                work.crops,
+                work.masks,
+                prompt=prompts[group[0]],
+                negative_prompt=work.negative_prompt,
+                num_variants=len(group),
+                seeds=[seeds[v] for v in group],
+                num_inference_steps=work.num_inference_steps,
+                guidance_scale=work.guidance_scale,
+                strength=work.strength,
+                callback=group_progress,
+                control_images=work.control_images,
+            )
+            done_variants += len(group)
+        return generated
 
     def _control_images(self, request: InpaintRequest, crops: np.ndarray, jobs: list[_SliceJob]) -> np.ndarray | None:
         """The ControlNet's image per crop, from the segment's own mask, not the dilated region: the

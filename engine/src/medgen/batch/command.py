@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medgen.batch.local import DEFAULT_BATCH_SIZE
 from medgen.phantom.model import DEMO_MODEL_HELP
 
 EXIT_ROWS_FAILED = 1
@@ -40,6 +41,12 @@ def build_parser(p: argparse.ArgumentParser) -> None:
         help="times a row is tried again after an unexpected error or a lost worker, in attempts "
         "(bad input fails at once)",
     )
+    p.add_argument(
+        "--batch-size", type=int, metavar="N",
+        help=f"rows whose crops go through the model together in a run in this process, in rows; rows share a "
+        f"call when their steps, guidance, strength, negative prompt and adapters match; the files are the same "
+        f"for every N (default: {DEFAULT_BATCH_SIZE}; 1: each row alone; Ray workers take one row at a time)",
+    )
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="run the valid rows and list the bad ones in DIR/failed.jsonl (default: refuse the manifest)")
     p.add_argument("--force", action="store_true",
@@ -62,6 +69,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         ray=args.ray,
         gpus_per_task=args.gpus_per_task,
         max_retries=args.max_retries,
+        batch_size=args.batch_size,
         skip_bad_rows=args.skip_bad_rows,
         force=args.force,
         device=args.device,

@@ -17,7 +17,7 @@ from medgen.batch.index import (
     write_jsonl_atomic,
     write_parquet,
 )
-from medgen.batch.local import LocalRunner
+from medgen.batch.local import DEFAULT_BATCH_SIZE, LocalRunner
 from medgen.batch.manifest import BatchRow, ManifestError, read_manifest
 from medgen.batch.output import BatchOutput
 from medgen.batch.progress import BatchProgress
@@ -70,6 +70,7 @@ def run_batch(
     ray: str | None = None,
     gpus_per_task: float = 1.0,
     max_retries: int = 2,
+    batch_size: int | None = None,
     skip_bad_rows: bool = False,
     force: bool = False,
     device: str = "auto",
@@ -82,7 +83,9 @@ def run_batch(
     """Run every row of ``manifest`` into ``out`` (see medgen.batch.output for the layout).
 
     ``model``: a model folder or file, None or "demo" for the shipped demo model. ``ray``: None runs
-    in this process; "auto" or a cluster address runs on Ray. ``on_row`` is called with each
+    in this process; "auto" or a cluster address runs on Ray. ``batch_size``: rows whose crops go
+    through the model together in a local run (None: DEFAULT_BATCH_SIZE; 1: each row alone); the
+    files are the same for every batch size. ``on_row`` is called with each
     finished or failed row's last outcome (after its index lines are written).
     """
     # 1. Check the options, the model and every row before any work
@@ -91,6 +94,8 @@ def run_batch(
 
     if max_retries < 0:
         raise InputError(None, f"--max-retries must be >= 0, got {max_retries}")
+    if batch_size is not None and ray is not None and batch_size != 1:
+        raise InputError(None, "--batch-size is for runs in this process; Ray workers take one row at a time")
     model_path = resolve_model_path(model)
     if not model_path.exists():
         raise InputError(model_path, "--model: no such model folder or file")
@@ -123,7 +128,8 @@ def run_batch(
             "model": model_path, "out_dir": output.dir, "device": device, "dtype": dtype, "scheduler": scheduler,
         }
         if ray is None:
-            runner = LocalRunner(worker_options, max_retries=max_retries)
+            runner = LocalRunner(worker_options, max_retries=max_retries,
+                                 batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
         else:
             from medgen.batch.ray_runner import RayRunner
 

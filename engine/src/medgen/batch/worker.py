@@ -4,6 +4,10 @@ The same class runs in the local process and as a Ray actor. A row is written by
 :class:`medgen.api.Inpainter` into a staging folder beside ``DIR/rows/<id>`` and moved into place by
 one rename, so a folder under ``rows/`` is always complete. Two attempts at one row (a retry whose
 first try was not dead after all) cannot both publish: the second finds the folder and keeps it.
+
+Every row is generated under :func:`medgen.generate.batched.batch_invariant`, alone (``run``) or with
+others in shared model calls (``run_many``), so a row's files are the same however it was batched,
+locally or on Ray.
 """
 
 from __future__ import annotations
@@ -77,23 +81,65 @@ class RowWorker:
 
     def run(self, row: BatchRow) -> RowOutcome:
         """One attempt at a row. Never raises: every failure comes back as an outcome."""
+        from medgen.generate.batched import batch_invariant
+
         start = time.perf_counter()
-        row_dir = self.out_dir / ROWS_DIR / row.id
         outcome = RowOutcome(row.id, ok=False, worker=self.name)
+        row_dir = self.out_dir / ROWS_DIR / row.id
         if row_dir.is_dir():
             outcome.already_published = True
         else:
             try:
-                self.inpainter(row.request(row_dir))
+                with batch_invariant():
+                    self.inpainter(row.request(row_dir))
                 outcome.generate_s = time.perf_counter() - start
-            except MedgenError as error:
-                outcome.error, outcome.kind = str(error), "input"
             except Exception as error:
-                outcome.error = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}"
-                outcome.kind, outcome.retryable = "error", True
-            if outcome.error is not None and row_dir.is_dir():  # another attempt published it meanwhile
-                outcome.error, outcome.kind, outcome.retryable = None, None, False
+                self._failed(row, outcome, error)
+        return self._described(row, outcome, start)
+
+    def run_many(self, rows: list[BatchRow]) -> list[RowOutcome]:
+        """One attempt at several rows whose crops go through the model together (the same files as
+        ``run`` of each). Never raises. Each row's generate_s is its share of the time of the whole."""
+        from medgen.generate.batched import batch_invariant, run_together
+
+        start = time.perf_counter()
+        outcomes = [RowOutcome(row.id, ok=False, worker=self.name) for row in rows]
+        todo = []
+        for row, outcome in zip(rows, outcomes):
+            if (self.out_dir / ROWS_DIR / row.id).is_dir():
                 outcome.already_published = True
+            else:
+                todo.append((row, outcome))
+        requests = [row.request(self.out_dir / ROWS_DIR / row.id) for row, _ in todo]
+        try:
+            with batch_invariant():
+                results = run_together(self.inpainter, requests)
+        except Exception as error:  # the shared model call failed: every row of it failed
+            results = [error] * len(todo)
+        share = (time.perf_counter() - start) / max(len(todo), 1)
+        for (row, outcome), result in zip(todo, results):
+            if isinstance(result, Exception):
+                self._failed(row, outcome, result)
+            else:
+                outcome.generate_s = share
+        return [self._described(row, outcome, start) for row, outcome in zip(rows, outcomes)]
+
+    def _failed(self, row: BatchRow, outcome: RowOutcome, error: Exception) -> None:
+        """Record why an attempt failed; bad input is final, anything else may be retried. A folder
+        that another attempt published meanwhile counts as done."""
+        if isinstance(error, MedgenError):
+            outcome.error, outcome.kind = str(error), "input"
+        else:
+            trace = "".join(traceback.format_exception(error, limit=8))
+            outcome.error = f"{type(error).__name__}: {error}\n{trace}"
+            outcome.kind, outcome.retryable = "error", True
+        if (self.out_dir / ROWS_DIR / row.id).is_dir():
+            outcome.error, outcome.kind, outcome.retryable = None, None, False
+            outcome.already_published = True
+
+    def _described(self, row: BatchRow, outcome: RowOutcome, start: float) -> RowOutcome:
+        """The index lines of a published row (an error if its folder cannot be described)."""
+        row_dir = self.out_dir / ROWS_DIR / row.id
         if outcome.error is None:
             try:
                 outcome.index_lines = describe_published_row(self.out_dir, row.id, line=row.line)

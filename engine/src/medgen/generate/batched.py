@@ -1,0 +1,198 @@
+"""Several requests through the model together: their crops stacked into shared UNet calls.
+
+A batch run gains when the model sees more than one crop per call (one walk through the UNet's modules
+for several crops). It must not change a single output byte: a row run with others has to equal the
+same row run alone. Two things make that hold:
+
+- Every (crop, variant) pair keeps its own CPU generator seeded with its variant's seed, so its noise
+  is drawn as when it runs alone, whatever else is in the call.
+- Convolutions, linear layers and group norms pick their kernels by batch size and memory layout
+  (oneDNN and MKL on the CPU, cuDNN and cuBLAS on CUDA), so the same crop rounds differently in a batch
+  of 1 and of 8. Under :func:`batch_invariant` they run crop by crop, each crop contiguous, inside the
+  batched call; everything else (attention, layer norms, element-wise work, the sampler) is computed
+  per item by construction and stays batched. A batch run computes every row under it, however many
+  rows share a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from medgen.generate.inpaint import check_inputs, prompt_overflow
+from medgen.generate.prompt_blend import encode_blended_prompt, has_blend
+
+if TYPE_CHECKING:
+    from medgen.api import Inpainter, InpaintRequest, InpaintResult
+    from medgen.generate.models import InpaintModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """The model work of one request: its crops in model space and the settings to generate them."""
+
+    crops: np.ndarray  # float32 (slices, H, W) in [-1, 1]
+    masks: np.ndarray  # float32 (slices, H, W), 1 = inpaint
+    control_images: np.ndarray | None
+    prompts: list[str]  # per variant
+    seeds: list[int]  # per variant
+    negative_prompt: str | None
+    num_inference_steps: int
+    guidance_scale: float
+    strength: float
+
+    def call_settings(self) -> tuple:
+        """What every pair of one model call must share (prompts may differ: one embedding per pair)."""
+        return (self.negative_prompt, self.num_inference_steps, self.guidance_scale, self.strength)
+
+
+_PER_SAMPLE = {F.conv2d: 4, F.linear: None, F.group_norm: None}
+"""Functions run item by item, with the number of dimensions their input must have to be split (None:
+any, at least 2). Kernels of these pick their algorithm, and for group_norm their reduction order, by
+the batch size and the memory layout of the input."""
+
+
+class _PerSample(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        x = args[0] if args else None
+        if func in _PER_SAMPLE and isinstance(x, torch.Tensor) and x.dim() == (_PER_SAMPLE[func] or max(x.dim(), 2)):
+            # every item contiguous on its own, batch of 1 included, so all items take the same kernel
+            return torch.cat([func(x[i : i + 1].contiguous(), *args[1:], **kwargs) for i in range(x.shape[0])])
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def batch_invariant():
+    """Run convolutions, linear layers and group norms one batch item at a time, so an item's result
+    does not depend on the batch it is in (see the module's docstring)."""
+    with _PerSample():
+        yield
+
+
+def can_generate_together(model: InpaintModel) -> bool:
+    """Shared calls go through the engine's own loop: 9-channel UNets without a ControlNet."""
+    return model.control is None and model.fast_runner is not None
+
+
+def generate_together(model: InpaintModel, works: list[Generation]) -> list[np.ndarray]:
+    """Every variant of every crop of several requests, pairs of the same call settings stacked into
+    UNet calls of up to ``model.max_batch_size`` pairs. Returns one float32 (slices, variants, H, W)
+    array per request, equal to ``Inpainter.generate`` of that request alone when both run under
+    :func:`batch_invariant`."""
+    runner, pipe = model.fast_runner, model.pipe
+    resolution = model.resolution
+    outputs, images, masks = [], [], []
+    pairs_by_settings: dict[tuple, list[tuple[int, int, int]]] = {}
+    for i, work in enumerate(works):
+        crops, crop_masks = check_inputs(
+            model, work.crops, work.masks, prompt=work.prompts[0], negative_prompt=work.negative_prompt,
+            num_variants=len(work.seeds), seeds=work.seeds, num_inference_steps=work.num_inference_steps,
+            guidance_scale=work.guidance_scale, strength=work.strength,
+        )
+        outputs.append(np.empty((len(crops), len(work.seeds), resolution, resolution), np.float32))
+        # the same arithmetic as inpaint(): [0, 1] three-channel images, mapped back to [-1, 1] per call
+        images.append(torch.from_numpy((crops + 1.0) / 2.0)[:, None].expand(-1, 3, -1, -1))
+        masks.append(torch.from_numpy(crop_masks)[:, None])
+        pairs = pairs_by_settings.setdefault(work.call_settings(), [])
+        pairs += [(i, n, v) for n in range(len(crops)) for v in range(len(work.seeds))]
+
+    for (negative_prompt, steps, guidance_scale, strength), pairs in pairs_by_settings.items():
+        cfg = guidance_scale > 1.0
+        positive = {}
+        for i, _, v in pairs:
+            prompt = works[i].prompts[v]
+            if prompt not in positive:
+                positive[prompt] = _positive_embeds(model, prompt, negative_prompt, cfg)
+        for start in range(0, len(pairs), model.max_batch_size):
+            batch = pairs[start : start + model.max_batch_size]
+            first_prompt = works[batch[0][0]].prompts[batch[0][2]]
+            result = runner(
+                torch.stack([images[i][n] for i, n, _ in batch]).mul(2.0).sub(1.0).contiguous(),
+                torch.stack([masks[i][n] for i, n, _ in batch]),
+                prompt=first_prompt,  # only its negative side is used: every pair's own embedding is given
+                negative_prompt=negative_prompt,
+                prompt_embeds=torch.cat([positive[works[i].prompts[v]] for i, _, v in batch]),
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                strength=strength,
+                generator=[torch.Generator("cpu").manual_seed(works[i].seeds[v]) for i, _, v in batch],
+            )
+            gray = result.float().mean(dim=1).clamp(-1.0, 1.0).cpu().numpy()
+            for (i, n, v), slice_out in zip(batch, gray):
+                outputs[i][n, v] = slice_out
+    return outputs
+
+
+def _positive_embeds(model: InpaintModel, prompt: str, negative_prompt: str | None, cfg: bool) -> torch.Tensor:
+    """The prompt's embedding (1, tokens, width) exactly as the engine's loop makes it for one request."""
+    runner = model.fast_runner
+    cut = prompt_overflow(model.pipe, prompt)
+    if cut is not None:
+        logger.warning("prompt is longer than the text encoder's %d tokens; this part was cut: '%s'",
+                       model.pipe.tokenizer.model_max_length, cut)
+    with torch.inference_mode():
+        _, positive = runner._prompt_embeds(prompt, negative_prompt, cfg)
+        if has_blend(prompt):
+            positive = encode_blended_prompt(model.pipe, prompt, model.device).to(runner.device, positive.dtype)
+    return positive
+
+
+def adapter_key(inpainter: Inpainter):
+    """Which adapters the inpainter's model carries now (preparing a request may change them)."""
+    return inpainter._adapter_key
+
+
+def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[InpaintResult | Exception]:
+    """Several requests through one Inpainter: each read and cropped, their crops generated in shared
+    model calls, each written. One result or exception per request, in order; an exception raised by
+    the shared model call itself propagates. Run under :func:`batch_invariant` for outputs equal to
+    each request run alone."""
+    results: list = [None] * len(requests)
+    started = []  # (index, the request's steps, its Generation, the adapters it was prepared with)
+    for i, request in enumerate(requests):
+        steps = inpainter.steps(request)
+        try:
+            started.append((i, steps, next(steps), adapter_key(inpainter)))
+        except Exception as error:  # bad input: this request's failure only
+            results[i] = error
+
+    # a request prepared with other adapters than the model carries now runs again alone afterwards
+    current = adapter_key(inpainter)
+    together = [s for s in started if s[3] == current]
+    alone = [s for s in started if s[3] != current]
+    model = inpainter.model
+    works = [work for _, _, work, _ in together]
+    if can_generate_together(model):
+        generated = generate_together(model, works) if works else []
+    else:
+        generated = [inpainter.generate(work) for work in works]
+    for (i, steps, _, _), crops in zip(together, generated):
+        results[i] = _finish(steps, crops)
+    for i, steps, _, _ in alone:
+        steps.close()
+        try:
+            results[i] = inpainter(requests[i])
+        except Exception as error:
+            results[i] = error
+    return results
+
+
+def _finish(steps, crops: np.ndarray):
+    """Paste back and write one request: its result, or the exception that stopped it."""
+    try:
+        steps.send(crops)
+    except StopIteration as finished:
+        return finished.value
+    except Exception as error:
+        return error
+    return RuntimeError("Inpainter.steps yielded more than once")

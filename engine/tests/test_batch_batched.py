@@ -1,0 +1,114 @@
+"""Rows generated together in shared model calls give the same files as rows run one at a time, with
+the tiny random-weight model (its output is noise: the test is about bytes, not images) on the 12-row
+real DICOM and NIfTI manifest of test_batch.py. Ten of its rows share their call settings; one has a
+negative prompt and one another strength, so they run in calls of their own.
+"""
+
+import json
+
+import pytest
+
+from medgen.batch.local import batches
+from medgen.batch.manifest import read_manifest
+from medgen.cli import main
+from test_batch import assert_complete, assert_same_outputs, dataset, local_run, manifest_ids  # noqa: F401
+
+
+def test_tiny_random_weight_rows_batched_by_4_equal_rows_one_at_a_time(dataset, local_run, tiny_model_dir, tmp_path):
+    """local_run uses the default batch size (4); this run takes each row alone."""
+    out = tmp_path / "one-at-a-time"
+    assert main(["batch", str(dataset), "--out", str(out), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--batch-size", "1"]) == 0
+    assert_complete(out, manifest_ids(dataset))
+    assert_same_outputs(local_run, out)
+
+
+def test_tiny_random_weight_shared_calls_stack_crops_of_several_rows(dataset, tiny_model_dir, tmp_path):
+    """run_together puts the crops of several rows into one UNet call, and each row's files equal the
+    same row run alone through Inpainter (both under batch_invariant, as every batch run is)."""
+    from medgen.api import Inpainter
+    from medgen.generate.batched import batch_invariant, run_together
+
+    rows = read_manifest(dataset).rows
+    same_settings = [r for r in rows if r.id in ("ct-1", "ct-2", "mr-1", "brain-1", "emr-1")]
+    inpainter = Inpainter(tiny_model_dir, device="cpu")
+    unet_batches = []
+    inpainter.model.pipe.unet.register_forward_pre_hook(lambda module, args: unet_batches.append(args[0].shape[0]))
+    with batch_invariant():
+        results = run_together(inpainter, [r.request(tmp_path / "together" / "rows" / r.id) for r in same_settings])
+    # 1 + 2 variants + 1 + 2 slices + 1 = 7 crops in one call per step (guidance 1: no unconditional half)
+    assert unet_batches == [7, 7]
+    assert all(not isinstance(result, Exception) for result in results), results
+    unet_batches.clear()
+    with batch_invariant():
+        for r in same_settings:
+            inpainter(r.request(tmp_path / "alone" / "rows" / r.id))
+    assert unet_batches == [1, 1, 2, 2, 1, 1, 2, 2, 1, 1]  # ct-1, ct-2, mr-1, emr-1, brain-1
+    for r in same_settings:
+        files = sorted(p.relative_to(tmp_path / "alone") for p in (tmp_path / "alone" / "rows" / r.id).rglob("*"))
+        assert files and files == sorted(
+            p.relative_to(tmp_path / "together") for p in (tmp_path / "together" / "rows" / r.id).rglob("*")
+        )
+        for relative in files:
+            if relative.name == "provenance.json" or (tmp_path / "alone" / relative).is_dir():
+                continue
+            if relative.suffix == ".dcm":
+                import pydicom
+
+                a, b = pydicom.dcmread(tmp_path / "alone" / relative), pydicom.dcmread(tmp_path / "together" / relative)
+                assert a.PixelData == b.PixelData and a.SOPInstanceUID == b.SOPInstanceUID, relative
+            else:
+                assert (tmp_path / "alone" / relative).read_bytes() == (tmp_path / "together" / relative).read_bytes()
+
+
+def test_rows_are_grouped_by_call_settings_in_manifest_order(dataset):
+    rows = read_manifest(dataset).rows
+    groups = [[r.id for r in group] for group in batches(rows, 4)]
+    assert groups[0] == ["ct-1", "ct-2", rows[2].id, "mr-1"]
+    assert ["mr-2"] in groups and ["mr-3"] in groups  # a negative prompt, another strength: calls of their own
+    assert sorted(r for g in groups for r in g) == sorted(r.id for r in rows)
+    assert all(len(g) <= 4 for g in groups)
+    assert [[r.id for r in g] for g in batches(rows, 1)] == [[r.id] for r in rows]
+
+
+def test_batch_size_is_refused_with_ray_and_when_below_one(dataset, tiny_model_dir, tmp_path, capsys):
+    assert main(["batch", str(dataset), "--out", str(tmp_path / "a"), "--model", str(tiny_model_dir),
+                 "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["batch", str(dataset), "--out", str(tmp_path / "b"), "--model", str(tiny_model_dir),
+                 "--batch-size", "4", "--ray", "auto"]) == 2
+    assert "--batch-size is for runs in this process" in capsys.readouterr().err
+
+
+def test_index_records_the_shared_generation_time_per_row(local_run):
+    lines = [json.loads(line) for line in (local_run / "index.jsonl").open()]
+    assert all(line["timings"]["generate_s"] > 0 for line in lines)
+    assert all(line["timings"]["row_s"] >= line["timings"]["generate_s"] for line in lines)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+def test_tiny_random_weight_generated_crops_are_bit_identical_batched_or_alone(dataset, tiny_model_dir, tmp_path, guidance):
+    """Before any rounding to stored values: the float32 crops of rows generated together equal those
+    of each row alone, bit for bit (convolutions and linear layers would round differently per batch
+    size without batch_invariant)."""
+    from dataclasses import replace
+
+    from medgen.api import Inpainter
+    from medgen.generate.batched import batch_invariant, generate_together
+
+    rows = [r for r in read_manifest(dataset).rows if r.id in ("ct-1", "ct-2", "mr-1", "emr-1", "brain-2")]
+    inpainter = Inpainter(tiny_model_dir, device="cpu")
+    works = []
+    for r in rows:
+        steps = inpainter.steps(r.request(tmp_path / r.id))
+        works.append(replace(next(steps), guidance_scale=guidance, num_inference_steps=3))
+        steps.close()
+    with batch_invariant():
+        together = generate_together(inpainter.model, works)
+        alone = [inpainter.generate(work) for work in works]
+    assert [a.shape for a in alone] == [(1, 1, 64, 64), (1, 2, 64, 64), (1, 1, 64, 64), (2, 1, 64, 64), (1, 2, 64, 64)]
+    for r, a, b in zip(rows, alone, together):
+        assert a.tobytes() == b.tobytes(), r.id

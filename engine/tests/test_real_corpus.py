@@ -163,3 +163,11 @@ def test_heudiconv_implicit_vr_siemens_output_passes(demo_inpainter, tmp_path):
     path = package_file("heudiconv", "b0dwi_for_fmap+00001.dcm")
     outcome = run_case(demo_inpainter, path, tmp_path, write_seg=False, steps=2)
     assert outcome.kind == SUCCESS, outcome.message
+
+
+def test_rt_image_without_number_of_frames_gets_a_seg():
+    """pynetdicom's RT Image (a multi-frame IOD, one frame, no Number of Frames, no patient geometry):
+    highdicom reads it as multi-frame and needed Number of Frames and shared Pixel Measures (it was
+    refused as seg-source)."""
+    outcome = preflight_case(package_file("pynetdicom", "RTImageStorage.dcm"), write_seg=True)
+    assert outcome.kind == SUCCESS, outcome.message

@@ -138,8 +138,7 @@ def build_inpaint_seg(
             mask = keyed.get(key)
             frames.append(mask if mask is not None else np.zeros((ds.Rows, ds.Columns), dtype=bool))
     pixel_array = np.stack(frames).astype(np.uint8)
-    images = [_with_slice_thickness(_with_shared_geometry(_with_functional_groups(ds, source_volume)),
-                                    source_volume) for ds in images]
+    images = [_as_highdicom_reads(ds, source_volume) for ds in images]
     if not pixel_array.any():
         raise ValueError("none of the masked slices is among the synthetic instances")
 
@@ -197,6 +196,38 @@ def build_inpaint_seg(
         seg.PatientOrientation = images[0].get("PatientOrientation", "")
     _copy_provenance(images[0], seg)
     return seg
+
+
+def _as_highdicom_reads(image: Dataset, volume: Volume) -> Dataset:
+    """The synthetic image as highdicom needs to read it: each view below fills in, from the image's own
+    geometry, an attribute highdicom expects where this kind of image does not keep it."""
+    image = _with_number_of_frames(image, volume)
+    image = _with_functional_groups(image, volume)
+    image = _with_shared_geometry(image)
+    return _with_slice_thickness(image, volume)
+
+
+def _with_number_of_frames(image: Dataset, volume: Volume) -> Dataset:
+    """An image of a multi-frame IOD written without Number of Frames and without patient geometry (an RT
+    Image of one frame), as highdicom reads it: a view with Number of Frames 1 and the Pixel Measures in
+    Shared Functional Groups (the image's own spacing, where highdicom looks for it). The written image
+    stays as it is."""
+    try:
+        from highdicom._standard_utils import is_multiframe_image
+    except ImportError:
+        return image
+    if "NumberOfFrames" in image or not is_multiframe_image(image) or "ImageOrientationPatient" in image:
+        return image
+    view = Dataset()
+    for element in image:
+        view.add(element)
+    view.file_meta = image.file_meta
+    view.NumberOfFrames = 1
+    if "SharedFunctionalGroupsSequence" not in image:
+        shared = Dataset()
+        shared.PixelMeasuresSequence = _pixel_measures(image, volume)
+        view.SharedFunctionalGroupsSequence = [shared]
+    return view
 
 
 def _with_functional_groups(image: Dataset, volume: Volume) -> Dataset:

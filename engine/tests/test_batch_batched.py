@@ -112,3 +112,14 @@ def test_tiny_random_weight_generated_crops_are_bit_identical_batched_or_alone(d
     assert [a.shape for a in alone] == [(1, 1, 64, 64), (1, 2, 64, 64), (1, 1, 64, 64), (2, 1, 64, 64), (1, 2, 64, 64)]
     for r, a, b in zip(rows, alone, together):
         assert a.tobytes() == b.tobytes(), r.id
+
+
+def test_bench_batch_times_one_row_per_call_against_n_with_the_demo_model(tmp_path):
+    """`medgen bench batch` on the shipped demo model (trained weights), 3 rows of one step, no Ray."""
+    from medgen.bench.batch import run_bench
+
+    results, table = run_bench(3, steps=1, model=None, ray=None, device="cpu", work_dir=tmp_path, batch_size=3)
+    assert [r["path"] for r in results] == ["plain loop", "local, batch 1", "local, batch 3"]
+    assert all(r["rows_per_min"] > 0 for r in results)
+    assert "local, batch 3 / local, batch 1 rows per minute: " in table
+    assert_same_outputs(tmp_path / "local-1", tmp_path / "local-3")

@@ -4,7 +4,8 @@ The rows are slices of a phantom CT (its healthy twin, inpainted under the lesio
 benchmark needs nothing but the package. Three timings of the same rows:
 
 1. a plain loop of :class:`medgen.api.Inpainter` calls, model loaded and warm: a row's generation time;
-2. `medgen batch` in this process (the local runner);
+2. `medgen batch` in this process, each row alone (`--batch-size 1`) and N rows per model call
+   (`--batch-size N`), with the ratio of their rows per minute;
 3. `medgen batch --ray` (one worker per GPU or CPU slot).
 
 For 2 and 3 the overhead per row is the worker time not spent inside Inpainter:
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from medgen.batch.local import DEFAULT_BATCH_SIZE
 from medgen.cli_help import new_parser
 from medgen.errors import InputError
 
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder or file, or 'demo' (default: demo, the shipped phantom model)")
     p.add_argument("--ray", default="auto", metavar="auto|ADDRESS",
                    help="Ray cluster for the Ray run: 'auto' joins a running one or starts a local one (2 CPU slots)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help="rows per model call of the batched local run, in rows (default: %(default)s)")
     p.add_argument("--no-ray", action="store_true", help="time only the plain loop and the local runner")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs; auto takes CUDA when there is one")
@@ -91,11 +95,13 @@ def plain_loop(manifest: Path, out: Path, model: str | None, device: str) -> dic
     return {"load_s": load_s, "generate_s": times, "run_s": sum(times), "workers": 1}
 
 
-def batch_run(manifest: Path, out: Path, model: str | None, device: str, ray: str | None) -> dict:
+def batch_run(manifest: Path, out: Path, model: str | None, device: str, ray: str | None,
+              batch_size: int | None = None) -> dict:
     from medgen.batch.run import run_batch
 
     with open(os.devnull, "w") as quiet:
-        summary = run_batch(manifest, out, model=model, device=device, ray=ray, progress_stream=quiet)
+        summary = run_batch(manifest, out, model=model, device=device, ray=ray, batch_size=batch_size,
+                            progress_stream=quiet)
     if not summary.ok or summary.done != summary.rows:
         raise RuntimeError(f"the batch run did not finish every row: {summary}")
     return {
@@ -129,33 +135,42 @@ def figures(name: str, timing: dict) -> dict:
 def format_table(results: list[dict], header: str) -> str:
     lines = [
         header,
-        f"{'path':<12} {'workers':>7} {'start s':>8} {'run s':>8} {'rows/min':>9} {'gen s/row':>10} "
+        f"{'path':<14} {'workers':>7} {'start s':>8} {'run s':>8} {'rows/min':>9} {'gen s/row':>10} "
         f"{'overhead s/row':>15} {'overhead share':>15}",
     ]
     for r in results:
         share = "-" if r["path"] == "plain loop" else f"{100 * r['overhead_share']:.1f}%"
         overhead = "-" if r["path"] == "plain loop" else f"{r['overhead_s_per_row']:.4f}"
         lines.append(
-            f"{r['path']:<12} {r['workers']:>7} {r['start_s']:>8.1f} {r['run_s']:>8.1f} {r['rows_per_min']:>9.1f} "
+            f"{r['path']:<14} {r['workers']:>7} {r['start_s']:>8.1f} {r['run_s']:>8.1f} {r['rows_per_min']:>9.1f} "
             f"{r['generate_s_per_row_mean']:>10.3f} {overhead:>15} {share:>15}"
         )
     by_path = {r["path"]: r for r in results}
-    if "ray" in by_path and "local" in by_path:
-        lines.append(f"ray / local rows per minute: {by_path['ray']['rows_per_min'] / by_path['local']['rows_per_min']:.2f}")
+    batched = [r for r in results if r["path"].startswith("local, batch ") and r["path"] != "local, batch 1"]
+    if batched and "local, batch 1" in by_path:
+        ratio = batched[0]["rows_per_min"] / by_path["local, batch 1"]["rows_per_min"]
+        lines.append(f"{batched[0]['path']} / local, batch 1 rows per minute: {ratio:.2f}")
+    if "ray" in by_path and "local, batch 1" in by_path:
+        ray_ratio = by_path["ray"]["rows_per_min"] / by_path["local, batch 1"]["rows_per_min"]
+        lines.append(f"ray / local, batch 1 rows per minute: {ray_ratio:.2f}")
     lines.append("overhead share = (workers x run s - time in Inpainter) / time in Inpainter; goal < 5%")
     return "\n".join(lines)
 
 
 def run_bench(rows: int, *, steps: int | None, model: str | None, ray: str | None, device: str,
-              work_dir: Path | None = None) -> tuple[list[dict], str]:
+              work_dir: Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[dict], str]:
     if rows < 2:
         raise InputError(None, f"--rows must be at least 2, got {rows}")
+    if batch_size < 2:
+        raise InputError(None, f"--batch-size must be at least 2 (it is timed against 1), got {batch_size}")
     with tempfile.TemporaryDirectory(prefix="medgen-bench-batch-") as temporary:
         folder = Path(work_dir or temporary)
         folder.mkdir(parents=True, exist_ok=True)
         manifest = make_manifest(folder, rows, steps)
         results = [figures("plain loop", plain_loop(manifest, folder / "plain", model, device))]
-        results.append(figures("local", batch_run(manifest, folder / "local", model, device, None)))
+        for size in (1, batch_size):
+            timing = batch_run(manifest, folder / f"local-{size}", model, device, None, batch_size=size)
+            results.append(figures(f"local, batch {size}", timing))
         ray_description = ""
         if ray is not None:
             timing = batch_run(manifest, folder / "ray", model, device, ray)
@@ -174,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     results, table = run_bench(
         args.rows, steps=args.steps, model=args.model, ray=None if args.no_ray else args.ray, device=args.device,
-        work_dir=args.work_dir,
+        work_dir=args.work_dir, batch_size=args.batch_size,
     )
     print(table)
     if args.json:

@@ -67,6 +67,8 @@ class _PerSample(TorchFunctionMode):
         x = args[0] if args else None
         if func in _PER_SAMPLE and isinstance(x, torch.Tensor) and x.dim() == (_PER_SAMPLE[func] or max(x.dim(), 2)):
             # every item contiguous on its own, batch of 1 included, so all items take the same kernel
+            if x.shape[0] == 1:
+                return func(x.contiguous(), *args[1:], **kwargs)
             return torch.cat([func(x[i : i + 1].contiguous(), *args[1:], **kwargs) for i in range(x.shape[0])])
         return func(*args, **kwargs)
 

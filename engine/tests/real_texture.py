@@ -2,15 +2,14 @@
 MR and a CR from pydicom/pydicom-data, the invesalius-examples head CT (as a NIfTI without modality,
 a 3D mask over five slices) and the mricron-data T1 MR (ch2, NIfTI).
 
-Run it as a script to print the figures (default settings; MR and CR need --force-modality since
-the demo model's medgen.json says CT):
+Run it as a script to print the figures (default settings; the MR and CR take the demo model's MR and
+CR contracts and adapters; the ch2 NIfTI states no modality, so its case states MR as `--modality MR`):
 
     .venv/bin/python engine/tests/real_texture.py [--steps N] [--no-noise-match] [NAME_FILTER]
 """
 
 from __future__ import annotations
 
-import gzip
 import plistlib
 import sys
 import tarfile
@@ -27,14 +26,14 @@ MRICRON_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 @dataclass
 class RealCase:
-    """A source file, a disk mask (centre row/col, radius in pixels, on ``slices``) and whether the
-    demo model (CT) needs --force-modality for it."""
+    """A source file, a disk mask (centre row/col, radius in pixels, on ``slices``) and the modality to
+    state for a file that states none (``--modality``)."""
 
     name: str
     kind: str  # CT, MR or CR: the band the figures are checked against
     centre: tuple[int, int]
     radius_px: float
-    force_modality: bool
+    modality: str | None = None
     slices: tuple[int, ...] | None = None  # None: the middle slice
 
 
@@ -93,11 +92,11 @@ def source_for(case: RealCase, folder: Path) -> Path | None:
 
 
 CASES = (
-    RealCase("CT_small.dcm", "CT", centre=(96, 40), radius_px=7, force_modality=False),
-    RealCase("MR_small.dcm", "MR", centre=(44, 20), radius_px=5, force_modality=True),
-    RealCase("RG1_UNCR.dcm", "CR", centre=(900, 560), radius_px=40, force_modality=True),
-    RealCase("invesalius-cranium", "CT", centre=(128, 100), radius_px=8, force_modality=False, slices=(52, 53, 54, 55, 56)),
-    RealCase("mricron-ch2", "MR", centre=(120, 60), radius_px=10, force_modality=True, slices=(90,)),
+    RealCase("CT_small.dcm", "CT", centre=(96, 40), radius_px=7),
+    RealCase("MR_small.dcm", "MR", centre=(44, 20), radius_px=5),
+    RealCase("RG1_UNCR.dcm", "CR", centre=(900, 560), radius_px=40),
+    RealCase("invesalius-cranium", "CT", centre=(128, 100), radius_px=8, slices=(52, 53, 54, 55, 56)),
+    RealCase("mricron-ch2", "MR", centre=(100, 60), radius_px=10, modality="MR", slices=(90,)),
 )
 
 
@@ -131,7 +130,7 @@ def run_real_case(inpainter, case: RealCase, work: Path, **options):
     slices = write_disk_mask(volume, case, mask_path)
     request = InpaintRequest(
         input=source, mask=mask_path, prompt="hypodense lesion", out=work / "out", slices=slices,
-        seed=0, force_modality=case.force_modality, **options,
+        seed=0, source_modality=case.modality, **options,
     )
     return inpainter(request)
 

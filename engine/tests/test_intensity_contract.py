@@ -93,10 +93,24 @@ def test_a_bad_contract_names_the_file_and_the_problem(tmp_path, record, problem
     assert str(tmp_path / "medgen.json") in str(info.value) and problem in str(info.value)
 
 
-def test_the_shipped_demo_model_states_ct_soft_tissue_and_train_base_writes_the_same_file(phantom_model_dir, tmp_path):
-    from medgen.phantom.train_base import write_recommended_settings
+def test_the_shipped_demo_model_states_ct_mr_and_cr_and_train_base_writes_the_same_file(phantom_model_dir, tmp_path):
+    from medgen.generate.settings import read_model_contracts
+    from medgen.phantom.train_base import MODALITY_ADAPTERS, write_recommended_settings
 
     assert read_intensity_contract(phantom_model_dir) == CT_CONTRACT
+    contracts = read_model_contracts(phantom_model_dir)
+    assert [(c.modality, c.percentiles, c.adapter) for c in contracts.others] == [
+        ("MR", (0.5, 99.5), "modalities/mr"), ("CR", (0.5, 99.5), "modalities/cr")]
+    for modality, folder in MODALITY_ADAPTERS.items():  # each adapter says what it was trained on
+        manifest = json.loads((phantom_model_dir / folder / "adapter.json").read_text())
+        assert manifest["kind"] == "lora" and manifest["modality"] == modality
+        assert manifest["intensity"] == {"percentiles": [0.5, 99.5]}
+        assert manifest["fixed_batch_loss"]["after"] < manifest["fixed_batch_loss"]["before"]
+    assert json.loads(write_recommended_settings(tmp_path).read_text()) == {  # no adapters in tmp_path: CT only
+        **read_recommended_settings(phantom_model_dir), **CT_CONTRACT.to_json()}
+    for folder in MODALITY_ADAPTERS.values():
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "adapter.json").write_text("{}")
     written = write_recommended_settings(tmp_path)
     assert json.loads(written.read_text()) == json.loads((phantom_model_dir / "medgen.json").read_text())
 
@@ -132,11 +146,22 @@ def test_a_contradicting_modality_is_refused_unless_forced_then_the_sources_own_
     assert not resolve_window(dx, [0], cr_contract).forced
 
 
-def test_cli_refuses_an_mr_with_the_ct_demo_model_with_exit_2_and_no_output(phantom_model_dir, tmp_path, capsys):
+def ct_only_model(phantom_model_dir: Path, folder: Path) -> Path:
+    """The demo model's files (linked, not copied) under a medgen.json that states CT alone."""
+    folder.mkdir()
+    for part in ("model_index.json", "scheduler", "tokenizer", "text_encoder", "unet", "vae"):
+        (folder / part).symlink_to(phantom_model_dir / part)
+    write_model_settings(folder, read_recommended_settings(phantom_model_dir), CT_CONTRACT)
+    return folder
+
+
+def test_cli_refuses_an_mr_with_a_ct_only_model_with_exit_2_and_no_output(phantom_model_dir, tmp_path, capsys):
     from medgen.cli import main
     from medgen.imaging.read import read_volume
 
     from testfiles import write_labelmap_like
+
+    model = ct_only_model(phantom_model_dir, tmp_path / "ct-model")
 
     source = dicom_testfile("MR_small.dcm")
     volume = read_volume(source)
@@ -145,7 +170,7 @@ def test_cli_refuses_an_mr_with_the_ct_demo_model_with_exit_2_and_no_output(phan
     write_labelmap_like(volume, mask, tmp_path / "mask.nii.gz")
     out = tmp_path / "out"
     code = main(["inpaint", str(source), "--mask", str(tmp_path / "mask.nii.gz"), "--prompt", "lesion",
-                 "--model", str(phantom_model_dir), "--out", str(out), "--device", "cpu"])
+                 "--model", str(model), "--out", str(out), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "--force-modality" in err and str(source) in err
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
@@ -186,3 +211,72 @@ def test_adapter_training_crops_and_manifest_follow_the_base_models_contract(tmp
                               history=[], num_crops=1)
     record = json.loads(Path(manifest).read_text())
     assert record["modality"] == "CT" and record["intensity"] == {"window": {"center": 40.0, "width": 400.0}}
+
+
+def _model_with_modalities(folder: Path, modalities: dict) -> Path:
+    """A medgen.json with the CT contract and further modalities (adapter folders made empty-but-present)."""
+    folder.mkdir(exist_ok=True)
+    for record in modalities.values():
+        if "adapter" in record:
+            (folder / record["adapter"]).mkdir(parents=True, exist_ok=True)
+    record = {**CT_CONTRACT.to_json(), "modalities": modalities}
+    (folder / "medgen.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_a_model_with_several_modalities_gives_each_source_its_own_contract_and_adapter(tmp_path):
+    from medgen.generate.settings import read_model_contracts
+
+    model = _model_with_modalities(tmp_path / "model", {
+        "MR": {"intensity": {"percentiles": [0.5, 99.5]}, "adapter": "modalities/mr"},
+        "CR": {"intensity": {"percentiles": [1, 99]}},
+    })
+    contracts = read_model_contracts(model)
+    assert contracts.main == CT_CONTRACT and [c.modality for c in contracts.others] == ["MR", "CR"]
+    rng = np.random.default_rng(5)
+    mr = volume_of(rng.uniform(0, 800, (1, 32, 32)).astype(np.int16), modality="MR")
+    choice = resolve_window(mr, [0], contracts)
+    assert not choice.forced and choice.adapter == "modalities/mr" and "percentiles 0.5-99.5" in choice.window_rule
+    dx = volume_of(rng.uniform(0, 4000, (1, 32, 32)).astype(np.uint16), modality="DX")  # the X-ray family
+    dx_choice = resolve_window(dx, [0], contracts)
+    assert dx_choice.adapter is None and dx_choice.contract.percentiles == (1.0, 99.0)
+    ct = resolve_window(volume_of(head_ct_like(rng)), [1], contracts)
+    assert ct.window == CT_CONTRACT.window and ct.adapter is None
+    us = volume_of(rng.uniform(0, 255, (1, 32, 32)).astype(np.uint8), modality="US")
+    with pytest.raises(InputError) as info:
+        resolve_window(us, [0], contracts, source="probe.dcm")
+    assert "US" in str(info.value) and "CT" in str(info.value) and "MR" in str(info.value)
+    assert resolve_window(us, [0], contracts, force_modality=True).adapter is None  # forced: no adapter
+
+
+def test_a_source_without_modality_gets_no_hu_window_and_may_state_its_modality(tmp_path):
+    from medgen.generate.settings import read_model_contracts
+
+    model = _model_with_modalities(tmp_path / "model", {
+        "MR": {"intensity": {"percentiles": [0.5, 99.5]}, "adapter": "modalities/mr"}})
+    t1 = volume_of(np.random.default_rng(6).uniform(0, 800, (1, 32, 32)).astype(np.int16))  # a NIfTI, not HU-like
+    unknown = resolve_window(t1, [0], read_model_contracts(model))
+    assert unknown.source_modality == "OT" and unknown.window != CT_CONTRACT.window and unknown.adapter is None
+    assert "percentiles" in unknown.window_rule and "--modality" in unknown.window_rule
+    stated = resolve_window(t1, [0], read_model_contracts(model), stated_modality="mr")
+    assert stated.source_modality == "MR" and stated.modality_rule == "given by the user"
+    assert stated.adapter == "modalities/mr"
+
+
+@pytest.mark.parametrize(
+    "modalities, problem",
+    [
+        ({"MR": {"intensity": {"percentiles": [0.5, 99.5]}, "adapter": "missing"}}, "missing"),
+        ({"MR": {"intensity": {"percentiles": [0.5, 99.5]}, "adapter": "../elsewhere"}}, "inside the model folder"),
+        ({"DX": {"intensity": {"percentiles": [1, 99]}}, "CR": {"intensity": {"percentiles": [1, 99]}}}, "family"),
+        ({"MR": {"adapter": "x"}}, "no intensity mapping"),
+        ({"MR": "percentiles"}, "must be an object"),
+    ],
+)
+def test_bad_modalities_in_medgen_json_name_the_file_and_the_problem(tmp_path, modalities, problem):
+    from medgen.generate.settings import read_model_contracts
+
+    (tmp_path / "medgen.json").write_text(json.dumps({**CT_CONTRACT.to_json(), "modalities": modalities}))
+    with pytest.raises(InputError) as info:
+        read_model_contracts(tmp_path)
+    assert str(tmp_path / "medgen.json") in str(info.value) and problem in str(info.value)

@@ -46,19 +46,3 @@ def test_mr_source_with_a_ct_model_is_refused_before_the_model_loads(tmp_path, c
     err = capsys.readouterr().err
     assert "--force-modality" not in err and str(model) in err, err
     assert not (tmp_path / "out").exists()
-
-
-def test_contract_refusal_reads_the_folder_alone(tmp_path):
-    import pytest
-
-    from medgen.errors import InputError
-    from medgen.imaging.read import read_volume
-    from medgen.model_contract_check import contract_refusal
-
-    model = broken_ct_model(tmp_path)
-    volume = read_volume(dicom_testfile("MR_small.dcm"))
-    with pytest.raises(InputError, match="force-modality"):
-        contract_refusal(model, volume, [0], source="MR_small.dcm")
-    assert contract_refusal(model, volume, [0], force_modality=True).forced
-    ct = read_volume(dicom_testfile("CT_small.dcm"))
-    assert not contract_refusal(model, ct, [0]).forced

@@ -82,11 +82,16 @@ def test_without_noise_matching_the_same_ct_lesion_is_found_by_its_smoothness(de
     assert result.texture[0]["noise_std_ratio"] < NOISE_RATIO_BAND[0]
 
 
-@pytest.mark.parametrize("name", ["MR_small.dcm", "RG1_UNCR.dcm"])
-def test_real_mr_and_cr_with_the_ct_model_forced_noise_and_seam_in_band(demo_inpainter, tmp_path, name):
+@pytest.mark.parametrize("name, adapter", [("MR_small.dcm", "modalities/mr"), ("RG1_UNCR.dcm", "modalities/cr")])
+def test_real_mr_and_cr_take_the_demo_models_own_contract_and_adapter_noise_and_seam_in_band(
+    demo_inpainter, tmp_path, name, adapter
+):
     provenance = assert_in_bands(run_or_skip(demo_inpainter, name, tmp_path, **QUICK))
     intensity = provenance["parameters"]["intensity"]
-    assert intensity["modality_forced"] and "percentiles" in intensity["window_rule"]
+    assert not intensity["modality_forced"] and "medgen.json" in intensity["window_rule"]
+    assert "percentiles" in intensity["window_rule"] and intensity["model_contract"]["adapter"] == adapter
+    modality_adapter = provenance["adapters"][0]
+    assert modality_adapter["kind"] == "lora" and modality_adapter["from_model_contract"] == adapter
     assert provenance["texture"][0]["source_noise"][0]["nps_patches"] > 0
 
 
@@ -106,12 +111,10 @@ def test_invesalius_head_ct_nifti_without_modality_is_ct_and_its_3d_lesion_in_ba
 
 
 @pytest.mark.slow
-def test_mricron_t1_mr_nifti_noise_in_band(demo_inpainter, tmp_path):
-    """The seam figure of this case is 1.33 (above the band: the CT model's lesion rim on 1 mm pixels
-    with a 2 mm dilation); the noise figure is in band."""
-    result = run_or_skip(demo_inpainter, "mricron-ch2", tmp_path)
-    figures = result.texture[0]
-    assert NOISE_RATIO_BAND[0] <= figures["noise_std_ratio"] <= NOISE_RATIO_BAND[1], figures
-    assert np.isfinite(figures["seam_strength_ratio"])
-    provenance = json.loads(result.provenance_path.read_text())
-    assert provenance["parameters"]["intensity"]["source_modality"] == "OT"
+def test_mricron_t1_mr_nifti_stated_as_mr_takes_the_mr_adapter_noise_and_seam_in_band(demo_inpainter, tmp_path):
+    """A NIfTI states no modality; `--modality MR` picks the model's MR contract and adapter. The disk sits
+    in white matter, where the untouched slice itself scores inside both bands."""
+    provenance = assert_in_bands(run_or_skip(demo_inpainter, "mricron-ch2", tmp_path))
+    intensity = provenance["parameters"]["intensity"]
+    assert intensity["source_modality"] == "MR" and intensity["modality_rule"] == "given by the user"
+    assert provenance["adapters"][0]["from_model_contract"] == "modalities/mr"

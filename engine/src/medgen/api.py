@@ -76,6 +76,8 @@ class InpaintRequest:
     allow_unchanged: bool = False
     # Run a source whose modality contradicts the model's medgen.json (the source's own default window)
     force_modality: bool = False
+    # The source's modality when its file states none (NIfTI, NRRD, PNG): picks the model's contract
+    source_modality: str | None = None
     # Give the generated region the source's noise texture (generate.noise)
     match_noise: bool = True
     # Smooth the generated signal along the slice axis into one 3D object (generate.slice_consistency)
@@ -123,6 +125,10 @@ def check_request(request: InpaintRequest) -> None:
         raise InputError(None, f"--mask-blur must be >= 0 px, got {request.mask_blur_px}")
     if request.crop_padding_px is not None and request.crop_padding_px < 0:
         raise InputError(None, f"--crop-padding must be >= 0 px, got {request.crop_padding_px}")
+    if request.source_modality is not None and not (
+        request.source_modality.isascii() and request.source_modality.isalpha() and 2 <= len(request.source_modality) <= 16
+    ):
+        raise InputError(None, f"--modality must be a DICOM modality such as CT or MR, got {request.source_modality!r}")
     if request.segment is not None and request.label is not None:
         raise InputError(None, "give --segment or --label, not both")
     if request.slices and request.all_slices:
@@ -244,19 +250,29 @@ class Inpainter:
             self._model = load_model(self.model_path, **self._load_options)
         return self._model
 
-    def _apply_adapters(self, request: InpaintRequest) -> list[dict]:
-        """Load the request's adapters once per adapter set; a different set reloads the model first
-        (a textual inversion cannot be taken out of the tokenizer again)."""
-        key = (tuple(request.adapters), request.token, request.controlnet, request.control_from)
+    def _contracts(self):
+        """The model's intensity contracts from its medgen.json (None for a single-file checkpoint)."""
+        from medgen.generate.settings import read_model_contracts
+
+        return read_model_contracts(self.model_path) if self.model_path.is_dir() else None
+
+    def _apply_adapters(self, request: InpaintRequest, modality_adapter: str | None = None) -> list[dict]:
+        """Load the modality's adapter (a folder inside the model folder) and the request's adapters once
+        per adapter set; a different set reloads the model first (a textual inversion cannot be taken
+        out of the tokenizer again)."""
+        specs = ([str(self.model_path / modality_adapter)] if modality_adapter else []) + list(request.adapters)
+        key = (tuple(specs), request.token, request.controlnet, request.control_from)
         if key == self._adapter_key:
             return self._adapter_records
         if self._adapter_records:  # this model carries another set: start again from a clean load
             self._model = None
         records = []
-        if request.adapters:
+        if specs:
             from medgen.generate.adapters import load_adapters
 
-            records = load_adapters(self.model, request.adapters, token=request.token)
+            records = load_adapters(self.model, specs, token=request.token)
+            if modality_adapter:
+                records[0]["from_model_contract"] = modality_adapter
         if request.controlnet is not None:
             from medgen.dicom.provenance import sha256_model
 
@@ -304,37 +320,33 @@ class Inpainter:
 
         checked = preflight(volume, {k: mask[k] for k in slice_indices}, write_seg=request.write_seg,
                             write_dicom=request.write_dicom, only_modified=request.only_modified)
-        # a source the model's contract does not cover is refused from its medgen.json, before the load
-        from medgen.model_contract_check import contract_refusal
 
-        contract_refusal(self.model_path, volume, slice_indices, force_modality=request.force_modality,
-                         preset=request.window, center=request.window_center, width=request.window_width,
-                         source=str(request.input))
-
-        # 3. Fill unset settings from the model's own recommendation, then the engine's defaults;
-        #    load the request's adapters and ControlNet
-        model = self.model  # a folder that fails to load is its own error, not a medgen.json one
-        try:
-            request = with_model_defaults(request, model.recommended_settings)
-        except InputError as error:
-            raise InputError(self.model_path / "medgen.json", f"recommended setting refused: {error.problem}") from None
-        adapters = self._apply_adapters(request)
-
-        # 4. Map stored values to model space with one window for the whole request: the user's, else
-        #    the model's intensity contract (its medgen.json), else the default for the source's modality
+        # 3. Map stored values to model space with one window for the whole request: the user's, else
+        #    the model's intensity contract for the source's modality (its medgen.json, read before any
+        #    weight loads, so a source the model cannot take is refused first), else the modality's default
         choice = resolve_window(
             volume,
             slice_indices,
-            self.model.intensity_contract,
+            self._contracts(),
             preset=request.window,
             center=request.window_center,
             width=request.window_width,
             force_modality=request.force_modality,
             source=str(request.input),
+            stated_modality=request.source_modality,
         )
         logger.info("%s", choice.describe())
         window = choice.window
         intensity = IntensityMap(volume, window)
+
+        # 4. Fill unset settings from the model's own recommendation, then the engine's defaults;
+        #    load the adapter trained for the source's modality, the request's adapters and ControlNet
+        model = self.model  # a folder that fails to load is its own error, not a medgen.json one
+        try:
+            request = with_model_defaults(request, model.recommended_settings)
+        except InputError as error:
+            raise InputError(self.model_path / "medgen.json", f"recommended setting refused: {error.problem}") from None
+        adapters = self._apply_adapters(request, choice.adapter)
 
         # 5. Crop a box around each slice's dilated mask and resize it to the model's resolution
         jobs = [self._prepare_slice(volume, intensity, mask[k], k, request) for k in slice_indices]
@@ -370,7 +382,7 @@ class Inpainter:
             compose_variant(
                 volume, intensity, jobs, generated[:, v], seed=seeds[v],
                 match_noise=request.match_noise, slice_consistency=request.slice_consistency,
-                within_contract=not choice.forced,
+                trust_model_texture=not choice.forced and choice.adapter is None,
             )
             for v in range(request.num_variants)
         ]

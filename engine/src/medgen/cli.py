@@ -104,6 +104,10 @@ def _add_inpaint_parser(subparsers) -> None:
     p.add_argument("--force-modality", action="store_true",
                    help="run a source whose modality contradicts the model's medgen.json, with the source's own "
                    "default window (default: refuse with exit 2)")
+    p.add_argument("--modality", metavar="MODALITY",
+                   help="the source's modality (CT, MR, CR...) when its file states none, as NIfTI, NRRD and PNG "
+                   "do; picks the model's contract and adapter for that modality (default: the file's own "
+                   "Modality, else CT when the values are HU-like, else unknown)")
     p.add_argument("--no-noise-match", action="store_false", dest="match_noise",
                    help="keep the model's own texture instead of the source's measured noise std and spectrum "
                    "(default: match the source's noise)")
@@ -166,6 +170,7 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         prompt_variations=variations,
         allow_unchanged=args.allow_unchanged,
         force_modality=args.force_modality,
+        source_modality=args.modality,
         match_noise=args.match_noise,
         slice_consistency=args.slice_consistency,
     )
@@ -266,6 +271,10 @@ def _add_phantom_parser(subparsers) -> None:
     train = phantom_commands.add_parser("train-base", help="train the demo model on phantoms", add_help=False)
     train.set_defaults(handler=_run_phantom_train_base, passes_arguments_on=True,
                        own_parser="medgen.phantom.commands:build_train_base_parser")
+    adapters = phantom_commands.add_parser("train-adapters", add_help=False,
+                                           help="train the demo model's MR and CR adapters on phantoms")
+    adapters.set_defaults(handler=_run_phantom_train_adapters, passes_arguments_on=True,
+                          own_parser="medgen.phantom.commands:build_train_adapters_parser")
 
 
 def _run_phantom_make(args: argparse.Namespace) -> int:
@@ -278,6 +287,12 @@ def _run_phantom_train_base(args: argparse.Namespace) -> int:
     from medgen.phantom.commands import train_base_main
 
     return train_base_main(args.rest)
+
+
+def _run_phantom_train_adapters(args: argparse.Namespace) -> int:
+    from medgen.phantom.commands import train_adapters_main
+
+    return train_adapters_main(args.rest)
 
 
 def _add_train_parser(subparsers) -> None:

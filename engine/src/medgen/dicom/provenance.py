@@ -8,7 +8,6 @@ Library versions are read from package metadata, never by importing them: torch 
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import functools
 import hashlib
 import importlib.metadata
@@ -64,10 +63,16 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
 
 
 def model_weight_manifest(path: str | Path) -> list[tuple[str, str]]:
-    """(relative posix path, SHA-256) of every weight file under a model folder, sorted by path."""
+    """(relative posix path, SHA-256) of every weight file under a model folder, sorted by path.
+
+    Adapters kept inside the folder (a folder with an ``adapter.json``, such as the demo model's
+    ``modalities/mr``) are not part of the model: each is hashed on its own in the provenance's adapter
+    records, and an adapter trained on this model keeps matching its base's hash."""
     root = Path(path)
+    adapter_dirs = {manifest.parent for manifest in root.rglob("adapter.json")}
     files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(WEIGHT_SUFFIXES)),
+        (p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(WEIGHT_SUFFIXES)
+         and not adapter_dirs.intersection(p.parents)),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     if not files:

@@ -63,19 +63,22 @@ def compose_variant(
     seed: int,
     match_noise: bool = True,
     slice_consistency: bool = True,
-    within_contract: bool = True,
+    trust_model_texture: bool = True,
 ) -> ComposedVariant:
     """Stored values of one variant; ``jobs`` carry index, source_model, mask, dilated, weights, box;
-    ``generated`` holds one model-space crop per job at the model's resolution. ``within_contract``
-    False (a model forced onto another modality) trusts the generated image less: all of its texture is
-    dropped and its border is made to meet the source by `seam.harmonize_membrane`."""
+    ``generated`` holds one model-space crop per job at the model's resolution. ``trust_model_texture``
+    False trusts the generated image less: all of its fine texture is dropped and its border is made to
+    meet the source by `seam.harmonize_membrane`. That is for a model forced onto another modality, and
+    for a modality reached through an adapter on weights trained on another (the demo model's MR and CR
+    adapters teach those images' contrast; their fine texture is still the phantom's).
+    """
     # 1. Back to each box; the generated signal in full-slice arrays
     crops_back = [resize_image(crop, job.box.shape) for job, crop in zip(jobs, generated)]
     signals = []
     for job, crop_back in zip(jobs, crops_back):
         full = np.asarray(job.source_model, dtype=np.float64).copy()
         full[job.box.slices] = (
-            generated_signal(crop_back, median_px=3 if within_contract else NOISE_MEDIAN_PX) if match_noise else crop_back
+            generated_signal(crop_back, median_px=3 if trust_model_texture else NOISE_MEDIAN_PX) if match_noise else crop_back
         )
         signals.append(full)
 
@@ -93,7 +96,7 @@ def compose_variant(
     previous_index, previous_noise = None, None
     for job, signal in zip(jobs, signals):
         if match_noise:
-            if within_contract:
+            if trust_model_texture:
                 signal = harmonize_border(job.source_model, signal, job.mask, job.dilated, job.box.slices)
             else:
                 signal = harmonize_membrane(job.source_model, signal, job.mask, job.dilated)

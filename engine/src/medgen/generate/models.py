@@ -26,7 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors import SafetensorError, safe_open
 
 from medgen.errors import InputError
-from medgen.generate.settings import read_intensity_contract, read_recommended_settings
+from medgen.generate.settings import read_model_contracts, read_recommended_settings
 from medgen.generate import inpaint as _inpaint
 
 logger = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ class InpaintModel:
 
     @property
     def intensity_contract(self):
-        """The modality and intensity mapping the model was trained with (its medgen.json), or None."""
-        return read_intensity_contract(self.path) if self.path.is_dir() else None
+        """The modalities and intensity mappings the model was trained with (its medgen.json), or None."""
+        return read_model_contracts(self.path) if self.path.is_dir() else None
 
     @property
     def model_id(self) -> str:

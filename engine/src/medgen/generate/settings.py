@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from medgen.errors import InputError
-from medgen.imaging.intensity import IntensityContract
+from medgen.imaging.intensity import IntensityContract, ModelContracts, modality_family
 
 MODEL_SETTINGS_FILE = "medgen.json"
 RECOMMENDABLE = ("num_inference_steps", "guidance_scale", "crop_padding_px")
-CONTRACT_KEYS = ("modality", "intensity")
+CONTRACT_KEYS = ("modality", "intensity", "modalities")
 
 
 def _read_model_settings_file(model_path: str | Path) -> tuple[Path, dict]:
@@ -49,15 +49,50 @@ def read_intensity_contract(model_path: str | Path) -> IntensityContract | None:
     return IntensityContract.from_json(settings, str(settings_file))
 
 
+def read_model_contracts(model_path: str | Path) -> ModelContracts | None:
+    """Every contract the model's medgen.json states: the main one and, under ``modalities``, one per
+    further modality (each with its intensity mapping and, optionally, the adapter folder trained for
+    it). Read from the file alone, so a source the model cannot take is refused before any weight loads."""
+    main = read_intensity_contract(model_path)
+    settings_file, settings = _read_model_settings_file(model_path)
+    others = settings.get("modalities", {})
+    if others and main is None:
+        raise InputError(settings_file, "states 'modalities' but no main contract ('modality' and 'intensity')")
+    if main is None:
+        return None
+    if not isinstance(others, dict):
+        raise InputError(settings_file, "'modalities' must map a modality such as 'MR' to its contract")
+    contracts, seen = [], {modality_family(main.modality)}
+    for modality, record in others.items():
+        if not isinstance(record, dict) or "modality" in record:
+            raise InputError(settings_file, f"modalities[{modality!r}] must be an object with 'intensity' "
+                             "(and optionally 'adapter')")
+        contract = IntensityContract.from_json({**record, "modality": modality}, f"{settings_file} modalities")
+        if contract is None:
+            raise InputError(settings_file, f"modalities[{modality!r}] states no intensity mapping")
+        family = modality_family(contract.modality)
+        if family in seen:
+            raise InputError(settings_file, f"modalities[{modality!r}]: the {family} family has a contract already")
+        seen.add(family)
+        if contract.adapter is not None and not (Path(model_path) / contract.adapter).is_dir():
+            raise InputError(settings_file, f"modalities[{modality!r}]: adapter folder {contract.adapter!r} is missing")
+        contracts.append(contract)
+    return ModelContracts(main, tuple(contracts))
+
+
 def write_model_settings(
-    model_dir: str | Path, recommended: dict | None = None, contract: IntensityContract | None = None
+    model_dir: str | Path, recommended: dict | None = None, contract: IntensityContract | ModelContracts | None = None
 ) -> Path:
     """Write medgen.json: recommended settings and the intensity contract, checked like a read."""
     recommended = dict(recommended or {})
     unknown = sorted(set(recommended) - set(RECOMMENDABLE))
     if unknown:
         raise ValueError(f"unknown recommended settings {unknown}")
-    record = {**recommended, **(contract.to_json() if contract is not None else {})}
+    if isinstance(contract, ModelContracts):
+        others = {c.modality: {k: v for k, v in c.to_json().items() if k != "modality"} for c in contract.others}
+        record = {**recommended, **contract.main.to_json(), **({"modalities": others} if others else {})}
+    else:
+        record = {**recommended, **(contract.to_json() if contract is not None else {})}
     path = Path(model_dir) / MODEL_SETTINGS_FILE
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return path

@@ -133,9 +133,11 @@ def modality_family(modality: str | None) -> str | None:
     return "XR" if modality in X_RAY_MODALITIES else modality
 
 
-def recognise_modality(volume: Volume) -> tuple[str, str]:
-    """(modality, how it was decided): the source's own Modality, else CT when the values are HU-like
-    (``HU_LIKE_RULE``), else OT."""
+def recognise_modality(volume: Volume, stated: str | None = None) -> tuple[str, str]:
+    """(modality, how it was decided): the user's statement (``--modality``), else the source's own
+    Modality, else CT when the values are HU-like (``HU_LIKE_RULE``), else OT."""
+    if stated is not None and stated.strip():
+        return stated.strip().upper(), "given by the user"
     if volume.modality and volume.modality != "OT":
         return volume.modality, f"stated by the source ({volume.source_format.value})"
     if volume.is_color:
@@ -168,6 +170,8 @@ class IntensityContract:
     modality: str | None = None
     window: Window | None = None
     percentiles: tuple[float, float] | None = None
+    # a LoRA folder inside the model folder, trained for this modality on top of the base weights
+    adapter: str | None = None
 
     def __post_init__(self):
         if (self.window is None) == (self.percentiles is None):
@@ -191,7 +195,8 @@ class IntensityContract:
             if self.window is not None
             else {"percentiles": list(self.percentiles)}
         )
-        return {**({"modality": self.modality} if self.modality else {}), "intensity": intensity}
+        record = {**({"modality": self.modality} if self.modality else {}), "intensity": intensity}
+        return {**record, "adapter": self.adapter} if self.adapter else record
 
     @classmethod
     def from_json(cls, record: dict, source: str = "medgen.json") -> IntensityContract | None:
@@ -202,15 +207,19 @@ class IntensityContract:
         modality = record.get("modality")
         if modality is not None and (not isinstance(modality, str) or not modality.strip()):
             raise InputError(source, f"modality must be a DICOM modality such as 'CT', got {modality!r}")
+        adapter = record.get("adapter")
+        if adapter is not None and (not isinstance(adapter, str) or not adapter.strip()
+                                    or adapter.startswith("/") or ".." in adapter.split("/")):
+            raise InputError(source, f"adapter must be a folder inside the model folder, got {adapter!r}")
         try:
             if not isinstance(intensity, dict) or len(intensity) != 1:
                 raise ValueError("intensity must hold one of 'window' or 'percentiles'")
             if "window" in intensity:
                 window = Window(float(intensity["window"]["center"]), float(intensity["window"]["width"]))
-                return cls(modality=modality and modality.strip().upper(), window=window)
+                return cls(modality=modality and modality.strip().upper(), window=window, adapter=adapter)
             if "percentiles" in intensity:
                 low, high = (float(v) for v in intensity["percentiles"])
-                return cls(modality=modality and modality.strip().upper(), percentiles=(low, high))
+                return cls(modality=modality and modality.strip().upper(), percentiles=(low, high), adapter=adapter)
             raise ValueError(f"unknown intensity mapping {sorted(intensity)}")
         except (TypeError, KeyError, ValueError) as exc:
             raise InputError(source, f"bad intensity contract {intensity!r}: {exc}") from None
@@ -223,6 +232,50 @@ class IntensityContract:
         if self.modality is None or modality in (None, "", "OT"):
             return False
         return modality_family(self.modality) != modality_family(modality)
+
+
+@dataclass(frozen=True)
+class ModelContracts:
+    """Every contract a model states: its main one (medgen.json's ``modality`` and ``intensity``) and one
+    per further modality it was trained for (``"modalities": {"MR": {"intensity": ..., "adapter": ...}}``).
+    A source takes the contract of its own modality family; a model that states modalities and has none
+    for the source's is contradicted by it."""
+
+    main: IntensityContract
+    others: tuple[IntensityContract, ...] = ()
+
+    @property
+    def all(self) -> tuple[IntensityContract, ...]:
+        return (self.main, *self.others)
+
+    def for_modality(self, modality: str | None) -> IntensityContract | None:
+        """The contract for a source of this modality, None when none covers it. A source of unknown
+        modality (OT) gets the main contract only when that is a percentile rule: a fixed window is in
+        its modality's units (HU for CT), which mean nothing for values that are not of that modality."""
+        if modality in (None, "", "OT"):
+            return self.main if self.main.percentiles is not None else None
+        for contract in self.all:
+            if not contract.contradicts(modality):
+                return contract
+        return None
+
+    def contradicts(self, modality: str) -> bool:
+        """True when the source states a modality no contract covers (OT states none: never)."""
+        return modality not in (None, "", "OT") and self.for_modality(modality) is None
+
+    @property
+    def modality(self) -> str:
+        return "/".join(c.modality or "any modality" for c in self.all)
+
+    def describe(self) -> str:
+        return "; ".join(c.describe() for c in self.all)
+
+
+def as_model_contracts(contract: IntensityContract | ModelContracts | None) -> ModelContracts | None:
+    """A single contract reads as a model with one modality."""
+    if contract is None or isinstance(contract, ModelContracts):
+        return contract
+    return ModelContracts(contract)
 
 
 def modality_gray(volume: Volume, k: int, stored: np.ndarray | None = None) -> np.ndarray:
@@ -346,6 +399,11 @@ class WindowChoice:
     contract: IntensityContract | None = None
     forced: bool = False
 
+    @property
+    def adapter(self) -> str | None:
+        """The folder (inside the model folder) of the adapter trained for this source's modality."""
+        return None if self.forced or self.contract is None else self.contract.adapter
+
     def describe(self) -> str:
         return (
             f"source modality {self.source_modality} ({self.modality_rule}); "
@@ -365,32 +423,41 @@ class WindowChoice:
 def resolve_window(
     volume: Volume,
     slices: list[int],
-    contract: IntensityContract | None,
+    contract: IntensityContract | ModelContracts | None,
     *,
     preset: str | None = None,
     center: float | None = None,
     width: float | None = None,
     force_modality: bool = False,
     source: str | None = None,
+    force_option: str = "--force-modality",
+    stated_modality: str | None = None,
 ) -> WindowChoice:
     """The request's window: the user's (center/width or preset) first, then the model's contract,
     then the engine's default for the recognised modality.
 
-    A source whose modality contradicts the contract is refused unless ``force_modality``. Forced, the
-    contract is set aside (a window in the model's units means nothing for this source) and the source's
-    own default is used: CT soft tissue, else percentiles; the record says so. A source of unknown
-    modality (OT: no Modality, values not HU-like) does not contradict; it gets the contract's mapping.
+    A model with several modalities gives the source the contract of its own modality (and with it, the
+    adapter trained for that modality). A source whose modality no contract covers is refused unless
+    ``force_modality``. Forced, the contract is set aside (a window in the model's units means nothing for
+    this source) and the source's own default is used: CT soft tissue, else percentiles; the record says
+    so. A source of unknown modality (OT: no Modality, values not HU-like, none stated with
+    ``stated_modality``) does not contradict; it gets the main contract if that is a percentile rule,
+    else the engine's default, and the rule says how to state its modality.
     """
-    modality, modality_rule = recognise_modality(volume)
-    contradicts = contract is not None and contract.contradicts(modality)
+    modality, modality_rule = recognise_modality(volume, stated_modality)
+    contracts = as_model_contracts(contract)
+    contract = contracts.for_modality(modality) if contracts is not None else None
+    contradicts = contracts is not None and contracts.contradicts(modality)
     if contradicts and not force_modality:
         raise InputError(
             source,
-            f"the model was trained on {contract.modality} ({contract.describe()}, its medgen.json) but this "
-            f"source is {modality} ({modality_rule}); give --force-modality to run it anyway",
+            f"the model was trained on {contracts.modality} ({contracts.describe()}, its medgen.json) but this "
+            f"source is {modality} ({modality_rule}); give {force_option} to run it anyway",
         )
+    if contradicts:
+        contract = contracts.main  # recorded as the contract that was set aside
     user_window = center is not None or width is not None or preset is not None
-    usable_contract = None if (force_modality or user_window) else contract
+    usable_contract = None if (contradicts or user_window) else contract
     window = choose_window(
         volume, slices, preset=preset, center=center, width=width, modality=modality, contract=usable_contract
     )
@@ -404,7 +471,10 @@ def resolve_window(
         rule = f"engine default for CT: {DEFAULT_CT_PRESET}"
     else:
         rule = f"engine default: percentiles {PERCENTILE_RANGE[0]:g}-{PERCENTILE_RANGE[1]:g} of the inpainted slices"
-    forced = bool(force_modality and contract is not None and not user_window)
-    if forced:
+        if contracts is not None and not contradicts and contract is None and not user_window:
+            rule += (f"; the model's contracts ({contracts.describe()}) need the source's modality: "
+                     "state it with --modality")
+    # forcing a source the model covers changes nothing; a forced one runs outside every contract
+    if contradicts and not user_window:
         rule += f"; --force-modality set the model's {contract.describe()} aside"
-    return WindowChoice(window, modality, modality_rule, rule, contract, forced)
+    return WindowChoice(window, modality, modality_rule, rule, contract, forced=contradicts)

@@ -59,8 +59,26 @@ class TrainingPairs:
         return len(self.images)
 
 
-def make_pair(rng: np.random.Generator, resolution: int, healthy_fraction: float, types=BASE_TYPES):
-    """One random pair, or None when the draw gave no usable lesion site (the caller draws again)."""
+@dataclass
+class LesionDraw:
+    """One random slice with a lesion site: what every rendering (CT here, MR and X-ray in
+    ``phantom.modalities``) starts from."""
+
+    grid: Grid
+    body: object  # anatomy.Body
+    z_mm: float
+    hu: np.ndarray  # the healthy object slice (HU)
+    labels: np.ndarray
+    organ: Tissue
+    healthy: bool
+    type_index: int
+    lesion: object  # lesions.Lesion
+    with_lesion: np.ndarray  # the object slice with the lesion painted in
+    footprint: np.ndarray
+
+
+def draw_lesion_slice(rng: np.random.Generator, healthy_fraction: float, types=BASE_TYPES) -> LesionDraw | None:
+    """A body, a slice, an organ and a lesion in it; None when the draw gave no usable lesion site."""
     grid = Grid(spacing_mm=float(rng.uniform(2.5, 3.1)))
     body = random_body(rng)
     z = float(rng.uniform(-30, 30))
@@ -81,15 +99,29 @@ def make_pair(rng: np.random.Generator, resolution: int, healthy_fraction: float
     footprint = paint_lesion(with_lesion, lesion, z, grid)
     if footprint.sum() < 6:
         return None
-    blurred_healthy, noise = scan(hu, body, rng)
-    image = blurred_healthy + noise
-    if not healthy:
-        image = np.where(footprint, blur(with_lesion, body) + noise, image)
+    return LesionDraw(grid, body, z, hu, labels, organ, healthy, type_index, lesion, with_lesion, footprint)
+
+
+def crop_pair(rng: np.random.Generator, model_image: np.ndarray, footprint: np.ndarray, resolution: int):
+    """The model-space image cropped around the footprint as the engine crops, resized; and the mask."""
     box = mask_crop_box(footprint, int(rng.integers(CROP_PADDING_RANGE_PX[0], CROP_PADDING_RANGE_PX[1] + 1)))
-    crop = resize_image(hu_to_model(image)[box.slices].astype(np.float32), (resolution, resolution))
+    crop = resize_image(model_image[box.slices].astype(np.float32), (resolution, resolution))
     crop = np.clip(crop, -1.0, 1.0)  # bicubic overshoot next to saturated bone; the model space is [-1, 1]
-    crop_mask = resize_mask(footprint[box.slices], (resolution, resolution))
-    return crop, crop_mask, (HEALTHY if healthy else type_index), int(organ), lesion.radius_mm
+    return crop, resize_mask(footprint[box.slices], (resolution, resolution))
+
+
+def make_pair(rng: np.random.Generator, resolution: int, healthy_fraction: float, types=BASE_TYPES):
+    """One random CT pair, or None when the draw gave no usable lesion site (the caller draws again)."""
+    draw = draw_lesion_slice(rng, healthy_fraction, types)
+    if draw is None:
+        return None
+    blurred_healthy, noise = scan(draw.hu, draw.body, rng)
+    image = blurred_healthy + noise
+    if not draw.healthy:
+        image = np.where(draw.footprint, blur(draw.with_lesion, draw.body) + noise, image)
+    crop, crop_mask = crop_pair(rng, hu_to_model(image), draw.footprint, resolution)
+    code = HEALTHY if draw.healthy else draw.type_index
+    return crop, crop_mask, code, int(draw.organ), draw.lesion.radius_mm
 
 
 def make_training_pairs(

@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -377,11 +379,63 @@ def train_base_model(out: Path, settings: TrainSettings | None = None, pairs_cac
     return out
 
 
+MODALITY_ADAPTERS = {"MR": "modalities/mr", "CR": "modalities/cr"}
+"""Where in the model folder the LoRA trained for each further modality lives (``train_modality_adapters``)."""
+
+
+@dataclass
+class ModalityAdapterSettings:
+    """How the MR and CR adapters of the demo model are trained (``medgen phantom train-adapters``)."""
+
+    crops: int = 400
+    steps: int = 1500
+    rank: int = 8
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+def train_modality_adapters(model_dir: Path, settings: ModalityAdapterSettings | None = None) -> list[Path]:
+    """Train one LoRA per further modality on phantom crops rendered as that modality
+    (``phantom.modalities``) on top of the model in ``model_dir``, into its ``modalities/`` folder, and
+    state them in its medgen.json; the model then takes an MR or a radiograph without --force-modality."""
+    from medgen.train.data import phantom_modality_crops
+    from medgen.train.lora import train_lora
+    from medgen.train.loop import AdapterTrainSettings
+
+    settings = settings or ModalityAdapterSettings()
+    model_dir = Path(model_dir)
+    written = []
+    for modality, folder in MODALITY_ADAPTERS.items():
+        out = model_dir / folder
+        crops = phantom_modality_crops(settings.crops, modality, seed=settings.seed,
+                                       resolution=read_resolution(model_dir))
+        train_settings = AdapterTrainSettings(steps=settings.steps, batch_size=settings.batch_size,
+                                              learning_rate=settings.learning_rate, seed=settings.seed, device="cpu")
+        with tempfile.TemporaryDirectory(dir=model_dir) as staging:
+            train_lora(model_dir, crops, Path(staging) / "adapter", rank=settings.rank, settings=train_settings)
+            shutil.rmtree(Path(staging) / "adapter" / "checkpoints", ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            out.parent.mkdir(exist_ok=True)
+            os.replace(Path(staging) / "adapter", out)
+        written.append(out)
+    write_recommended_settings(model_dir)
+    return written
+
+
+def read_resolution(model_dir: Path) -> int:
+    """The model's input size from its configs: UNet sample size times the VAE's downsampling."""
+    unet = json.loads((Path(model_dir) / "unet" / "config.json").read_text(encoding="utf-8"))
+    vae = json.loads((Path(model_dir) / "vae" / "config.json").read_text(encoding="utf-8"))
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
 def write_recommended_settings(model_dir: Path) -> Path:
     """medgen.json: the settings `medgen inpaint` and the API use for this model unless told otherwise,
-    and its intensity contract: CT through the soft-tissue window the training pairs were made with."""
+    and its intensity contracts: CT through the soft-tissue window the training pairs were made with,
+    and MR and CR by the percentile rule for each modality adapter present in the folder."""
     from medgen.generate.settings import write_model_settings
-    from medgen.imaging.intensity import IntensityContract, Window
+    from medgen.imaging.intensity import PERCENTILE_RANGE, IntensityContract, ModelContracts, Window
     from medgen.phantom.dataset import SOFT_TISSUE_WINDOW
     from medgen.phantom.model import DEMO_CROP_PADDING_PX, DEMO_GUIDANCE_SCALE, DEMO_STEPS
 
@@ -390,5 +444,10 @@ def write_recommended_settings(model_dir: Path) -> Path:
         "num_inference_steps": DEMO_STEPS,
         "crop_padding_px": DEMO_CROP_PADDING_PX,
     }
-    contract = IntensityContract(modality="CT", window=Window(*SOFT_TISSUE_WINDOW))
-    return write_model_settings(model_dir, settings, contract)
+    main = IntensityContract(modality="CT", window=Window(*SOFT_TISSUE_WINDOW))
+    others = tuple(
+        IntensityContract(modality=modality, percentiles=PERCENTILE_RANGE, adapter=folder)
+        for modality, folder in MODALITY_ADAPTERS.items()
+        if (Path(model_dir) / folder / "adapter.json").is_file()
+    )
+    return write_model_settings(model_dir, settings, ModelContracts(main, others))

@@ -293,7 +293,8 @@ def create_app(config: ServerConfig, token: str) -> FastAPI:
             upload = await receive_upload(request, limits, files.input_dir)
             parameters = _fixed_parameters(upload.parameters, config)
             source_info, _ = await run_in_threadpool(
-                inspect_inputs, upload.source_path, upload.mask_path, parameters, limits
+                inspect_inputs, upload.source_path, upload.mask_path, parameters, limits,
+                Path(config.model(parameters.model).path),
             )
             await run_in_threadpool(_quota_check, config, 0)
             record = store.create(job_id, model=_model_name(parameters, config), parameters=parameters,

@@ -88,6 +88,11 @@ class JobParameters(BaseModel):
                                                              "job fails saying so)")
     resample_mask: bool = Field(default=False, description="resample a mask on another plane or spacing onto the "
                                                            "source (nearest neighbour), as `medgen inpaint --resample-mask`")
+    source_modality: str | None = Field(default=None, max_length=16, pattern=r"^[A-Za-z]{2,16}$",
+                                        description="the source's modality when its file states none (NIfTI, "
+                                                    "NRRD), as `medgen inpaint --modality`")
+    force_modality: bool = Field(default=False, description="run a source whose modality the model's medgen.json "
+                                                            "does not cover, as `medgen inpaint --force-modality`")
     prompt_variations: list[Annotated[str, Field(max_length=4000)]] | None = Field(
         default=None, max_length=64, description="variant v gets item v mod n in front of the prompt (or for '{}')"
     )

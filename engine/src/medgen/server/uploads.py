@@ -357,9 +357,10 @@ def _itk_declared_size(path: Path) -> tuple[int, ...] | None:
 
 
 def inspect_inputs(
-    source_path: Path, mask_path: Path, parameters: JobParameters, limits: Limits
+    source_path: Path, mask_path: Path, parameters: JobParameters, limits: Limits, model_path: Path | None = None
 ) -> tuple[SourceInfo, Path]:
-    """Read the saved source and mask as the engine will, so a bad upload fails now with a 400.
+    """Read the saved source and mask as the engine will, so a bad upload fails now with a 400; a source
+    whose modality the model (``model_path``'s medgen.json) does not cover is refused here too.
 
     Returns what the client needs to know about the source, and the mask file the engine should read.
     """
@@ -384,6 +385,14 @@ def inspect_inputs(
                      resample=parameters.resample_mask)
     check_sent_pixels(source_path, volume, mask, parameters.strength)
     chosen = select_slices(mask, parameters.slices, parameters.all_slices, volume)
+    if model_path is not None and Path(model_path).is_dir():
+        from medgen.generate.settings import read_model_contracts
+        from medgen.imaging.intensity import resolve_window
+
+        resolve_window(volume, chosen, read_model_contracts(model_path), preset=parameters.window,
+                       center=parameters.window_center, width=parameters.window_width,
+                       force_modality=parameters.force_modality, source="source",
+                       force_option='"force_modality": true', stated_modality=parameters.source_modality)
     info = SourceInfo(
         format=volume.source_format.value,
         shape=[int(n) for n in volume.pixels.shape],

@@ -148,6 +148,8 @@ def engine_request(
         control_from=parameters.control_from,
         allow_unchanged=parameters.allow_unchanged,
         resample_mask=parameters.resample_mask,
+        force_modality=parameters.force_modality,
+        source_modality=parameters.source_modality,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             source.add_argument("--phantom-spiculated", type=int, metavar="N",
                                 help="train on N crops of the held-out spiculated-mass phantoms")
+        if kind == "lora":
+            source.add_argument("--phantom-mr", type=int, metavar="N",
+                                help="train on N crops of the base lesion types rendered as T1 MR (a modality "
+                                     "adapter; its contract is the percentile rule)")
+            source.add_argument("--phantom-cr", type=int, metavar="N",
+                                help="train on N crops of the base lesion types rendered as projection "
+                                     "radiographs (a modality adapter for CR/DX; percentile rule)")
         p.add_argument("--base", help="base inpainting model: " + DEMO_MODEL_HELP)
         p.add_argument("--out", type=Path, required=True, help="new or empty folder for the adapter")
         p.add_argument("--prompt", help="one prompt for every phantom crop (default: " + {
@@ -63,16 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_resolution(base: Path) -> int:
-    """Pixels per side the model works at: UNet sample size times the VAE's downsampling, from the configs."""
-    unet = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
-    vae = json.loads((base / "vae" / "config.json").read_text(encoding="utf-8"))
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
 def train_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medgen.phantom.model import resolve_model_path
+    from medgen.phantom.train_base import read_resolution
     from medgen.phantom.lesions import BASE_TYPES
     from medgen.train.data import file_crops, phantom_lesion_crops, with_controls
 
@@ -89,8 +89,13 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.data is not None:
             from medgen.generate.settings import read_intensity_contract
 
-            crops = file_crops(args.data, resolution=_model_resolution(Path(base)),
+            crops = file_crops(args.data, resolution=read_resolution(Path(base)),
                                contract=read_intensity_contract(base))
+        elif getattr(args, "phantom_mr", None) or getattr(args, "phantom_cr", None):
+            from medgen.train.data import phantom_modality_crops
+
+            modality, count = ("MR", args.phantom_mr) if args.phantom_mr else ("CR", args.phantom_cr)
+            crops = phantom_modality_crops(count, modality, seed=args.seed, resolution=read_resolution(Path(base)))
         elif args.kind == "controlnet":
             crops = phantom_lesion_crops(args.phantom, prompt=args.prompt, lesion_types=BASE_TYPES, seed=args.seed)
         else:

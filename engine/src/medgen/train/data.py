@@ -31,6 +31,8 @@ class AdapterCrops:
     controls: np.ndarray | None = None
     # where each crop came from (file, slice, crop box, or phantom seed): the adapter's training-crop index
     origins: list[dict] | None = None
+    # the intensity contract the crops were made through, when it is not the base model's
+    contract: object | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -63,6 +65,24 @@ def phantom_lesion_crops(
         origins.append({"file": f"phantom (seed {seed}, crop {len(origins)})", "slice": None, "crop_box": None,
                         "prompt": prompts[-1]})
     return AdapterCrops(images, masks, prompts, origins=origins)
+
+
+def phantom_modality_crops(count: int, modality: str, *, seed: int = 0, resolution: int = 64) -> AdapterCrops:
+    """``count`` crops of the four base phantom lesion types rendered as ``modality`` (MR or CR, see
+    ``phantom.modalities``), each with its type's prompt: what a modality adapter for the demo model
+    learns from. The crops are mapped by the percentile rule, which becomes the adapter's contract."""
+    from medgen.imaging.intensity import PERCENTILE_RANGE, IntensityContract
+    from medgen.phantom.lesions import BASE_TYPES, LESION_SPECS
+    from medgen.phantom.modalities import modality_pairs
+
+    pairs = modality_pairs(count, modality, seed=seed, resolution=resolution)
+    prompts = [LESION_SPECS[LesionType(BASE_TYPES[code])].prompt for _, _, code in pairs]
+    origins = [{"file": f"phantom {modality} (seed {seed}, crop {n})", "slice": None, "crop_box": None,
+                "prompt": prompt} for n, prompt in enumerate(prompts)]
+    return AdapterCrops(
+        np.stack([p[0] for p in pairs]).astype(np.float32), np.stack([p[1] for p in pairs]), prompts,
+        origins=origins, contract=IntensityContract(modality=modality, percentiles=PERCENTILE_RANGE),
+    )
 
 
 def with_controls(crops: AdapterCrops, kind: str, *, max_dilate_px: int, seed: int = 0) -> AdapterCrops:

@@ -254,9 +254,10 @@ def write_validation(model: InpaintModel, crops: AdapterCrops, prompt: str, sett
 
 
 def write_manifest(out: Path, *, kind: str, base: Path, settings: AdapterTrainSettings, history: list[dict],
-                   num_crops: int, **extra) -> Path:
+                   num_crops: int, contract=None, **extra) -> Path:
     """adapter.json in the form `--adapter` reads: what it is, which base model (by SHA-256) it was
-    trained on, and how."""
+    trained on, and how. ``contract``: the intensity contract the crops were made through when it is not
+    the base model's (phantom MR crops for a CT base, say)."""
     from medgen.generate.adapters import write_manifest as write_adapter_manifest
 
     from medgen.generate.settings import read_intensity_contract
@@ -264,7 +265,8 @@ def write_manifest(out: Path, *, kind: str, base: Path, settings: AdapterTrainSe
     steps = [h["loss"] for h in history if "loss" in h]
     fixed = [h["fixed_batch_loss"] for h in history if "fixed_batch_loss" in h]
     # the adapter was trained through its base model's intensity contract: record it with the adapter
-    contract = read_intensity_contract(base) if Path(base).is_dir() else None
+    if contract is None:
+        contract = read_intensity_contract(base) if Path(base).is_dir() else None
 
     return write_adapter_manifest(
         Path(out),

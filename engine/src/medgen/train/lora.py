@@ -81,5 +81,5 @@ def train_lora(
     )
     write_manifest(out, kind="lora", base=Path(base), settings=settings, history=history, num_crops=len(crops),
                    rank=rank, target_modules=list(LORA_TARGETS), weights=LORA_FILE, trainable_parameters=trainable,
-                   unet_parameters=total, trainable_share=share, prompt=crops.prompts[0])
+                   unet_parameters=total, trainable_share=share, prompt=crops.prompts[0], contract=crops.contract)
     return out / LORA_FILE

@@ -44,12 +44,27 @@ def assert_in_bands(result):
     return provenance
 
 
-def test_real_ct_default_settings_window_from_the_model_noise_and_seam_in_band(demo_inpainter, tmp_path):
-    from medgen.dicom.validate import validate_paths
+def assert_inside_the_window(result, provenance, work: Path) -> None:
+    """Generated values lie inside the window the model saw, unless the source was beyond it already."""
     from medgen.imaging.crop import dilate_mask
     from medgen.imaging.intensity import modality_gray
     from medgen.imaging.masks import read_mask
     from medgen.imaging.read import read_volume
+
+    source = read_volume(Path(provenance["inputs"][0]["path"]))
+    output = read_volume(result.variant_dirs[0])
+    mask = read_mask(work / "mask.nii.gz", source)
+    k = result.slices[0]
+    region = dilate_mask(mask[k], 2.0, source.spacing[1:])
+    before, after = modality_gray(source, k)[region], modality_gray(output, k)[region]
+    centre, width = provenance["parameters"]["window_center"], provenance["parameters"]["window_width"]
+    lower, upper = centre - width / 2, centre + width / 2
+    assert np.all((after >= np.minimum(lower, before) - 0.5) & (after <= np.maximum(upper, before) + 0.5))
+    assert not np.array_equal(before, after)
+
+
+def test_real_ct_default_settings_window_from_the_model_noise_and_seam_in_band(demo_inpainter, tmp_path):
+    from medgen.dicom.validate import validate_paths
 
     result = run_or_skip(demo_inpainter, "CT_small.dcm", tmp_path)
     provenance = assert_in_bands(result)
@@ -58,16 +73,7 @@ def test_real_ct_default_settings_window_from_the_model_noise_and_seam_in_band(d
     assert (provenance["parameters"]["window_center"], provenance["parameters"]["window_width"]) == (40.0, 400.0)
     assert any("medgen.json" in note for note in result.notes)
 
-    # generated values lie inside the model's window, unless the source was beyond it already
-    source = read_volume(Path(provenance["inputs"][0]["path"]))
-    output = read_volume(result.variant_dirs[0])
-    mask = read_mask(tmp_path / "mask.nii.gz", source)
-    k = result.slices[0]
-    region = dilate_mask(mask[k], 2.0, source.spacing[1:])
-    before, after = modality_gray(source, k)[region], modality_gray(output, k)[region]
-    lower, upper = 40 - 200, 40 + 200
-    assert np.all((after >= np.minimum(lower, before) - 0.5) & (after <= np.maximum(upper, before) + 0.5))
-    assert not np.array_equal(before, after)
+    assert_inside_the_window(result, provenance, tmp_path)
 
     report = validate_paths([result.variant_dirs[0]], source=Path(provenance["inputs"][0]["path"]),
                             run_dciodvfy=False)
@@ -86,13 +92,15 @@ def test_without_noise_matching_the_same_ct_lesion_is_found_by_its_smoothness(de
 def test_real_mr_and_cr_take_the_demo_models_own_contract_and_adapter_noise_and_seam_in_band(
     demo_inpainter, tmp_path, name, adapter
 ):
-    provenance = assert_in_bands(run_or_skip(demo_inpainter, name, tmp_path, **QUICK))
+    result = run_or_skip(demo_inpainter, name, tmp_path, **QUICK)
+    provenance = assert_in_bands(result)
     intensity = provenance["parameters"]["intensity"]
     assert not intensity["modality_forced"] and "medgen.json" in intensity["window_rule"]
     assert "percentiles" in intensity["window_rule"] and intensity["model_contract"]["adapter"] == adapter
     modality_adapter = provenance["adapters"][0]
     assert modality_adapter["kind"] == "lora" and modality_adapter["from_model_contract"] == adapter
     assert provenance["texture"][0]["source_noise"][0]["nps_patches"] > 0
+    assert_inside_the_window(result, provenance, tmp_path)
 
 
 @pytest.mark.slow

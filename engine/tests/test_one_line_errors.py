@@ -77,4 +77,20 @@ def test_an_overflowing_geometry_is_refused_as_damaged_in_one_line(tmp_path):
     ds.save_as(source)
     done = run_inpaint(tmp_path, source, tmp_path / "mask.nii.gz")
     assert_one_line_refusal(done, tmp_path)
-    assert "are not finite or lie beyond" in done.stderr
+    assert "is not finite or lies beyond" in done.stderr
+
+
+def test_a_mask_header_with_an_absurd_spacing_is_refused_as_damaged_in_one_line(tmp_path):
+    """A NIfTI mask whose slice spacing is 1e30 mm: numpy's invalid-cast warning reached stderr."""
+    import SimpleITK as sitk
+
+    from medgen.imaging.read import read_volume
+
+    source = dicom_testfile("CT_small.dcm")
+    volume = read_volume(source)
+    mask = sitk.GetImageFromArray(np.ones((1, *volume.shape2d), np.uint8))
+    mask.SetSpacing((1.0, 1.0, 1e30))
+    sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
+    done = run_inpaint(tmp_path, source, tmp_path / "mask.nii.gz")
+    assert_one_line_refusal(done, tmp_path)
+    assert "the mask's geometry" in done.stderr

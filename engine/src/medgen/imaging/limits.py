@@ -61,3 +61,18 @@ class SizeLimits:
 def check_size(source, *, rows: int, columns: int, frames: int = 1, samples: int = 1) -> None:
     """Check a claimed size against the limits in force for this process."""
     SizeLimits.from_environment().check(source, rows=rows, columns=columns, frames=frames, samples=samples)
+
+
+# Farthest a position, and largest a spacing, may be in mm (1 km): beyond it a header value is damage,
+# not anatomy, and arithmetic on it overflows
+MAX_COORDINATE_MM = 1e6
+
+
+def check_geometry(source, ijk_to_lps, what: str) -> None:
+    """Refuse an ijk-to-LPS matrix that is not finite or reaches beyond MAX_COORDINATE_MM, as damaged."""
+    import numpy as np
+
+    matrix = np.asarray(ijk_to_lps, dtype=np.float64)
+    if not np.isfinite(matrix).all() or np.abs(matrix).max() > MAX_COORDINATE_MM:
+        raise InputError(source, f"{what} geometry (position, spacing, orientation) is not finite or lies beyond "
+                         f"{MAX_COORDINATE_MM:g} mm", reason="damaged")

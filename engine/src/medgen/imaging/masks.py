@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
 from medgen.errors import InputError
-from medgen.imaging.limits import check_size
+from medgen.imaging.limits import check_geometry, check_size
 from medgen.imaging.read import (
     NIFTI_SUFFIXES,
     NRRD_SUFFIXES,
@@ -348,6 +348,7 @@ def _fit_to_volume_grid(
     on a volume slice marks that slice whatever its thickness. Anything else (an oblique plane, another
     spacing) is resampled by nearest neighbour only when asked, else refused.
     """
+    check_geometry(source, mask_ijk_to_lps, "the mask's")  # a spacing of 1e30 mm overflows the grid match
     low, high = _labelled_box(mask)
     matches = [m for m in (_match_grid(name, grid, mask_ijk_to_lps, low, high) for name, grid in volume.reader_grids())
                if m is not None]

@@ -27,7 +27,7 @@ from pydicom.uid import (
 
 from medgen.errors import InputError
 from medgen.imaging.library_messages import captured_library_messages, captured_native_stderr, first_line
-from medgen.imaging.limits import check_size
+from medgen.imaging.limits import check_geometry, check_size
 from medgen.imaging.volume import PixelFormat, SourceFormat, Volume
 
 logger = logging.getLogger(__name__)
@@ -486,10 +486,6 @@ def _grid_frame_position(ds: pydicom.Dataset, frame_index: int | None, position,
     return list(start + np.cross(row, column) * relative)
 
 
-# Farthest a position and largest a spacing may be, in mm: beyond it a value is damage, not anatomy
-_MAX_COORDINATE_MM = 1e6
-
-
 def _stack_geometry(
     infos: list[_SliceInfo], source: Path
 ) -> tuple[list[int], np.ndarray, tuple[float, float, float]]:
@@ -497,10 +493,7 @@ def _stack_geometry(
     refused as damaged here, without numpy's overflow warnings reaching the terminal."""
     with np.errstate(over="ignore", invalid="ignore"):
         order, ijk_to_lps, spacing = _stack_geometry_unchecked(infos, source)
-    if not np.isfinite(ijk_to_lps).all() or np.abs(ijk_to_lps).max() > _MAX_COORDINATE_MM \
-            or not np.isfinite(spacing).all():
-        raise InputError(source, f"geometry attributes (Image Position, Pixel Spacing, slice spacing) are not "
-                         f"finite or lie beyond {_MAX_COORDINATE_MM:g} mm", reason="damaged")
+    check_geometry(source, ijk_to_lps, "the image's")
     return order, ijk_to_lps, spacing
 
 

@@ -94,3 +94,18 @@ def test_a_mask_header_with_an_absurd_spacing_is_refused_as_damaged_in_one_line(
     done = run_inpaint(tmp_path, source, tmp_path / "mask.nii.gz")
     assert_one_line_refusal(done, tmp_path)
     assert "the mask's geometry" in done.stderr
+
+
+def test_a_nifti_source_with_an_absurd_spacing_is_refused_as_damaged(tmp_path):
+    import SimpleITK as sitk
+    import pytest
+
+    from medgen.errors import InputError
+    from medgen.imaging.read import read_volume
+
+    image = sitk.GetImageFromArray(np.zeros((3, 16, 16), np.int16))
+    image.SetSpacing((1.0, 1.0, 1e30))
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    with pytest.raises(InputError, match="the image's geometry") as info:
+        read_volume(tmp_path / "ct.nii.gz")
+    assert info.value.reason == "damaged"

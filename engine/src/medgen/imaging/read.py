@@ -633,6 +633,7 @@ def _read_itk_volume(path: Path, source_format: SourceFormat) -> Volume:
     if image.GetDimension() == 2:
         pixels = pixels[np.newaxis]
     ijk_to_lps = itk_ijk_to_lps(image)
+    check_geometry(path, ijk_to_lps, "the image's")
     spacing = tuple(float(np.linalg.norm(ijk_to_lps[:3, axis])) for axis in (2, 1, 0))
     count = pixels.shape[0]
     return Volume(

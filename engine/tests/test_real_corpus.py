@@ -65,13 +65,15 @@ def _sample_files() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", _preflight_params())
-def test_every_file_passes_the_preflight_or_is_refused_with_a_listed_reason(path):
-    """With --seg, and without it where the SEG is refused (the SEG pre-flight builds the DICOM first)."""
+def test_every_file_passes_the_preflight_or_is_refused_with_a_listed_reason(path, capfd):
+    """With --seg, and without it where the SEG is refused (the SEG pre-flight builds the DICOM first).
+    Nothing reaches stderr on the way (a library's own lines would come before the engine's one line)."""
     outcome = preflight_case(path, write_seg=True)
     assert outcome.kind in (SUCCESS, REFUSED), f"with --seg: {outcome.kind}: {outcome.message}"
     if outcome.kind == REFUSED:
         outcome = preflight_case(path, write_seg=False)
         assert outcome.kind in (SUCCESS, REFUSED), f"without --seg: {outcome.kind}: {outcome.message}"
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.parametrize("path", _sample_files(), ids=[p.name for p in _sample_files()])

@@ -14,8 +14,8 @@ from medgen.cli import main
 from test_batch import assert_complete, assert_same_outputs, dataset, local_run, manifest_ids  # noqa: F401
 
 
-def test_tiny_random_weight_rows_batched_by_4_equal_rows_one_at_a_time(dataset, local_run, tiny_model_dir, tmp_path):
-    """local_run uses the default batch size (4); this run takes each row alone."""
+def test_tiny_random_weight_rows_batched_by_default_equal_rows_one_at_a_time(dataset, local_run, tiny_model_dir, tmp_path):
+    """local_run uses the default batch size (8); this run takes each row alone."""
     out = tmp_path / "one-at-a-time"
     assert main(["batch", str(dataset), "--out", str(out), "--model", str(tiny_model_dir), "--device", "cpu",
                  "--batch-size", "1"]) == 0

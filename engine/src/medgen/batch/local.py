@@ -14,7 +14,7 @@ FinishedCallback = Callable[[BatchRow, RowOutcome, int, float], None]
 """Called once per row with its last outcome, the number of attempts and the row's seconds as the
 driver saw them (from the first hand-out to the last result)."""
 
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 8
 """Rows per shared model call in a local run unless --batch-size says otherwise."""
 
 CALL_SETTINGS = ("negative_prompt", "num_inference_steps", "guidance_scale", "strength", "adapters", "token",

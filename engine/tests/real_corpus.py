@@ -369,10 +369,11 @@ def print_summary(results: list[tuple[str, Outcome]]) -> None:
     packages = list(dict.fromkeys(package for package, _ in results))
     for package in packages + ["all"]:
         kinds = [r.kind for p, r in results if package in ("all", p)]
+        reasons = [r.reason for p, r in results if package in ("all", p) and r.kind == REFUSED]
         print(f"{package:16s} cases={len(kinds):4d} " + " ".join(f"{k.replace(' ', '-')}={kinds.count(k)}"
-                                                            for k in OUTCOMES if kinds.count(k)))
-    reasons = [r.reason for _, r in results if r.kind == REFUSED]
-    print("refusal reasons:", ", ".join(f"{reason}={reasons.count(reason)}" for reason in sorted(set(reasons))))
+                                                            for k in OUTCOMES if kinds.count(k))
+              + (" (" + ", ".join(f"{reason} {reasons.count(reason)}" for reason in sorted(set(reasons))) + ")"
+                 if reasons else ""))
 
 
 def _preflight_only(name_filter: str) -> int:

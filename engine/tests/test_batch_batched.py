@@ -106,6 +106,9 @@ def test_tiny_random_weight_generated_crops_are_bit_identical_batched_or_alone(d
         steps = inpainter.steps(r.request(tmp_path / r.id))
         works.append(replace(next(steps), guidance_scale=guidance, num_inference_steps=3))
         steps.close()
+    # a prompt per variant, one of them a weighted blend, and a negative prompt (a call of its own)
+    works[1] = replace(works[1], prompts=["[healthy liver:0.3|liver cyst:0.7]", "liver cyst"])
+    works[4] = replace(works[4], negative_prompt="artifact")
     with batch_invariant():
         together = generate_together(inpainter.model, works)
         alone = [inpainter.generate(work) for work in works]

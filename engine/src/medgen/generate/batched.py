@@ -55,17 +55,21 @@ class Generation:
         return (self.negative_prompt, self.num_inference_steps, self.guidance_scale, self.strength)
 
 
-_PER_SAMPLE = {F.conv2d: 4, F.linear: None, F.group_norm: None}
-"""Functions run item by item, with the number of dimensions their input must have to be split (None:
-any, at least 2). Kernels of these pick their algorithm, and for group_norm their reduction order, by
-the batch size and the memory layout of the input."""
+_PER_SAMPLE = (F.conv2d, F.linear, F.group_norm)
+"""Functions run item by item: their kernels pick their algorithm, and for group_norm their reduction
+order, by the batch size and the memory layout of the input."""
+
+
+def _batched(func, x) -> bool:
+    """Whether ``x`` has a batch dimension first (an unbatched conv2d input is (C, H, W))."""
+    return x.dim() == 4 if func is F.conv2d else x.dim() >= 2
 
 
 class _PerSample(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         x = args[0] if args else None
-        if func in _PER_SAMPLE and isinstance(x, torch.Tensor) and x.dim() == (_PER_SAMPLE[func] or max(x.dim(), 2)):
+        if func in _PER_SAMPLE and isinstance(x, torch.Tensor) and _batched(func, x):
             # every item contiguous on its own, batch of 1 included, so all items take the same kernel
             if x.shape[0] == 1:
                 return func(x.contiguous(), *args[1:], **kwargs)
@@ -91,7 +95,7 @@ def generate_together(model: InpaintModel, works: list[Generation]) -> list[np.n
     UNet calls of up to ``model.max_batch_size`` pairs. Returns one float32 (slices, variants, H, W)
     array per request, equal to ``Inpainter.generate`` of that request alone when both run under
     :func:`batch_invariant`."""
-    runner, pipe = model.fast_runner, model.pipe
+    runner = model.fast_runner
     resolution = model.resolution
     outputs, images, masks = [], [], []
     pairs_by_settings: dict[tuple, list[tuple[int, int, int]]] = {}

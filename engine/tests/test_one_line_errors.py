@@ -109,3 +109,30 @@ def test_a_nifti_source_with_an_absurd_spacing_is_refused_as_damaged(tmp_path):
     with pytest.raises(InputError, match="the image's geometry") as info:
         read_volume(tmp_path / "ct.nii.gz")
     assert info.value.reason == "damaged"
+
+
+def test_a_seg_run_on_a_one_part_patient_name_prints_no_library_warning(tmp_path):
+    """highdicom warns about a Patient Name of one part ("Anonymized") when it builds the SEG; the
+    pre-flight has met that already, so the written run's stderr holds only the progress bar."""
+    import pydicom
+
+    from medgen.imaging.read import read_volume
+    from testfiles import write_labelmap_like
+
+    ds = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+    ds.PatientName = "Anonymized"
+    source = tmp_path / "ct.dcm"
+    ds.save_as(source)
+    volume = read_volume(source)
+    mask = np.zeros(volume.pixels.shape, np.uint8)
+    mask[0, 60:70, 60:70] = 1
+    write_labelmap_like(volume, mask, tmp_path / "mask.nii.gz")
+    done = subprocess.run(
+        [sys.executable, "-m", "medgen.cli", "inpaint", str(source), "--mask", str(tmp_path / "mask.nii.gz"),
+         "--prompt", "lesion", "--out", str(tmp_path / "out"), "--seg", "--steps", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    other = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()
+             and not line.startswith("inpainting")]
+    assert not other, other

@@ -25,7 +25,7 @@ from pydicom.sr.coding import Code
 from medgen.dicom import codes
 from medgen.dicom.codes import MedgenCode
 from medgen.errors import InputError, OutputError
-from medgen.imaging.library_messages import first_line
+from medgen.imaging.library_messages import captured_library_messages, first_line
 from medgen.imaging.volume import SourceFormat, Volume
 from medgen.reproducible import content_uid, creation_time, pixel_digest, stamp_creation_time
 
@@ -99,8 +99,14 @@ def write_inpaint_seg(
     if not synthetic_files:
         raise ValueError("synthetic_files must list the written instances, got none")
     images = [_read(Path(p)) for p in synthetic_files]
-    seg = build_inpaint_seg(images, masks_per_slice, segment_label, source_volume=source_volume,
-                            software_version=software_version, model_name=model_name, series_number=series_number)
+    # highdicom's warnings (a one-part Patient Name, say) were met by the pre-flight already; here they
+    # would only print after the run's work is done
+    with captured_library_messages() as messages:
+        seg = build_inpaint_seg(images, masks_per_slice, segment_label, source_volume=source_volume,
+                                software_version=software_version, model_name=model_name,
+                                series_number=series_number)
+    for message in messages:
+        logger.debug("SEG: %s", message)
     # Write atomically: a reader never sees half a SEG
     return _save_atomically(seg, Path(out_path))
 

@@ -25,24 +25,22 @@ def test_tiny_random_weight_rows_batched_by_default_equal_rows_one_at_a_time(dat
 
 def test_tiny_random_weight_shared_calls_stack_crops_of_several_rows(dataset, tiny_model_dir, tmp_path):
     """run_together puts the crops of several rows into one UNet call, and each row's files equal the
-    same row run alone through Inpainter (both under batch_invariant, as every batch run is)."""
+    same row run alone (run_alone: Inpainter under batch_invariant, as every batch run is)."""
     from medgen.api import Inpainter
-    from medgen.generate.batched import batch_invariant, run_together
+    from medgen.generate.batched import run_alone, run_together
 
     rows = read_manifest(dataset).rows
     same_settings = [r for r in rows if r.id in ("ct-1", "ct-2", "mr-1", "brain-1", "emr-1")]
     inpainter = Inpainter(tiny_model_dir, device="cpu")
     unet_batches = []
     inpainter.model.pipe.unet.register_forward_pre_hook(lambda module, args: unet_batches.append(args[0].shape[0]))
-    with batch_invariant():
-        results = run_together(inpainter, [r.request(tmp_path / "together" / "rows" / r.id) for r in same_settings])
+    results = run_together(inpainter, [r.request(tmp_path / "together" / "rows" / r.id) for r in same_settings])
     # 1 + 2 variants + 1 + 2 slices + 1 = 7 crops in one call per step (guidance 1: no unconditional half)
     assert unet_batches == [7, 7]
     assert all(not isinstance(result, Exception) for result in results), results
     unet_batches.clear()
-    with batch_invariant():
-        for r in same_settings:
-            inpainter(r.request(tmp_path / "alone" / "rows" / r.id))
+    for r in same_settings:
+        run_alone(inpainter, r.request(tmp_path / "alone" / "rows" / r.id))
     assert unet_batches == [1, 1, 2, 2, 1, 1, 2, 2, 1, 1]  # ct-1, ct-2, mr-1, emr-1, brain-1
     for r in same_settings:
         files = sorted(p.relative_to(tmp_path / "alone") for p in (tmp_path / "alone" / "rows" / r.id).rglob("*"))
@@ -92,12 +90,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
 def test_tiny_random_weight_generated_crops_are_bit_identical_batched_or_alone(dataset, tiny_model_dir, tmp_path, guidance):
     """Before any rounding to stored values: the float32 crops of rows generated together equal those
-    of each row alone, bit for bit (convolutions and linear layers would round differently per batch
-    size without batch_invariant)."""
+    of each row alone, bit for bit (convolutions, linear layers and group norms would round
+    differently per batch size without batch_invariant)."""
     from dataclasses import replace
 
     from medgen.api import Inpainter
-    from medgen.generate.batched import batch_invariant, generate_together
+    from medgen.generate.batched import generate_alone, generate_together
 
     rows = [r for r in read_manifest(dataset).rows if r.id in ("ct-1", "ct-2", "mr-1", "emr-1", "brain-2")]
     inpainter = Inpainter(tiny_model_dir, device="cpu")
@@ -109,9 +107,8 @@ def test_tiny_random_weight_generated_crops_are_bit_identical_batched_or_alone(d
     # a prompt per variant, one of them a weighted blend, and a negative prompt (a call of its own)
     works[1] = replace(works[1], prompts=["[healthy liver:0.3|liver cyst:0.7]", "liver cyst"])
     works[4] = replace(works[4], negative_prompt="artifact")
-    with batch_invariant():
-        together = generate_together(inpainter.model, works)
-        alone = [inpainter.generate(work) for work in works]
+    together = generate_together(inpainter.model, works)
+    alone = [generate_alone(inpainter, work) for work in works]
     assert [a.shape for a in alone] == [(1, 1, 64, 64), (1, 2, 64, 64), (1, 1, 64, 64), (2, 1, 64, 64), (1, 2, 64, 64)]
     for r, a, b in zip(rows, alone, together):
         assert a.tobytes() == b.tobytes(), r.id

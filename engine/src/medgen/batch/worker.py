@@ -81,7 +81,7 @@ class RowWorker:
 
     def run(self, row: BatchRow) -> RowOutcome:
         """One attempt at a row. Never raises: every failure comes back as an outcome."""
-        from medgen.generate.batched import batch_invariant
+        from medgen.generate.batched import run_alone
 
         start = time.perf_counter()
         outcome = RowOutcome(row.id, ok=False, worker=self.name)
@@ -90,8 +90,7 @@ class RowWorker:
             outcome.already_published = True
         else:
             try:
-                with batch_invariant():
-                    self.inpainter(row.request(row_dir))
+                run_alone(self.inpainter, row.request(row_dir))
                 outcome.generate_s = time.perf_counter() - start
             except Exception as error:
                 self._failed(row, outcome, error)
@@ -100,7 +99,7 @@ class RowWorker:
     def run_many(self, rows: list[BatchRow]) -> list[RowOutcome]:
         """One attempt at several rows whose crops go through the model together (the same files as
         ``run`` of each). Never raises. Each row's generate_s is its share of the time of the whole."""
-        from medgen.generate.batched import batch_invariant, run_together
+        from medgen.generate.batched import run_together
 
         start = time.perf_counter()
         outcomes = [RowOutcome(row.id, ok=False, worker=self.name) for row in rows]
@@ -112,8 +111,7 @@ class RowWorker:
                 todo.append((row, outcome))
         requests = [row.request(self.out_dir / ROWS_DIR / row.id) for row, _ in todo]
         try:
-            with batch_invariant():
-                results = run_together(self.inpainter, requests)
+            results = run_together(self.inpainter, requests)
         except Exception as error:  # the shared model call failed: every row of it failed
             results = [error] * len(todo)
         share = (time.perf_counter() - start) / max(len(todo), 1)

@@ -8,10 +8,11 @@ same row run alone. Two things make that hold:
   is drawn as when it runs alone, whatever else is in the call.
 - Convolutions, linear layers and group norms pick their kernels by batch size and memory layout
   (oneDNN and MKL on the CPU, cuDNN and cuBLAS on CUDA), so the same crop rounds differently in a batch
-  of 1 and of 8. Under :func:`batch_invariant` they run crop by crop, each crop contiguous, inside the
-  batched call; everything else (attention, layer norms, element-wise work, the sampler) is computed
-  per item by construction and stays batched. A batch run computes every row under it, however many
-  rows share a call.
+  of 1 and of 8. Under :func:`batch_invariant` they run unit by unit inside the batched call, each unit
+  contiguous: a crop, or inside a UNet call with classifier-free guidance the crop's unconditional and
+  conditional halves together (as a one-crop request gives them to the UNet). Everything else
+  (attention, layer norms, element-wise work, the sampler) is computed per item by construction and
+  stays batched. A batch run computes every row so, however many rows share a call.
 """
 
 from __future__ import annotations
@@ -66,23 +67,50 @@ def _batched(func, x) -> bool:
 
 
 class _PerSample(TorchFunctionMode):
+    """Runs _PER_SAMPLE functions unit by unit; ``guided_batch`` is the batch size of the guided UNet
+    call under way (its unconditional half first), else None."""
+
+    def __init__(self):
+        super().__init__()
+        self.guided_batch: int | None = None
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         x = args[0] if args else None
-        if func in _PER_SAMPLE and isinstance(x, torch.Tensor) and _batched(func, x):
-            # every item contiguous on its own, batch of 1 included, so all items take the same kernel
-            if x.shape[0] == 1:
-                return func(x.contiguous(), *args[1:], **kwargs)
-            return torch.cat([func(x[i : i + 1].contiguous(), *args[1:], **kwargs) for i in range(x.shape[0])])
-        return func(*args, **kwargs)
+        if func not in _PER_SAMPLE or not isinstance(x, torch.Tensor) or not _batched(func, x):
+            return func(*args, **kwargs)
+        size = x.shape[0]
+        if self.guided_batch == size and size % 2 == 0:
+            half = size // 2
+            outs = [func(x[[i, half + i]].contiguous(), *args[1:], **kwargs) for i in range(half)]
+            return torch.cat([out[:1] for out in outs] + [out[1:] for out in outs])
+        if size == 1:
+            return func(x.contiguous(), *args[1:], **kwargs)
+        return torch.cat([func(x[i : i + 1].contiguous(), *args[1:], **kwargs) for i in range(size)])
 
 
 @contextlib.contextmanager
-def batch_invariant():
-    """Run convolutions, linear layers and group norms one batch item at a time, so an item's result
-    does not depend on the batch it is in (see the module's docstring)."""
-    with _PerSample():
-        yield
+def batch_invariant(model: InpaintModel, *, guided: bool):
+    """Run convolutions, linear layers and group norms unit by unit (see the module's docstring), so
+    an item's result does not depend on the batch it is in. ``guided``: the UNet calls of this
+    generation carry classifier-free guidance (guidance scale > 1), unconditional half first."""
+    mode = _PerSample()
+
+    def enter_unet(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        mode.guided_batch = sample.shape[0] if guided else None
+
+    def leave_unet(module, args, output):
+        mode.guided_batch = None
+
+    unet = model.pipe.unet
+    hooks = [unet.register_forward_pre_hook(enter_unet, with_kwargs=True), unet.register_forward_hook(leave_unet)]
+    try:
+        with mode:
+            yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def can_generate_together(model: InpaintModel) -> bool:
@@ -93,8 +121,8 @@ def can_generate_together(model: InpaintModel) -> bool:
 def generate_together(model: InpaintModel, works: list[Generation]) -> list[np.ndarray]:
     """Every variant of every crop of several requests, pairs of the same call settings stacked into
     UNet calls of up to ``model.max_batch_size`` pairs. Returns one float32 (slices, variants, H, W)
-    array per request, equal to ``Inpainter.generate`` of that request alone when both run under
-    :func:`batch_invariant`."""
+    array per request, equal to :func:`generate_alone` of that request (both run under
+    :func:`batch_invariant`)."""
     runner = model.fast_runner
     resolution = model.resolution
     outputs, images, masks = [], [], []
@@ -114,28 +142,29 @@ def generate_together(model: InpaintModel, works: list[Generation]) -> list[np.n
 
     for (negative_prompt, steps, guidance_scale, strength), pairs in pairs_by_settings.items():
         cfg = guidance_scale > 1.0
-        positive = {}
-        for i, _, v in pairs:
-            prompt = works[i].prompts[v]
-            if prompt not in positive:
-                positive[prompt] = _positive_embeds(model, prompt, negative_prompt, cfg)
-        for start in range(0, len(pairs), model.max_batch_size):
-            batch = pairs[start : start + model.max_batch_size]
-            first_prompt = works[batch[0][0]].prompts[batch[0][2]]
-            result = runner(
-                torch.stack([images[i][n] for i, n, _ in batch]).mul(2.0).sub(1.0).contiguous(),
-                torch.stack([masks[i][n] for i, n, _ in batch]),
-                prompt=first_prompt,  # only its negative side is used: every pair's own embedding is given
-                negative_prompt=negative_prompt,
-                prompt_embeds=torch.cat([positive[works[i].prompts[v]] for i, _, v in batch]),
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                strength=strength,
-                generator=[torch.Generator("cpu").manual_seed(works[i].seeds[v]) for i, _, v in batch],
-            )
-            gray = result.float().mean(dim=1).clamp(-1.0, 1.0).cpu().numpy()
-            for (i, n, v), slice_out in zip(batch, gray):
-                outputs[i][n, v] = slice_out
+        with batch_invariant(model, guided=cfg):
+            positive = {}
+            for i, _, v in pairs:
+                prompt = works[i].prompts[v]
+                if prompt not in positive:
+                    positive[prompt] = _positive_embeds(model, prompt, negative_prompt, cfg)
+            for start in range(0, len(pairs), model.max_batch_size):
+                batch = pairs[start : start + model.max_batch_size]
+                result = runner(
+                    torch.stack([images[i][n] for i, n, _ in batch]).mul(2.0).sub(1.0).contiguous(),
+                    torch.stack([masks[i][n] for i, n, _ in batch]),
+                    # only the negative side of this prompt is used: each pair's own embedding is given
+                    prompt=works[batch[0][0]].prompts[batch[0][2]],
+                    negative_prompt=negative_prompt,
+                    prompt_embeds=torch.cat([positive[works[i].prompts[v]] for i, _, v in batch]),
+                    num_inference_steps=steps,
+                    guidance_scale=guidance_scale,
+                    strength=strength,
+                    generator=[torch.Generator("cpu").manual_seed(works[i].seeds[v]) for i, _, v in batch],
+                )
+                gray = result.float().mean(dim=1).clamp(-1.0, 1.0).cpu().numpy()
+                for (i, n, v), slice_out in zip(batch, gray):
+                    outputs[i][n, v] = slice_out
     return outputs
 
 
@@ -158,11 +187,27 @@ def adapter_key(inpainter: Inpainter):
     return inpainter._adapter_key
 
 
+def generate_alone(inpainter: Inpainter, work: Generation) -> np.ndarray:
+    """One request's crops through Inpainter.generate, under batch_invariant as in a shared call."""
+    with batch_invariant(inpainter.model, guided=work.guidance_scale > 1.0):
+        return inpainter.generate(work)
+
+
+def run_alone(inpainter: Inpainter, request: InpaintRequest) -> InpaintResult:
+    """One request through an Inpainter, its crops generated as run_together would (the same files)."""
+    steps = inpainter.steps(request)
+    work = next(steps)
+    try:
+        steps.send(generate_alone(inpainter, work))
+    except StopIteration as finished:
+        return finished.value
+    raise RuntimeError("Inpainter.steps yielded more than once")
+
+
 def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[InpaintResult | Exception]:
     """Several requests through one Inpainter: each read and cropped, their crops generated in shared
-    model calls, each written. One result or exception per request, in order; an exception raised by
-    the shared model call itself propagates. Run under :func:`batch_invariant` for outputs equal to
-    each request run alone."""
+    model calls, each written; the same files as run_alone of each. One result or exception per
+    request, in order; an exception raised by a shared model call itself propagates."""
     results: list = [None] * len(requests)
     started = []  # (index, the request's steps, its Generation, the adapters it was prepared with)
     for i, request in enumerate(requests):
@@ -181,13 +226,13 @@ def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[I
     if can_generate_together(model):
         generated = generate_together(model, works) if works else []
     else:
-        generated = [inpainter.generate(work) for work in works]
+        generated = [generate_alone(inpainter, work) for work in works]
     for (i, steps, _, _), crops in zip(together, generated):
         results[i] = _finish(steps, crops)
     for i, steps, _, _ in alone:
         steps.close()
         try:
-            results[i] = inpainter(requests[i])
+            results[i] = run_alone(inpainter, requests[i])
         except Exception as error:
             results[i] = error
     return results

@@ -114,3 +114,9 @@ def test_sheet_has_outline_zoom_box_colour_key_and_grows_with_variants(tmp_path)
     assert zoom_width > 2.5 * np.all(full == OUTLINE_COLOUR, axis=-1).any(axis=0).sum()
     key = sheet[-KEY_HEIGHT:]
     assert (key[..., 0] > 200).any() and (key[..., 2] > 200).any()  # the key shows both ends
+
+
+def test_a_radiograph_is_shown_as_stored_without_patient_directions(tmp_path):
+    view = display_transform(None)
+    assert view.plane == "as stored" and not any(view.labels)
+    assert not (view.transpose or view.flip_rows or view.flip_cols)

@@ -19,7 +19,7 @@ from medgen.generate.control import CONTROL_KINDS, control_image, load_controlne
 from medgen.generate.prompt_variations import check_prompt_variations, variant_prompts
 from medgen.imaging.crop import dilate_mask, feather_weights, mask_crop_box
 from medgen.imaging.crop import resize_image, resize_mask
-from medgen.imaging.intensity import IntensityMap, resolve_window
+from medgen.imaging.intensity import IntensityMap, modality_family, resolve_window
 from medgen.imaging.masks import read_mask, select_slices
 from medgen.imaging.preview import write_preview
 from medgen.imaging.read import read_volume
@@ -514,7 +514,8 @@ class Inpainter:
                 sources=[job.source_model for job in jobs],
                 masks=[job.mask for job in jobs],
                 variants=[[intensity.to_model_array(p[job.index], job.index) for job in jobs] for p in variant_pixels],
-                ijk_to_lps=volume.ijk_to_lps,
+                # a radiograph is a projection: no axial plane to orient, it is shown as stored
+                ijk_to_lps=None if modality_family(volume.modality) == "XR" else volume.ijk_to_lps,
                 prompt=request.prompt,
                 window=(intensity.window.center, intensity.window.width),
                 unit="HU" if provenance["parameters"].get("intensity", {}).get("source_modality") == "CT" else "",

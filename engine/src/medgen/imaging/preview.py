@@ -59,10 +59,14 @@ _SCREEN_AXES = {
 }
 
 
+AS_STORED = "as stored"
+
+
 def display_transform(ijk_to_lps: np.ndarray | None) -> DisplayTransform:
-    """The radiological view of a slice from the volume's IJK-to-LPS matrix (identity when unknown)."""
+    """The radiological view of a slice from the volume's IJK-to-LPS matrix; None (a projection
+    radiograph, or no geometry) shows the slice as stored, with no patient directions."""
     if ijk_to_lps is None:
-        return DisplayTransform(False, False, False, "axial", ("A", "P", "R", "L"))
+        return DisplayTransform(False, False, False, AS_STORED, ("", "", "", ""))
     matrix = np.asarray(ijk_to_lps, dtype=float)[:3, :3]
     col_axis, row_axis = matrix[:, 0], matrix[:, 1]
     normal = np.cross(col_axis, row_axis)
@@ -224,8 +228,11 @@ def write_preview(
         if window is not None
         else "window: -"
     )
-    draw.text((4, 18), f"{window_text}; {view.plane}, radiological view (patient right on the viewer's left)",
-              fill=TEXT_COLOUR)
+    orientation = (
+        "shown as stored (no patient orientation to turn it by)" if view.plane == AS_STORED
+        else f"{view.plane}, radiological view (patient right on the viewer's left)"
+    )
+    draw.text((4, 18), f"{window_text}; {orientation}", fill=TEXT_COLOUR)
     for column, header in enumerate(headers):
         draw.text((label_w + column * TILE + 4, TITLE_HEIGHT + 2), header, fill=TEXT_COLOUR)
     for row_number, (i, tiles) in enumerate(zip(rows, tiles_per_row)):

@@ -1,7 +1,9 @@
-"""The real-file corpus: every DICOM file pydicom and pydicom-data ship, found at test time, each run
-through the engine and sorted into one outcome.
+"""The real-file corpus: every DICOM file that installed packages ship (pydicom, pydicom-data, nibabel,
+pynetdicom, heudiconv; Debian's python3-pydicom, octave-dicom, dicomnifti, dicom3tools), found at test
+time and never copied into the repository, each run through the engine and sorted into one outcome.
 
-Run it as a script to measure the whole corpus (prints one line per case and the counts):
+Run it as a script to measure the whole corpus (prints one line per case, then the counts and refusal
+reasons per package):
 
     .venv/bin/python engine/tests/real_corpus.py [--steps 2] [--seg both|yes|no] [NAME_FILTER]
     .venv/bin/python engine/tests/real_corpus.py --preflight-only   # no model: outcome and pre-flight time

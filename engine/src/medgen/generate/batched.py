@@ -8,11 +8,11 @@ same row run alone. Two things make that hold:
   is drawn as when it runs alone, whatever else is in the call.
 - Convolutions, linear layers and group norms pick their kernels by batch size and memory layout
   (oneDNN and MKL on the CPU, cuDNN and cuBLAS on CUDA), so the same crop rounds differently in a batch
-  of 1 and of 8. Under :func:`batch_invariant` they run unit by unit inside the batched call, each unit
-  contiguous: a crop, or inside a UNet call with classifier-free guidance the crop's unconditional and
-  conditional halves together (as a one-crop request gives them to the UNet). Everything else
-  (attention, layer norms, element-wise work, the sampler) is computed per item by construction and
-  stays batched. A batch run computes every row so, however many rows share a call.
+  of 1 and of 8. Under :func:`batch_invariant` these layers of the model run unit by unit inside the
+  batched call, each unit contiguous: a crop, or inside a UNet call with classifier-free guidance the
+  crop's unconditional and conditional halves together (as a one-crop request gives them to the UNet).
+  Everything else (attention, layer norms, element-wise work, the sampler) is computed per item by
+  construction and stays batched. A batch run computes every row so, however many rows share a call.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from medgen.generate.inpaint import check_inputs, prompt_overflow
 from medgen.generate.prompt_blend import encode_blended_prompt, has_blend
@@ -56,61 +54,70 @@ class Generation:
         return (self.negative_prompt, self.num_inference_steps, self.guidance_scale, self.strength)
 
 
-_PER_SAMPLE = (F.conv2d, F.linear, F.group_norm)
-"""Functions run item by item: their kernels pick their algorithm, and for group_norm their reduction
+_PER_UNIT = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm)
+"""Layers run unit by unit: their kernels pick their algorithm, and for group norms their reduction
 order, by the batch size and the memory layout of the input."""
 
 
-def _batched(func, x) -> bool:
-    """Whether ``x`` has a batch dimension first (an unbatched conv2d input is (C, H, W))."""
-    return x.dim() == 4 if func is F.conv2d else x.dim() >= 2
-
-
-class _PerSample(TorchFunctionMode):
-    """Runs _PER_SAMPLE functions unit by unit; ``guided_batch`` is the batch size of the guided UNet
-    call under way (its unconditional half first), else None."""
+class _Units:
+    """Which items of a layer's input run together; ``guided_batch`` is the batch size of the guided
+    UNet call under way (its unconditional half first), else None."""
 
     def __init__(self):
-        super().__init__()
         self.guided_batch: int | None = None
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        x = args[0] if args else None
-        if func not in _PER_SAMPLE or not isinstance(x, torch.Tensor) or not _batched(func, x):
-            return func(*args, **kwargs)
-        size = x.shape[0]
-        if self.guided_batch == size and size % 2 == 0:
-            half = size // 2
-            outs = [func(x[[i, half + i]].contiguous(), *args[1:], **kwargs) for i in range(half)]
-            return torch.cat([out[:1] for out in outs] + [out[1:] for out in outs])
-        if size == 1:
-            return func(x.contiguous(), *args[1:], **kwargs)
-        return torch.cat([func(x[i : i + 1].contiguous(), *args[1:], **kwargs) for i in range(size)])
+    def wrap(self, forward, has_batch):
+        def run(x, *args, **kwargs):
+            if not has_batch(x):
+                return forward(x, *args, **kwargs)
+            size = x.shape[0]
+            if self.guided_batch == size and size % 2 == 0 and size > 2:
+                half = size // 2
+                outs = [forward(x[[i, half + i]].contiguous(), *args, **kwargs) for i in range(half)]
+                return torch.cat([out[:1] for out in outs] + [out[1:] for out in outs])
+            if size == 1 or self.guided_batch == size == 2:  # one unit: the whole input
+                return forward(x.contiguous(), *args, **kwargs)
+            return torch.cat([forward(x[i : i + 1].contiguous(), *args, **kwargs) for i in range(size)])
+
+        return run
+
+
+def _has_batch(module):
+    """Whether a layer's input has a batch dimension first (an unbatched Conv2d input is (C, H, W))."""
+    if isinstance(module, torch.nn.Conv2d):
+        return lambda x: isinstance(x, torch.Tensor) and x.dim() == 4
+    return lambda x: isinstance(x, torch.Tensor) and x.dim() >= 2
 
 
 @contextlib.contextmanager
 def batch_invariant(model: InpaintModel, *, guided: bool):
-    """Run convolutions, linear layers and group norms unit by unit (see the module's docstring), so
-    an item's result does not depend on the batch it is in. ``guided``: the UNet calls of this
-    generation carry classifier-free guidance (guidance scale > 1), unconditional half first."""
-    mode = _PerSample()
+    """Run the model's convolutions, linear layers and group norms unit by unit (see the module's
+    docstring), so an item's result does not depend on the batch it is in. ``guided``: the UNet calls
+    of this generation carry classifier-free guidance (guidance scale > 1), unconditional half first.
+    Not re-entrant: one at a time per model."""
+    units = _Units()
 
     def enter_unet(module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
-        mode.guided_batch = sample.shape[0] if guided else None
+        units.guided_batch = sample.shape[0] if guided else None
 
     def leave_unet(module, args, output):
-        mode.guided_batch = None
+        units.guided_batch = None
 
-    unet = model.pipe.unet
-    hooks = [unet.register_forward_pre_hook(enter_unet, with_kwargs=True), unet.register_forward_hook(leave_unet)]
+    pipe = model.pipe
+    roots = [pipe.unet, pipe.vae, pipe.text_encoder]
+    layers = [m for root in roots if root is not None for m in root.modules() if isinstance(m, _PER_UNIT)]
+    for layer in layers:  # an instance attribute: nn.Module.__call__ calls it instead of the class's forward
+        layer.forward = units.wrap(layer.forward, _has_batch(layer))
+    hooks = [pipe.unet.register_forward_pre_hook(enter_unet, with_kwargs=True),
+             pipe.unet.register_forward_hook(leave_unet)]
     try:
-        with mode:
-            yield
+        yield
     finally:
         for hook in hooks:
             hook.remove()
+        for layer in layers:
+            del layer.forward
 
 
 def can_generate_together(model: InpaintModel) -> bool:

@@ -49,6 +49,20 @@ def test_csv_rows_become_requests_with_paths_from_the_manifest_folder(files):
     assert b.options["seed"] == derived_seed("b") and derived_seed("a") != derived_seed("b")
 
 
+def test_modality_columns_state_a_sources_modality_or_force_it_as_the_inpaint_options_do(files):
+    manifest = write_csv(
+        files,
+        "id,input,mask,prompt,modality,force-modality\n"
+        "t1,ct.dcm,mask.nii.gz,cyst,MR,\n"
+        "us,ct.dcm,mask.nii.gz,cyst,,yes\n"
+        "bad,ct.dcm,mask.nii.gz,cyst,M R,\n",
+    )
+    checked = read_manifest(manifest)
+    t1, us = checked.rows
+    assert t1.options["source_modality"] == "MR" and us.options["force_modality"] is True
+    assert [(p.line, "--modality" in p.reason) for p in checked.problems] == [(4, True)]
+
+
 def test_every_bad_row_is_listed_with_its_line_and_all_its_reasons(files):
     manifest = write_csv(
         files,

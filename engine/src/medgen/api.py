@@ -250,6 +250,12 @@ class Inpainter:
             self._model = load_model(self.model_path, **self._load_options)
         return self._model
 
+    @property
+    def adapter_key(self) -> tuple | None:
+        """Which adapters the loaded model carries now (preparing a request may change them): a batch
+        runner shares one model call only between requests prepared with the same set."""
+        return self._adapter_key
+
     def _contracts(self):
         """The model's intensity contracts from its medgen.json (None for a single-file checkpoint)."""
         from medgen.generate.settings import read_model_contracts

@@ -49,6 +49,7 @@ SPECIAL_COLUMNS: dict[str, Column] = {
     "adapter": Column("adapters", "path_specs"),
     "controlnet": Column("controlnet", "path_spec"),
     "prompt-variations": Column("prompt_variations", "variations"),
+    "modality": Column("source_modality", "text"),
 }
 """Columns whose name is the `medgen inpaint` option rather than the request field, or whose value
 is a path (made absolute from the manifest's folder) or a list."""

@@ -189,11 +189,6 @@ def _positive_embeds(model: InpaintModel, prompt: str, negative_prompt: str | No
     return positive
 
 
-def adapter_key(inpainter: Inpainter):
-    """Which adapters the inpainter's model carries now (preparing a request may change them)."""
-    return inpainter._adapter_key
-
-
 def generate_alone(inpainter: Inpainter, work: Generation) -> np.ndarray:
     """One request's crops through Inpainter.generate, under batch_invariant as in a shared call."""
     with batch_invariant(inpainter.model, guided=work.guidance_scale > 1.0):
@@ -220,12 +215,12 @@ def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[I
     for i, request in enumerate(requests):
         steps = inpainter.steps(request)
         try:
-            started.append((i, steps, next(steps), adapter_key(inpainter)))
+            started.append((i, steps, next(steps), inpainter.adapter_key))
         except Exception as error:  # bad input: this request's failure only
             results[i] = error
 
     # a request prepared with other adapters than the model carries now runs again alone afterwards
-    current = adapter_key(inpainter)
+    current = inpainter.adapter_key
     together = [s for s in started if s[3] == current]
     alone = [s for s in started if s[3] != current]
     model = inpainter.model

@@ -85,3 +85,20 @@ def test_train_lora_on_phantom_mr_records_the_mr_percentile_contract(tmp_path, p
     manifest = json.loads((out / "adapter.json").read_text())
     assert manifest["modality"] == "MR" and manifest["intensity"] == {"percentiles": [0.5, 99.5]}
     assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_the_models_hash_leaves_its_inner_adapters_out_but_an_adapter_folder_hashes_itself(tmp_path):
+    from medgen.dicom.provenance import sha256_model
+
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "w.safetensors").write_bytes(b"base weights")
+    before = sha256_model(model)
+    adapter = model / "modalities" / "mr"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter.json").write_text("{}")
+    (adapter / "pytorch_lora_weights.safetensors").write_bytes(b"lora")
+    assert sha256_model(model) == before  # an MR adapter trained on this base still matches it
+    assert sha256_model(adapter) != before  # and is hashed on its own
+    (model / "unet" / "w.safetensors").write_bytes(b"other weights")
+    assert sha256_model(model) != before

@@ -67,9 +67,10 @@ def model_weight_manifest(path: str | Path) -> list[tuple[str, str]]:
 
     Adapters kept inside the folder (a folder with an ``adapter.json``, such as the demo model's
     ``modalities/mr``) are not part of the model: each is hashed on its own in the provenance's adapter
-    records, and an adapter trained on this model keeps matching its base's hash."""
+    records, and an adapter trained on this model keeps matching its base's hash. (An adapter's own
+    folder, a ControlNet's say, is hashed whole.)"""
     root = Path(path)
-    adapter_dirs = {manifest.parent for manifest in root.rglob("adapter.json")}
+    adapter_dirs = {manifest.parent for manifest in root.rglob("adapter.json") if manifest.parent != root}
     files = sorted(
         (p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(WEIGHT_SUFFIXES)
          and not adapter_dirs.intersection(p.parents)),

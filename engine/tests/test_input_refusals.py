@@ -326,3 +326,17 @@ def test_a_seg_over_images_with_an_empty_slice_thickness_reads_back_in_highdicom
     seg.save_as(path)
     measures = hd.seg.segread(path).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert float(measures.SliceThickness) > 0
+
+
+def test_stderr_collected_around_a_native_call_is_kept_in_the_log_not_lost(caplog):
+    import logging
+    import os
+
+    from medgen.imaging.library_messages import captured_native_stderr
+
+    with caplog.at_level(logging.INFO, logger="medgen.native"):
+        with captured_native_stderr() as messages:
+            os.write(2, b"** ERROR: a decoder's own line\nanother   thread's line\n")
+    assert messages == ["** ERROR: a decoder's own line", "another thread's line"]
+    assert [r.getMessage() for r in caplog.records if r.name == "medgen.native"] == [
+        f"stderr while a library ran: {m}" for m in messages]

@@ -58,6 +58,8 @@ def first_line(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+NATIVE_LOGGER = logging.getLogger("medgen.native")
+
 # One capture of the process's stderr at a time: file descriptor 2 is shared by every thread
 _NATIVE_LOCK = threading.RLock()
 
@@ -67,7 +69,9 @@ def captured_native_stderr() -> Iterator[list[str]]:
     """Collect what native code (ITK's warnings, niftilib's "** ERROR" lines, a Rust decoder's panic
     message) writes straight to file descriptor 2, as one-line strings, instead of letting it reach
     the terminal ahead of the engine's own one-line error. Wrap only the library call itself: while
-    it runs, anything else the process writes to stderr is collected too."""
+    it runs, anything else the process writes to stderr is collected too; so every collected line is
+    logged afterwards at INFO on ``medgen.native`` (shown by ``--verbose``, and always by the server,
+    whose other threads may have written in that window), and nothing is lost."""
     messages: list[str] = []
     with _NATIVE_LOCK, tempfile.TemporaryFile() as capture:
         sys.stderr.flush()
@@ -82,3 +86,5 @@ def captured_native_stderr() -> Iterator[list[str]]:
             capture.seek(0)
             text = capture.read().decode("utf-8", "replace")
             messages.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
+            for message in messages:
+                NATIVE_LOGGER.info("stderr while a library ran: %s", message)

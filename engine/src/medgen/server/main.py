@@ -108,6 +108,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         format="medgen serve: %(levelname)s: %(message)s",
     )
     logging.getLogger("medgen.server").setLevel(logging.INFO)
+    logging.getLogger("medgen.native").setLevel(logging.INFO)  # stderr lines collected around native decoders
 
     # 1. Check the options before anything is created
     if not is_loopback(args.host) and not args.allow_remote:

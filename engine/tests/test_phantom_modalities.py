@@ -102,3 +102,23 @@ def test_the_models_hash_leaves_its_inner_adapters_out_but_an_adapter_folder_has
     assert sha256_model(adapter) != before  # and is hashed on its own
     (model / "unet" / "w.safetensors").write_bytes(b"other weights")
     assert sha256_model(model) != before
+
+
+def test_train_adapters_command_writes_both_adapters_and_states_them_in_medgen_json(tmp_path, phantom_model_dir):
+    import shutil
+
+    from medgen.cli import main
+    from medgen.dicom.provenance import sha256_model
+    from medgen.generate.settings import read_model_contracts
+
+    model = tmp_path / "model"
+    shutil.copytree(phantom_model_dir, model, ignore=shutil.ignore_patterns("modalities"))
+    record = json.loads((model / "medgen.json").read_text())
+    (model / "medgen.json").write_text(json.dumps({k: v for k, v in record.items() if k != "modalities"}))
+    assert read_model_contracts(model).others == ()
+    assert main(["phantom", "train-adapters", "--model", str(model), "--crops", "4", "--steps", "1"]) == 0
+    contracts = read_model_contracts(model)
+    assert [(c.modality, c.adapter) for c in contracts.others] == [("MR", "modalities/mr"), ("CR", "modalities/cr")]
+    assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in phantom_model_dir.iterdir())
+    assert sha256_model(model) == sha256_model(phantom_model_dir)  # the base weights are untouched
+    assert main(["phantom", "train-adapters", "--model", str(tmp_path / "nothing")]) == 2

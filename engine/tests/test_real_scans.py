@@ -126,3 +126,24 @@ def test_mricron_t1_mr_nifti_stated_as_mr_takes_the_mr_adapter_noise_and_seam_in
     intensity = provenance["parameters"]["intensity"]
     assert intensity["source_modality"] == "MR" and intensity["modality_rule"] == "given by the user"
     assert provenance["adapters"][0]["from_model_contract"] == "modalities/mr"
+
+
+def test_ct_and_mr_requests_alternate_on_one_loaded_model_with_the_same_results_as_fresh_loads(
+    phantom_model_dir, tmp_path
+):
+    """The MR adapter is taken off again for the next CT request instead of reloading the model, and
+    neither result depends on what ran before it."""
+    from medgen.api import Inpainter
+    from medgen.imaging.read import read_volume
+
+    shared = Inpainter(phantom_model_dir, device="cpu")
+    model = shared.model
+    runs = []
+    for n, name in enumerate(["CT_small.dcm", "MR_small.dcm", "CT_small.dcm", "MR_small.dcm"]):
+        runs.append((name, run_or_skip(shared, name, tmp_path / f"{n}-{name}", **QUICK)))
+        assert shared.model is model, f"request {n} ({name}) loaded the model again"
+    for n, (name, result) in enumerate(runs):
+        fresh = run_or_skip(Inpainter(phantom_model_dir, device="cpu"), name, tmp_path / f"fresh-{n}", **QUICK)
+        expected = read_volume(fresh.variant_dirs[0]).pixels
+        assert np.array_equal(read_volume(result.variant_dirs[0]).pixels, expected), name
+    assert "modalities/mr" in shared.adapter_key[0][0]

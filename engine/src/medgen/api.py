@@ -264,13 +264,18 @@ class Inpainter:
 
     def _apply_adapters(self, request: InpaintRequest, modality_adapter: str | None = None) -> list[dict]:
         """Load the modality's adapter (a folder inside the model folder) and the request's adapters once
-        per adapter set; a different set reloads the model first (a textual inversion cannot be taken
-        out of the tokenizer again)."""
+        per adapter set. Another set after LoRAs alone takes them off the loaded model (its base weights
+        were never changed), so CT and MR requests can alternate without a load; after a textual
+        inversion or a ControlNet the model is loaded again (a token cannot be taken out of the
+        tokenizer)."""
         specs = ([str(self.model_path / modality_adapter)] if modality_adapter else []) + list(request.adapters)
         key = (tuple(specs), request.token, request.controlnet, request.control_from)
         if key == self._adapter_key:
             return self._adapter_records
-        if self._adapter_records:  # this model carries another set: start again from a clean load
+        if self._adapter_records and all(record["kind"] == "lora" for record in self._adapter_records):
+            self._model.pipe.unload_lora_weights()
+            self._model._fast_runner = None  # rebuilt without adapter layers (QKV fused again)
+        elif self._adapter_records:  # this model carries another set: start again from a clean load
             self._model = None
         records = []
         if specs:

@@ -123,3 +123,44 @@ def test_bench_batch_times_one_row_per_call_against_n_with_the_demo_model(tmp_pa
     assert all(r["rows_per_min"] > 0 for r in results)
     assert "local, batch 3 / local, batch 1 rows per minute: " in table
     assert_same_outputs(tmp_path / "local-1", tmp_path / "local-3")
+
+
+def test_demo_model_ct_and_mr_rows_share_calls_by_adapter_set_each_prepared_once(dataset, tmp_path):
+    """With the demo model an MR row carries the MR adapter and a CT row none: run_together gives each
+    set its own shared call, prepares every row once, and writes what each row alone writes."""
+    import dataclasses
+
+    from medgen.api import Inpainter
+    from medgen.generate.batched import run_alone, run_together
+    from medgen.phantom.model import demo_model_path
+
+    rows = {r.id: r for r in read_manifest(dataset).rows}
+    chosen = [rows["ct-1"], rows["mr-1"], rows["ct-2"]]
+
+    def requests(folder):
+        return [dataclasses.replace(r.request(tmp_path / folder / "rows" / r.id), num_inference_steps=2)
+                for r in chosen]
+
+    inpainter = Inpainter(demo_model_path(), device="cpu")
+    prepared = []
+    steps = inpainter.steps
+    inpainter.steps = lambda request: (prepared.append(request.input), steps(request))[1]
+    unet_batches = []
+    inpainter.model.pipe.unet.register_forward_pre_hook(lambda module, args: unet_batches.append(args[0].shape[0]))
+    results = run_together(inpainter, requests("together"))
+    assert all(not isinstance(result, Exception) for result in results), results
+    assert len(prepared) == 3  # no row read and cropped twice
+    mr = json.loads((results[1].out / "provenance.json").read_text())
+    assert mr["adapters"][0]["from_model_contract"] == "modalities/mr"
+    assert not json.loads((results[0].out / "provenance.json").read_text()).get("adapters")
+    inpainter.steps = steps
+    alone = [run_alone(Inpainter(demo_model_path(), device="cpu"), request) for request in requests("alone")]
+    import pydicom
+
+    for together_result, alone_result in zip(results, alone):
+        for variant_dir in together_result.variant_dirs:
+            files = sorted(variant_dir.rglob("*.dcm"))
+            assert files
+            for path in files:  # the same pixels and UIDs (creation times are the run's own)
+                a, b = pydicom.dcmread(path), pydicom.dcmread(alone_result.out / variant_dir.name / path.name)
+                assert a.PixelData == b.PixelData and a.SOPInstanceUID == b.SOPInstanceUID, path

@@ -269,9 +269,15 @@ class Inpainter:
         inversion or a ControlNet the model is loaded again (a token cannot be taken out of the
         tokenizer)."""
         specs = ([str(self.model_path / modality_adapter)] if modality_adapter else []) + list(request.adapters)
-        key = (tuple(specs), request.token, request.controlnet, request.control_from)
+        key = (tuple(specs), request.token, request.controlnet, request.control_from, modality_adapter)
+        return self.use_adapter_key(key)
+
+    def use_adapter_key(self, key: tuple) -> list[dict]:
+        """Make the model carry the adapter set ``key`` (an ``adapter_key``): a batch runner that prepared
+        requests under several sets returns to each set for its requests' shared model call."""
         if key == self._adapter_key:
             return self._adapter_records
+        specs, token, controlnet, control_from, modality_adapter = key
         if self._adapter_records and all(record["kind"] == "lora" for record in self._adapter_records):
             self._model.pipe.unload_lora_weights()
             self._model._fast_runner = None  # rebuilt without adapter layers (QKV fused again)
@@ -281,21 +287,21 @@ class Inpainter:
         if specs:
             from medgen.generate.adapters import load_adapters
 
-            records = load_adapters(self.model, specs, token=request.token)
+            records = load_adapters(self.model, list(specs), token=token)
             if modality_adapter:
                 records[0]["from_model_contract"] = modality_adapter
-        if request.controlnet is not None:
+        if controlnet is not None:
             from medgen.dicom.provenance import sha256_model
 
-            path, scale = parse_controlnet_spec(request.controlnet)
-            load_controlnet(self.model, path, scale, request.control_from)
+            path, scale = parse_controlnet_spec(controlnet)
+            load_controlnet(self.model, path, scale, control_from)
             records.append(
                 {
                     "kind": "controlnet",
                     "path": str(path),
                     "sha256": sha256_model(path),
                     "scale": scale,
-                    "control_from": request.control_from,
+                    "control_from": control_from,
                 }
             )
         self._adapter_key, self._adapter_records = key, records

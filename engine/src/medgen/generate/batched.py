@@ -219,24 +219,21 @@ def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[I
         except Exception as error:  # bad input: this request's failure only
             results[i] = error
 
-    # a request prepared with other adapters than the model carries now runs again alone afterwards
-    current = inpainter.adapter_key
-    together = [s for s in started if s[3] == current]
-    alone = [s for s in started if s[3] != current]
-    model = inpainter.model
-    works = [work for _, _, work, _ in together]
-    if can_generate_together(model):
-        generated = generate_together(model, works) if works else []
-    else:
-        generated = [generate_alone(inpainter, work) for work in works]
-    for (i, steps, _, _), crops in zip(together, generated):
-        results[i] = _finish(steps, crops)
-    for i, steps, _, _ in alone:
-        steps.close()
-        try:
-            results[i] = run_alone(inpainter, requests[i])
-        except Exception as error:
-            results[i] = error
+    # requests prepared under different adapter sets (a CT row and an MR row: the MR adapter) share a
+    # call with their own set only: the set the model carries now first, then each other one in turn
+    groups: dict[tuple, list] = {}
+    for item in sorted(started, key=lambda item: item[3] != inpainter.adapter_key):
+        groups.setdefault(item[3], []).append(item)
+    for key, members in groups.items():
+        inpainter.use_adapter_key(key)
+        model = inpainter.model
+        works = [work for _, _, work, _ in members]
+        if can_generate_together(model):
+            generated = generate_together(model, works)
+        else:
+            generated = [generate_alone(inpainter, work) for work in works]
+        for (i, steps, _, _), crops in zip(members, generated):
+            results[i] = _finish(steps, crops)
     return results
 
 

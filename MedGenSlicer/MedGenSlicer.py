@@ -119,6 +119,7 @@ class MedGenSlicerParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     numVariants: Annotated[int, WithinRange(1, 16)] = 1
     maskDilationMm: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
+    forceModality: bool = False
     exportDestination: str = ""
     deidentifyExport: bool = False
 
@@ -465,6 +466,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 seed=node.seed,
                 num_variants=node.numVariants,
                 mask_dilate_mm=node.maskDilationMm,
+                force_modality=node.forceModality,
             )
             sliceToRAS = self.logic.redSliceToRAS() if node.currentSliceOnly else None
             volume, segmentation, segmentId = node.inputVolume, node.segmentation, node.segmentId

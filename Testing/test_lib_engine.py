@@ -255,3 +255,12 @@ def test_busy_refused_failed_and_cancelled_jobs_each_say_so(engine):
     final = follow(monitor, timeout=60)[-1]
     assert final.kind == "finished" and final.status["state"] == "cancelled"
     assert final.status["progress"]["steps_done"] < 200
+
+
+def test_modality_fields_are_sent_only_when_set():
+    from MedGenSlicerLib.payload import InpaintParameters
+
+    plain = InpaintParameters(prompt="lesion").to_json()
+    assert "source_modality" not in plain and "force_modality" not in plain
+    stated = InpaintParameters(prompt="lesion", source_modality="MR", force_modality=True).to_json()
+    assert stated["source_modality"] == "MR" and stated["force_modality"] is True

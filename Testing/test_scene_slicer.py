@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import time
 from pathlib import Path
 
@@ -52,17 +53,21 @@ class FolderOfInstances:
     """The two questions the module asks Slicer's DICOM database, answered from files on disk."""
 
     def __init__(self, paths):
-        self._paths, self._positions = {}, {}
+        self._paths, self._positions, self._modalities = {}, {}, {}
         for path in paths:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             self._paths[ds.SOPInstanceUID] = str(path)
             self._positions[ds.SOPInstanceUID] = [float(v) for v in ds.ImagePositionPatient]
+            self._modalities[ds.SOPInstanceUID] = ds.Modality
 
     def path(self, uid):
         return self._paths.get(uid)
 
     def position(self, uid):
         return self._positions.get(uid)
+
+    def modality(self, uid):
+        return self._modalities.get(uid)
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +279,10 @@ def test_edited_voxels_are_sent_as_they_are_and_dicom_files_that_disagree_are_re
     assert refused.value.status == 400 and refused.value.code == "pixels_differ_from_dicom"
     assert "outside the mask" in str(refused.value) and "send its voxels without the DICOM files" in str(refused.value)
 
-    # Sent without the templates, the edited voxels are what the engine inpaints and returns
+    # Sent without the templates, the edited voxels are what the engine inpaints and returns; the job
+    # still says the files' modality, so the engine applies the model's contract for it
     upload = upload_from_scene(node, segmentation, segment_id, parameters(), dicom=lookup, use_dicom_templates=False)
+    assert json.loads(dict(upload.fields)["parameters"])["source_modality"] == "CT"
     _, (event,) = run_job(client, upload)
     result = slicer.util.arrayFromVolume(load_variant(node, event.image, event.result, event.variant))
     np.testing.assert_array_equal(result[labelmap == 0], edited[labelmap == 0])

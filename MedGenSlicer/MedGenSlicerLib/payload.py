@@ -50,6 +50,10 @@ class InpaintParameters:
     seed: Optional[int] = None
     num_variants: int = 1
     mask_dilate_mm: float = 2.0
+    # the volume's modality (from its DICOM files), sent so that a job that goes as voxels alone still
+    # takes the model's contract and adapter for that modality
+    source_modality: Optional[str] = None
+    force_modality: bool = False  # run a modality the model does not cover
 
     def check(self) -> None:
         """The checks a person can fix in the panel, before anything is sent."""
@@ -79,6 +83,8 @@ class InpaintParameters:
             "num_variants": int(self.num_variants),
             "mask_dilate_mm": float(self.mask_dilate_mm),
             "all_slices": True,
+            "source_modality": self.source_modality or None,
+            "force_modality": True if self.force_modality else None,
         }
         if self.seed is not None:
             parameters["seed"] = int(self.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +30,7 @@ JOB_ATTRIBUTE = "MedGenSlicer.JobId"
 SEED_ATTRIBUTE = "MedGenSlicer.Seed"
 MASK_CHUNK_SLICES = 32  # slices of the segment exported at a time while looking for the ones it touches
 _IMAGE_POSITION_TAG = "0020,0032"
+_MODALITY_TAG = "0008,0060"
 
 
 class DicomLookup:
@@ -47,6 +49,10 @@ class DicomLookup:
             return [float(v) for v in value.split("\\")] if value else None
         except ValueError:
             return None
+
+    def modality(self, uid: str) -> Optional[str]:
+        value = self.database.instanceValue(uid, _MODALITY_TAG)
+        return value.strip() if value and value.strip() else None
 
 
 def slicer_dicom_lookup() -> Optional[DicomLookup]:
@@ -195,6 +201,14 @@ def dicom_templates(volume_node, k0: int, k1: int, lookup: Optional[DicomLookup]
 # --- upload and variants -------------------------------------------------------------------------
 
 
+def volume_modality(volume_node, lookup: Optional[DicomLookup]) -> Optional[str]:
+    """The Modality of the DICOM files the node was loaded from (its first instance), or None."""
+    uids = (volume_node.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
+    if not uids or lookup is None:
+        return None
+    return lookup.modality(uids[0])
+
+
 def upload_from_scene(volume_node, segmentation_node, segment_id: str, parameters: InpaintParameters,
                       slices: Optional[Sequence[int]] = None, *, dicom: Optional[DicomLookup] = None,
                       use_dicom_templates: bool = True) -> JobUpload:
@@ -205,13 +219,16 @@ def upload_from_scene(volume_node, segmentation_node, segment_id: str, parameter
     go along as header templates, so the synthetic series joins the source's study.
     """
     parameters.check()
+    lookup = dicom if dicom is not None else slicer_dicom_lookup()
+    if parameters.source_modality is None:  # so that voxels sent alone keep the model's contract for it
+        parameters = replace(parameters, source_modality=volume_modality(volume_node, lookup))
     matrix = ijk_to_ras(volume_node)
     mask_slab, k0 = segment_mask_slab(volume_node, segmentation_node, segment_id, slices)
     k1 = k0 + mask_slab.shape[0]
     source_slab, slab_matrix = crop_slab(_voxels(volume_node), matrix, k0, k1)
     templates: List[str] = []
     if use_dicom_templates:
-        templates = dicom_templates(volume_node, k0, k1, dicom if dicom is not None else slicer_dicom_lookup())
+        templates = dicom_templates(volume_node, k0, k1, lookup)
     return slab_upload(source_slab, mask_slab, slab_matrix, k0, parameters, templates=templates)
 
 

@@ -308,10 +308,14 @@ class Inpainter:
         return records
 
     def __call__(self, request: InpaintRequest, progress: ProgressCallback | None = None) -> InpaintResult:
+        return self.run(request, lambda work: self.generate(work, progress))
+
+    def run(self, request: InpaintRequest, generate: Callable) -> InpaintResult:
+        """One request, its model work (a Generation) done by ``generate``, which returns the crops."""
         steps = self.steps(request)
         work = next(steps)
         try:
-            steps.send(self.generate(work, progress))
+            steps.send(generate(work))
         except StopIteration as finished:
             return finished.value
         raise RuntimeError("Inpainter.steps yielded more than once")

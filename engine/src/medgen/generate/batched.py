@@ -197,13 +197,7 @@ def generate_alone(inpainter: Inpainter, work: Generation) -> np.ndarray:
 
 def run_alone(inpainter: Inpainter, request: InpaintRequest) -> InpaintResult:
     """One request through an Inpainter, its crops generated as run_together would (the same files)."""
-    steps = inpainter.steps(request)
-    work = next(steps)
-    try:
-        steps.send(generate_alone(inpainter, work))
-    except StopIteration as finished:
-        return finished.value
-    raise RuntimeError("Inpainter.steps yielded more than once")
+    return inpainter.run(request, lambda work: generate_alone(inpainter, work))
 
 
 def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[InpaintResult | Exception]:

@@ -26,7 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors import SafetensorError, safe_open
 
 from medgen.errors import InputError
-from medgen.generate.settings import read_model_contracts, read_recommended_settings
+from medgen.generate.settings import read_recommended_settings
 from medgen.generate import inpaint as _inpaint
 
 logger = logging.getLogger(__name__)
@@ -94,11 +94,6 @@ class InpaintModel:
     def recommended_settings(self) -> dict:
         """Settings the model's author recommends (its medgen.json); empty when there are none."""
         return read_recommended_settings(self.path) if self.path.is_dir() else {}
-
-    @property
-    def intensity_contract(self):
-        """The modalities and intensity mappings the model was trained with (its medgen.json), or None."""
-        return read_model_contracts(self.path) if self.path.is_dir() else None
 
     @property
     def model_id(self) -> str:

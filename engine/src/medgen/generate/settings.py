@@ -43,7 +43,10 @@ def read_recommended_settings(model_path: str | Path) -> dict:
 def read_intensity_contract(model_path: str | Path) -> IntensityContract | None:
     """The modality and intensity mapping the model was trained with; None when its medgen.json
     states none (then the engine's defaults apply: CT soft tissue, else percentiles)."""
-    settings_file, settings = _read_model_settings_file(model_path)
+    return _main_contract(*_read_model_settings_file(model_path))
+
+
+def _main_contract(settings_file: Path, settings: dict) -> IntensityContract | None:
     if "modality" in settings and "intensity" not in settings:
         raise InputError(settings_file, "states a modality but no intensity mapping ('intensity')")
     return IntensityContract.from_json(settings, str(settings_file))
@@ -53,8 +56,8 @@ def read_model_contracts(model_path: str | Path) -> ModelContracts | None:
     """Every contract the model's medgen.json states: the main one and, under ``modalities``, one per
     further modality (each with its intensity mapping and, optionally, the adapter folder trained for
     it). Read from the file alone, so a source the model cannot take is refused before any weight loads."""
-    main = read_intensity_contract(model_path)
     settings_file, settings = _read_model_settings_file(model_path)
+    main = _main_contract(settings_file, settings)
     others = settings.get("modalities", {})
     if others and main is None:
         raise InputError(settings_file, "states 'modalities' but no main contract ('modality' and 'intensity')")

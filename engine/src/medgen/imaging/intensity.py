@@ -96,7 +96,13 @@ def _percentile_window(
     """Robust range of modality values; MONOCHROME1 needs nothing special since the range is symmetric."""
     if not slices:
         raise InputError("window", "no slices to choose a window from")
-    values = np.concatenate([modality_gray(volume, k).ravel() for k in slices])
+    return percentile_window(np.concatenate([modality_gray(volume, k).ravel() for k in slices]), percentiles)
+
+
+def percentile_window(values: np.ndarray, percentiles: tuple[float, float] = PERCENTILE_RANGE) -> Window:
+    """The window spanning the given percentiles of modality values (the phantom renderings use it too,
+    so their training crops are mapped as inference maps a source)."""
+    values = np.asarray(values).ravel()
     if values.size > _PERCENTILE_SAMPLE:
         values = values[:: values.size // _PERCENTILE_SAMPLE + 1]
     lower, upper = np.percentile(values, percentiles)

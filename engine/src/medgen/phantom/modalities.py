@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medgen.imaging.intensity import PERCENTILE_RANGE
+from medgen.imaging.intensity import percentile_window
 from medgen.phantom.anatomy import Tissue, object_slice
-from medgen.phantom.dataset import HEALTHY, crop_pair, draw_lesion_slice
+from medgen.phantom.dataset import crop_pair, draw_lesion_slice
 from medgen.phantom.lesions import BASE_TYPES
 
 MODALITIES = ("MR", "CR")
@@ -55,8 +55,8 @@ XR_HALF_HEIGHT_PX = 40
 
 def to_model_by_percentiles(image: np.ndarray) -> np.ndarray:
     """The engine's rule for a source without a fixed window: 0.5-99.5 % of the image span [-1, 1]."""
-    low, high = np.percentile(image, PERCENTILE_RANGE)
-    return np.clip((image - low) / max(high - low, 1e-6) * 2.0 - 1.0, -1.0, 1.0)
+    window = percentile_window(image)
+    return np.clip((image - window.lower) / window.width * 2.0 - 1.0, -1.0, 1.0)
 
 
 def t1_object(hu: np.ndarray, labels: np.ndarray, healthy_hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -118,32 +118,24 @@ def xr_image(paths: np.ndarray, blur_px: float, rng: np.random.Generator) -> np.
     return (blurred + noise) * 400.0
 
 
-def make_modality_pair(
-    rng: np.random.Generator, resolution: int, modality: str, healthy_fraction: float = 0.0, types=BASE_TYPES
-):
-    """One random pair rendered as ``modality`` ("MR" or "CR"), in make_pair's form (crop, mask, lesion
-    code, organ, radius), or None when the draw gave no usable lesion site."""
+def make_modality_pair(rng: np.random.Generator, resolution: int, modality: str, types=BASE_TYPES):
+    """One random lesion pair rendered as ``modality`` ("MR" or "CR"), in make_pair's form (crop, mask,
+    lesion-type index, organ, radius), or None when the draw gave no usable lesion site."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    draw = draw_lesion_slice(rng, healthy_fraction, types)
+    draw = draw_lesion_slice(rng, 0.0, types)  # adapters learn lesions: no healthy pairs
     if draw is None:
         return None
-    lesion_present = not draw.healthy
     if modality == "MR":
-        hu = draw.with_lesion if lesion_present else draw.hu
-        image = mr_image(t1_object(hu, draw.labels, draw.hu, rng), draw.body.blur_px, rng)
+        image = mr_image(t1_object(draw.with_lesion, draw.labels, draw.hu, rng), draw.body.blur_px, rng)
         footprint = draw.footprint
     else:
-        paths, footprint = projection(draw.body, draw.grid, draw.lesion.center_mm[2],
-                                      draw.lesion if lesion_present else None, XR_LESION_GAIN)
-        if not lesion_present:  # a healthy pair still needs the lesion's projected shape as its mask
-            _, footprint = projection(draw.body, draw.grid, draw.lesion.center_mm[2], draw.lesion, XR_LESION_GAIN)
+        paths, footprint = projection(draw.body, draw.grid, draw.lesion.center_mm[2], draw.lesion, XR_LESION_GAIN)
         image = xr_image(paths, draw.body.blur_px, rng)
     if footprint.sum() < 6:
         return None
     crop, crop_mask = crop_pair(rng, to_model_by_percentiles(image), footprint, resolution)
-    code = HEALTHY if draw.healthy else draw.type_index
-    return crop, crop_mask, code, int(draw.organ), draw.lesion.radius_mm
+    return crop, crop_mask, draw.type_index, int(draw.organ), draw.lesion.radius_mm
 
 
 def modality_pairs(count: int, modality: str, *, seed: int, resolution: int = 64, types=BASE_TYPES):
@@ -152,7 +144,7 @@ def modality_pairs(count: int, modality: str, *, seed: int, resolution: int = 64
     rng = np.random.default_rng(seed)
     pairs = []
     while len(pairs) < count:
-        pair = make_modality_pair(rng, resolution, modality, types=types)
+        pair = make_modality_pair(rng, resolution, modality, types)
         if pair is not None and pair[1].any():
             pairs.append(pair[:3])
     return pairs

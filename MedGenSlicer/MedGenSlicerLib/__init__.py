@@ -5,7 +5,8 @@
 - `results`: the result manifest, variants back on the source grid, the DICOM zip;
 - `geometry`: slices, slabs and grids from IJK-to-RAS matrices;
 - `nrrd`: a small exact NRRD reader and writer;
-- `tasks`: engine calls (jobs, PACS exports) on background threads for a GUI that polls with a timer;
+- `tasks`: engine calls and PACS exports on background threads for a GUI that polls with a timer;
+- `jobs`: following one job through dropped connections and restarts, variants cut and converted off the GUI thread;
 - `scene`: Slicer's MRML nodes ⇄ uploads and variant volumes (needs Slicer or slicer-core when called,
   not when imported).
 """
@@ -32,7 +33,8 @@ from .geometry import GeometryError, paste_on_grid, slice_in_view, touched_slice
 from .nrrd import NrrdImage, nrrd_bytes, read_nrrd, write_nrrd
 from .payload import InpaintParameters, JobUpload, array_upload, dicom_upload, parse_prompt_variations, random_seed
 from .results import JobResult, extract_zip, variant_on_source, write_private_report
-from .tasks import BackgroundCall, ExportEvent, ExportMonitor, JobEvent, JobMonitor, deliver, export_summary
+from .jobs import JobGone, JobMonitor, VariantSlab
+from .tasks import BackgroundCall, ExportEvent, ExportMonitor, JobEvent, deliver, export_summary
 
 __all__ = [
     "DEFAULT_URL",
@@ -51,6 +53,7 @@ __all__ = [
     "InpaintParameters",
     "JobEvent",
     "JobFailed",
+    "JobGone",
     "JobMonitor",
     "JobResult",
     "JobUpload",
@@ -72,6 +75,7 @@ __all__ = [
     "read_nrrd",
     "slice_in_view",
     "touched_slices",
+    "VariantSlab",
     "variant_on_source",
     "write_nrrd",
     "write_private_report",

@@ -132,6 +132,7 @@ class EngineClient:
                 f"{self.url} is another machine over plain http: the token and the scans would travel unencrypted. "
                 f"Use https (or an SSH tunnel to a local port), or agree to send them in the clear"
             )
+        self.allow_plain_http = allow_plain_http
         self.timeout = timeout
         self.upload_timeout = upload_timeout
         handlers = []
@@ -165,9 +166,10 @@ class EngineClient:
 
     def submit(self, upload: JobUpload) -> dict:
         """Queue a job; returns its id and place in the queue."""
-        body, content_type = upload.encode()
+        body, length, content_type = upload.encode_stream()  # files are read as they are sent, not held
         try:
-            return self._json("POST", "/v1/jobs", body=body, content_type=content_type, timeout=self.upload_timeout)
+            return self._json("POST", "/v1/jobs", body=body, content_type=content_type, timeout=self.upload_timeout,
+                              content_length=length)
         except EngineUnreachable:
             # A server that answers before reading the whole upload (bad token, full queue) closes the
             # connection under us; ask a cheap question to learn why.
@@ -239,13 +241,16 @@ class EngineClient:
         method: str,
         path: str,
         *,
-        body: Optional[bytes] = None,
+        body=None,
         content_type: Optional[str] = None,
         auth: bool = True,
         timeout: Optional[float] = None,
         accept: str = "application/json",
+        content_length: Optional[int] = None,
     ) -> bytes:
         headers = {"Accept": accept}
+        if content_length is not None:  # a body given as chunks
+            headers["Content-Length"] = str(content_length)
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:

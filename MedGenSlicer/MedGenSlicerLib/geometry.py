@@ -81,6 +81,30 @@ def crop_slab(array: np.ndarray, ijk_to_ras: np.ndarray, k0: int, k1: int) -> Tu
     return np.asarray(array)[k0:k1], matrix
 
 
+def crop_rows_columns(array: np.ndarray, ijk_to_ras: np.ndarray, box: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Rows [j0, j1) and columns [i0, i1) of every slice of ``array`` (``box`` = (j0, j1, i0, i1)), copied,
+    and the matrix that places them where they were."""
+    j0, j1, i0, i1 = (int(v) for v in box)
+    matrix = np.array(ijk_to_ras, dtype=np.float64)
+    matrix[:3, 3] = matrix[:3, 3] + j0 * matrix[:3, 1] + i0 * matrix[:3, 0]
+    return np.array(np.asarray(array)[:, j0:j1, i0:i1], copy=True), matrix
+
+
+def changed_region(mask: np.ndarray, ijk_to_ras: np.ndarray, margin_mm: float, extra_voxels: int = 3) -> Tuple[int, int, int, int]:
+    """(j0, j1, i0, i1): the rows and columns a job on ``mask`` (k, j, i) may change, the mask's box grown by
+    ``margin_mm`` (the engine's mask dilation) and ``extra_voxels``. The engine leaves every voxel outside
+    its dilated mask as it was, so a variant is kept as this box alone, not as its whole slab."""
+    mask = np.asarray(mask)
+    rows = np.flatnonzero(mask.any(axis=(0, 2)))
+    columns = np.flatnonzero(mask.any(axis=(0, 1)))
+    if rows.size == 0:
+        raise GeometryError("the segment is empty; paint the region to inpaint first")
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=np.float64)[:3, :2], axis=0)  # i, j
+    grow_i, grow_j = (int(np.ceil(max(float(margin_mm), 0.0) / s)) + int(extra_voxels) for s in spacing)
+    return (max(0, int(rows[0]) - grow_j), min(mask.shape[1], int(rows[-1]) + 1 + grow_j),
+            max(0, int(columns[0]) - grow_i), min(mask.shape[2], int(columns[-1]) + 1 + grow_i))
+
+
 def grid_mapping(
     target_ijk_to_ras: np.ndarray, piece_ijk_to_ras: np.ndarray
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -79,6 +79,66 @@ def _vector(values) -> str:
     return "(" + ",".join(_number(v) for v in values) + ")"
 
 
+def nrrd_header(
+    shape,
+    dtype,
+    ijk_to_ras: np.ndarray,
+    *,
+    space: str = "RAS",
+    key_values: Optional[Dict[str, str]] = None,
+) -> bytes:
+    """The header of a raw-encoded NRRD of an array of ``shape`` (k, j, i[, c]) and ``dtype``; the
+    little-endian voxels follow it in (k, j, i[, c]) order."""
+    shape = tuple(int(n) for n in shape)
+    dtype = np.dtype(np.uint8 if np.dtype(dtype) == np.bool_ else dtype)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"array must be (k, j, i) or (k, j, i, components), got shape {shape}")
+    kind = dtype.str[1:]
+    if kind not in _WRITE_TYPES:
+        raise ValueError(f"NRRD cannot hold dtype {dtype}")
+    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"ijk_to_ras must be 4x4, got {matrix.shape}")
+    space = space.upper()
+    if space not in _SPACE_NAMES:
+        raise ValueError(f"space must be RAS or LPS, got {space!r}")
+    if space == "LPS":
+        matrix = RAS_FROM_LPS @ matrix
+
+    directions = [_vector(matrix[:3, axis]) for axis in range(3)]
+    sizes = [shape[2], shape[1], shape[0]]
+    kinds = ["domain"] * 3
+    if len(shape) == 4:  # components vary fastest in (k, j, i, c) order, so they are NRRD's first axis
+        sizes.insert(0, shape[3])
+        directions.insert(0, "none")
+        kinds.insert(0, "vector")
+    lines = [
+        "NRRD0004",
+        "# Complete NRRD file format specification at: http://teem.sourceforge.net/nrrd/format.html",
+        f"type: {_WRITE_TYPES[kind]}",
+        f"dimension: {len(shape)}",
+        f"space: {_SPACE_NAMES[space]}",
+        "sizes: " + " ".join(str(int(s)) for s in sizes),
+        "space directions: " + " ".join(directions),
+        "kinds: " + " ".join(kinds),
+        "endian: little",
+        "encoding: raw",
+        f"space origin: {_vector(matrix[:3, 3])}",
+    ]
+    for key, value in (key_values or {}).items():
+        if ":=" in key or "\n" in key or "\n" in str(value):
+            raise ValueError(f"key/value {key!r} cannot be written in an NRRD header")
+        lines.append(f"{key}:={value}")
+    return ("\n".join(lines) + "\n\n").encode("ascii")
+
+
+def _little_endian_bytes(array: np.ndarray) -> bytes:
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
 def nrrd_bytes(
     array: np.ndarray,
     ijk_to_ras: np.ndarray,
@@ -92,49 +152,45 @@ def nrrd_bytes(
     describe the same place. Booleans are written as unsigned char.
     """
     array = np.asarray(array)
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    if array.ndim not in (3, 4):
-        raise ValueError(f"array must be (k, j, i) or (k, j, i, components), got shape {array.shape}")
-    kind = array.dtype.str[1:]
-    if kind not in _WRITE_TYPES:
-        raise ValueError(f"NRRD cannot hold dtype {array.dtype}")
-    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
-    if matrix.shape != (4, 4):
-        raise ValueError(f"ijk_to_ras must be 4x4, got {matrix.shape}")
-    space = space.upper()
-    if space not in _SPACE_NAMES:
-        raise ValueError(f"space must be RAS or LPS, got {space!r}")
-    if space == "LPS":
-        matrix = RAS_FROM_LPS @ matrix
+    return nrrd_header(array.shape, array.dtype, ijk_to_ras, space=space, key_values=key_values) + _little_endian_bytes(array)
 
-    directions = [_vector(matrix[:3, axis]) for axis in range(3)]
-    sizes = [array.shape[2], array.shape[1], array.shape[0]]
-    kinds = ["domain"] * 3
-    if array.ndim == 4:  # components vary fastest in (k, j, i, c) order, so they are NRRD's first axis
-        sizes.insert(0, array.shape[3])
-        directions.insert(0, "none")
-        kinds.insert(0, "vector")
-    lines = [
-        "NRRD0004",
-        "# Complete NRRD file format specification at: http://teem.sourceforge.net/nrrd/format.html",
-        f"type: {_WRITE_TYPES[kind]}",
-        f"dimension: {array.ndim}",
-        f"space: {_SPACE_NAMES[space]}",
-        "sizes: " + " ".join(str(int(s)) for s in sizes),
-        "space directions: " + " ".join(directions),
-        "kinds: " + " ".join(kinds),
-        "endian: little",
-        "encoding: raw",
-        f"space origin: {_vector(matrix[:3, 3])}",
-    ]
-    for key, value in (key_values or {}).items():
-        if ":=" in key or "\n" in key or "\n" in str(value):
-            raise ValueError(f"key/value {key!r} cannot be written in an NRRD header")
-        lines.append(f"{key}:={value}")
-    header = ("\n".join(lines) + "\n\n").encode("ascii")
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    return header + data
+
+class NrrdSlabWriter:
+    """Writes a raw NRRD a few slices at a time, so a GUI can spread a large slab over many short steps.
+
+    The file is written under a temporary name and renamed into place by `close`; nothing half-written
+    carries the final name."""
+
+    def __init__(self, path: Union[str, Path], shape, dtype, ijk_to_ras: np.ndarray, **options):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.written = 0
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._file = open(self._partial, "wb")
+        self._file.write(nrrd_header(self.shape, self.dtype, ijk_to_ras, **options))
+
+    def write(self, slices: np.ndarray) -> None:
+        """The next slices, (n, j, i[, c]) in the writer's dtype."""
+        slices = np.asarray(slices)
+        if slices.shape[1:] != self.shape[1:] or self.written + slices.shape[0] > self.shape[0]:
+            raise ValueError(f"slices of shape {slices.shape} do not continue a slab of shape {self.shape} "
+                             f"after {self.written} slices")
+        self._file.write(_little_endian_bytes(slices.astype(self.dtype, copy=False)))
+        self.written += slices.shape[0]
+
+    def close(self) -> Path:
+        self._file.close()
+        if self.written != self.shape[0]:
+            self._partial.unlink()
+            raise ValueError(f"{self.path}: {self.written} of {self.shape[0]} slices written")
+        self._partial.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._file.close()
+        if self._partial.exists():
+            self._partial.unlink()
 
 
 def write_nrrd(path: Union[str, Path], array: np.ndarray, ijk_to_ras: np.ndarray, **options) -> Path:

@@ -7,11 +7,12 @@ Only the slab of slices the mask touches is sent, with the geometry that places 
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -93,10 +94,28 @@ class InpaintParameters:
 
 @dataclass
 class FilePart:
+    """One file of the upload: its bytes, or (``path``) a file read only while the upload is sent."""
+
     field: str
     filename: str
-    data: bytes
+    data: Optional[bytes] = None
     content_type: str = "application/octet-stream"
+    path: Optional[str] = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.path is None else Path(self.path).stat().st_size
+
+    def chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        if self.path is None:
+            yield self.data
+            return
+        with open(self.path, "rb") as source:
+            while True:
+                chunk = source.read(chunk_size)
+                if not chunk:
+                    return
+                yield chunk
 
 
 @dataclass
@@ -110,27 +129,37 @@ class JobUpload:
 
     @property
     def size(self) -> int:
-        return sum(len(part.data) for part in self.files) + sum(len(value) for _, value in self.fields)
+        return sum(part.size for part in self.files) + sum(len(value) for _, value in self.fields)
 
     def encode(self) -> Tuple[bytes, str]:
         """multipart/form-data body and its Content-Type."""
+        chunks, _, content_type = self.encode_stream()
+        return b"".join(chunks), content_type
+
+    def encode_stream(self) -> Tuple[Iterable[bytes], int, str]:
+        """The multipart/form-data body as chunks (files read as they are sent), its length, its Content-Type."""
         boundary = f"medgenslicer-{uuid.uuid4().hex}"
-        chunks = []
+        heads = []
         for name, value in self.fields:
-            chunks.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
-                f"Content-Type: text/plain; charset=utf-8\r\n\r\n".encode("utf-8")
-            )
-            chunks.append(value.encode("utf-8") + b"\r\n")
+            heads.append((f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
+                          f"Content-Type: text/plain; charset=utf-8\r\n\r\n".encode("utf-8")
+                          + value.encode("utf-8") + b"\r\n", None))
         for part in self.files:
-            chunks.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{part.field}"; '
-                f'filename="{_quote(part.filename)}"\r\nContent-Type: {part.content_type}\r\n\r\n'.encode("utf-8")
-            )
-            chunks.append(part.data)
-            chunks.append(b"\r\n")
-        chunks.append(f"--{boundary}--\r\n".encode("ascii"))
-        return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+            heads.append((f'--{boundary}\r\nContent-Disposition: form-data; name="{part.field}"; '
+                          f'filename="{_quote(part.filename)}"\r\nContent-Type: {part.content_type}\r\n\r\n'
+                          .encode("utf-8"), part))
+        tail = f"--{boundary}--\r\n".encode("ascii")
+        length = len(tail) + sum(len(head) + (part.size + 2 if part is not None else 0) for head, part in heads)
+
+        def chunks() -> Iterator[bytes]:
+            for head, part in heads:
+                yield head
+                if part is not None:
+                    yield from part.chunks()
+                    yield b"\r\n"
+            yield tail
+
+        return chunks(), length, f"multipart/form-data; boundary={boundary}"
 
 
 def _quote(filename: str) -> str:
@@ -243,3 +272,21 @@ def dicom_upload(
     return JobUpload(
         fields=[("parameters", json.dumps(parameters.to_json()))], files=files, slab_start=k0, slab_stop=k1
     )
+
+
+def upload_spec(upload: JobUpload, folder: Path) -> dict:
+    """The upload as the worker process takes it (`worker.upload_from_task`): every part in memory written
+    to a private file in ``folder``; parts already in files are named as they are."""
+    folder = Path(folder)
+    files = []
+    for number, part in enumerate(upload.files):
+        path = part.path
+        if path is None:
+            path = str(folder / f"upload-{number:05d}.part")
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(part.data)
+        files.append({"field": part.field, "filename": part.filename, "content_type": part.content_type,
+                      "path": str(path)})
+    return {"fields": [list(field) for field in upload.fields], "files": files,
+            "slab_start": upload.slab_start, "slab_stop": upload.slab_stop}

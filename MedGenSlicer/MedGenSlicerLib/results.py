@@ -99,27 +99,41 @@ def decode_variant(data: bytes) -> NrrdImage:
     return read_nrrd(data)
 
 
+CONVERSION_CHUNK_VOXELS = 1 << 20  # float64 work per step: 8 MB whatever the slab's size
+
+
 def to_modality_values(
     stored: np.ndarray, slopes: Sequence[float], intercepts: Sequence[float], dtype
 ) -> np.ndarray:
     """Stored values → modality values per slice (HU for CT), in ``dtype`` (Slicer's volume's type).
 
+    Converted a few rows at a time into the result, so the float work costs at most
+    CONVERSION_CHUNK_VOXELS doubles beside the input and the output, never eight times the slab.
     Integer targets are rounded and must fit: a result that does not is refused rather than wrapped.
     """
     stored = np.asarray(stored)
-    slopes = np.asarray(slopes, dtype=np.float64)
-    intercepts = np.asarray(intercepts, dtype=np.float64)
-    if np.all(slopes == 1.0) and np.all(intercepts == 0.0) and np.can_cast(stored.dtype, dtype, "safe"):
-        return stored.astype(dtype)
-    shape = (-1,) + (1,) * (stored.ndim - 1)
-    values = stored.astype(np.float64) * slopes.reshape(shape) + intercepts.reshape(shape)
+    slopes = np.asarray(slopes, dtype=np.float64).reshape(-1)
+    intercepts = np.asarray(intercepts, dtype=np.float64).reshape(-1)
     target = np.dtype(dtype)
-    if target.kind in "iu":
-        info = np.iinfo(target)
-        values = np.round(values)
-        if values.min() < info.min or values.max() > info.max:
-            raise ValueError(f"modality values {values.min()}..{values.max()} do not fit the volume's {target}")
-    return values.astype(target)
+    if np.all(slopes == 1.0) and np.all(intercepts == 0.0) and np.can_cast(stored.dtype, target, "safe"):
+        return stored.astype(target)
+    if stored.ndim < 2 or len(slopes) not in (1, stored.shape[0]) or len(intercepts) not in (1, stored.shape[0]):
+        raise ValueError(f"{len(slopes)} rescale slopes and {len(intercepts)} intercepts for slices of shape {stored.shape}")
+    result = np.empty(stored.shape, dtype=target)
+    limits = np.iinfo(target) if target.kind in "iu" else None
+    row_voxels = int(np.prod(stored.shape[2:], dtype=np.int64))
+    rows_per_chunk = max(1, CONVERSION_CHUNK_VOXELS // max(1, row_voxels))
+    for k in range(stored.shape[0]):
+        slope, intercept = slopes[k % len(slopes)], intercepts[k % len(intercepts)]
+        for row in range(0, stored.shape[1], rows_per_chunk):
+            rows = slice(row, row + rows_per_chunk)
+            values = stored[k, rows] * slope + intercept  # float64 for one chunk only
+            if limits is not None:
+                np.round(values, out=values)
+                if values.size and (values.min() < limits.min or values.max() > limits.max):
+                    raise ValueError(f"modality values {values.min()}..{values.max()} do not fit the volume's {target}")
+            result[k, rows] = values
+    return result
 
 
 def variant_on_source(
@@ -157,13 +171,18 @@ def extract_zip(data: bytes, folder: Path) -> List[Path]:
     return written
 
 
-def write_private_report(html: bytes, job_id: str) -> Path:
-    """Save a job's HTML report where only this user can read it (a new 0700 folder, a 0600 file), for
-    the system browser to open: the report shows the patient's images."""
-    folder = Path(tempfile.mkdtemp(prefix="medgenslicer-report-"))
+def write_private_report(html: bytes, job_id: str, folder: Optional[Path] = None) -> Path:
+    """Save a job's HTML report where only this user can read it (a 0600 file in ``folder``, else in a new
+    0700 folder), for the system browser to open: the report shows the patient's images."""
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="medgenslicer-report-"))
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:64] or "job"
     path = folder / f"report-{safe_id}.html"
-    descriptor = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    partial = folder / f".report-{safe_id}.html.partial"
+    descriptor = os.open(str(partial), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as out:
         out.write(html)
+    os.replace(partial, path)
     return path

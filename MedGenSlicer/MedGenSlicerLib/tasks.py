@@ -1,7 +1,8 @@
 """Run engine calls off Slicer's GUI thread; the GUI picks up what happened from a qt.QTimer.
 
 Threads here never touch Qt or MRML: they only talk HTTP and decode numpy arrays, and hand their
-results over through a queue that the timer drains (`JobMonitor.events`, `BackgroundCall.done`).
+results over through a queue that the timer drains (`ExportMonitor.events`, `BackgroundCall.done`).
+Following a job lives in `jobs.JobMonitor`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from .client import EngineClient, EngineError, EngineTimeout, JobFailed
+from .client import EngineClient, EngineError, EngineTimeout
 from .nrrd import NrrdImage
-from .payload import JobUpload
-from .results import JobResult, VariantInfo, decode_variant
+from .results import JobResult, VariantInfo
 
 POLL_INTERVAL_S = 0.5
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 EXPORT_FINAL_STATES = ("succeeded", "failed")
 EXPORT_MAX_WAIT_S = 3600.0  # the engine's own timeouts end an export long before; this only guards a bug
 
@@ -74,7 +73,10 @@ def deliver(events: Iterable, handle: Callable[[Any], None], report: Callable[[A
 
 @dataclass
 class JobEvent:
-    """What happened to a job: kind is submitted, status, variant, finished or error."""
+    """What happened to a job: kind is submitted, status, reconnecting, reconnected, variant, finished or error.
+
+    A variant comes as ``image`` (stored values) or, when the monitor converts, as ``slab`` (a
+    `jobs.VariantSlab` of modality values)."""
 
     kind: str
     status: Optional[dict] = None
@@ -82,6 +84,7 @@ class JobEvent:
     image: Optional[NrrdImage] = None
     result: Optional[JobResult] = None
     error: Optional[EngineError] = None
+    slab: Any = None
 
 
 class _BackgroundMonitor:
@@ -111,76 +114,6 @@ class _BackgroundMonitor:
                 drained.append(self.events.get_nowait())
             except queue.Empty:
                 return drained
-
-
-class JobMonitor(_BackgroundMonitor):
-    """Submit one job (or take one already submitted), follow it, and download each variant as soon as
-    the engine publishes it."""
-
-    thread_name = "MedGenSlicer-job"
-
-    def __init__(
-        self,
-        client: EngineClient,
-        upload: Optional[JobUpload] = None,
-        *,
-        job_id: Optional[str] = None,
-        poll_interval: float = POLL_INTERVAL_S,
-    ):
-        if (upload is None) == (job_id is None):
-            raise ValueError("give an upload to submit or the id of a submitted job, not both")
-        self.client = client
-        self.upload = upload
-        self.poll_interval = poll_interval
-        self.job_id: Optional[str] = job_id
-        self._cancel = threading.Event()
-        super().__init__()
-
-    def cancel(self) -> None:
-        """Ask the engine to stop the job (at its next step); the monitor reports when it has."""
-        self._cancel.set()
-
-    def _run(self) -> None:
-        try:
-            if self.upload is not None:
-                created = self.client.submit(self.upload)
-                self.job_id = created["id"]
-                self.events.put(JobEvent("submitted", status=created))
-            self._follow()
-        except EngineError as exc:
-            self.events.put(JobEvent("error", error=exc))
-        except Exception as exc:  # noqa: BLE001 - a decoding bug must reach the user, not die silently
-            self.events.put(JobEvent("error", error=EngineError(f"unexpected error: {type(exc).__name__}: {exc}")))
-
-    def _follow(self) -> None:
-        fetched = 0
-        cancel_sent = False
-        while True:
-            if self._cancel.is_set() and not cancel_sent:
-                self.client.cancel(self.job_id)
-                cancel_sent = True
-            status = self.client.status(self.job_id)
-            self.events.put(JobEvent("status", status=status))
-            if status["variants_ready"] > fetched:
-                fetched = self._fetch_variants(fetched)
-            if status["state"] in FINAL_STATES:
-                break
-            if cancel_sent:
-                time.sleep(self.poll_interval)
-            else:
-                self._cancel.wait(self.poll_interval)  # wakes at once when the user cancels
-        if status["state"] == "failed":
-            raise JobFailed(f"the engine could not finish the job: {status.get('error') or 'no reason given'}")
-        result = self.client.result(self.job_id) if fetched else None
-        self.events.put(JobEvent("finished", status=status, result=result))
-
-    def _fetch_variants(self, fetched: int) -> int:
-        result = self.client.result(self.job_id)
-        for variant in result.variants[fetched:]:
-            image = decode_variant(self.client.download(variant.array_url))
-            self.events.put(JobEvent("variant", variant=variant, image=image, result=result))
-            fetched = variant.index
-        return fetched
 
 
 @dataclass

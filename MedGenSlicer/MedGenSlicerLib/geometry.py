@@ -140,11 +140,21 @@ def paste_into(
 ) -> None:
     """Write ``piece`` into ``target`` in place, where it lies in space; only the piece's voxels are touched,
     so a slab costs a slab of memory however large the target is."""
-    axes, signs, offset = grid_mapping(target_ijk_to_ras, piece_ijk_to_ras)
+    where, order = placement(target.shape, target_ijk_to_ras, np.shape(piece), piece_ijk_to_ras)
     piece = np.asarray(piece)
-    piece_sizes = (piece.shape[2], piece.shape[1], piece.shape[0])  # i, j, k
-    target_sizes = (target.shape[2], target.shape[1], target.shape[0])
-    # For each target axis (i, j, k), the target indices the piece covers, in piece order
+    piece_ijk = np.moveaxis(piece, [0, 1, 2], [2, 1, 0])  # → (i, j, k[, c])
+    in_target_ijk = np.transpose(piece_ijk, list(order) + list(range(3, piece.ndim)))
+    target[where] = np.moveaxis(in_target_ijk, [0, 1, 2], [2, 1, 0]).astype(target.dtype, copy=False)
+
+
+def placement(
+    target_shape: Sequence[int], target_ijk_to_ras: np.ndarray, piece_shape: Sequence[int], piece_ijk_to_ras: np.ndarray
+) -> Tuple[tuple, Tuple[int, int, int]]:
+    """Where a piece lands in a target: the target's (k, j, i) index (for ``target[index]``) and, for each
+    target axis (i, j, k), the piece axis that runs along it."""
+    axes, signs, offset = grid_mapping(target_ijk_to_ras, piece_ijk_to_ras)
+    piece_sizes = (piece_shape[2], piece_shape[1], piece_shape[0])  # i, j, k
+    target_sizes = (target_shape[2], target_shape[1], target_shape[0])
     index = [None, None, None]
     for piece_axis in range(3):
         target_axis = axes[piece_axis]
@@ -152,13 +162,8 @@ def paste_into(
         if positions.min() < 0 or positions.max() >= target_sizes[target_axis]:
             raise GeometryError("the result reaches outside the source volume")
         index[target_axis] = (piece_axis, positions)
-    # Reorder the piece's axes to the target's (k, j, i) order, then assign
-    piece_ijk = np.moveaxis(piece, [0, 1, 2], [2, 1, 0])  # → (i, j, k[, c])
-    order = [index[target_axis][0] for target_axis in range(3)]
-    in_target_ijk = np.transpose(piece_ijk, order + list(range(3, piece.ndim)))
-    in_target = np.moveaxis(in_target_ijk, [0, 1, 2], [2, 1, 0])
     i_pos, j_pos, k_pos = (index[axis][1] for axis in range(3))
-    target[np.ix_(k_pos, j_pos, i_pos)] = in_target.astype(target.dtype, copy=False)
+    return np.ix_(k_pos, j_pos, i_pos), tuple(index[axis][0] for axis in range(3))
 
 
 def instances_in_slab(

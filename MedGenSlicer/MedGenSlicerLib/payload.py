@@ -217,22 +217,26 @@ def slab_upload(
     source_slab, mask_slab = np.asarray(source_slab), np.asarray(mask_slab)
     if mask_slab.shape != source_slab.shape[:3]:
         raise ValueError(f"mask slab shape {mask_slab.shape} differs from the source slab's {source_slab.shape[:3]}")
-    pixels = nrrd_bytes(source_slab, slab_ijk_to_ras)
-    if templates:
-        files = [
-            FilePart("source", f"slice-{n:05d}.dcm", Path(path).read_bytes(), "application/dicom")
-            for n, path in enumerate(templates)
-        ]
-        files.append(FilePart(SOURCE_PIXELS_FIELD, "pixels.nrrd", pixels))
-    else:
-        files = [FilePart("source", "source.nrrd", pixels)]
-    files.append(FilePart("mask", "mask.nrrd", nrrd_bytes((mask_slab != 0).astype(np.uint8), slab_ijk_to_ras)))
-    return JobUpload(
-        fields=[("parameters", json.dumps(parameters.to_json()))],
-        files=files,
-        slab_start=int(slab_start),
-        slab_stop=int(slab_start) + int(source_slab.shape[0]),
+    return assemble_upload(
+        FilePart("source", "source.nrrd", nrrd_bytes(source_slab, slab_ijk_to_ras)),
+        FilePart("mask", "mask.nrrd", nrrd_bytes((mask_slab != 0).astype(np.uint8), slab_ijk_to_ras)),
+        int(slab_start), int(slab_start) + int(source_slab.shape[0]), parameters, templates=templates,
     )
+
+
+def assemble_upload(pixels: FilePart, mask: FilePart, slab_start: int, slab_stop: int,
+                    parameters: InpaintParameters, *, templates: Sequence[str] = ()) -> JobUpload:
+    """The parts of a job: the slab's voxels and mask (NRRD) and, as header templates, its DICOM files
+    (read only while the upload is sent)."""
+    if templates:
+        files = [FilePart("source", f"slice-{n:05d}.dcm", content_type="application/dicom", path=str(path))
+                 for n, path in enumerate(templates)]
+        files.append(FilePart(SOURCE_PIXELS_FIELD, "pixels.nrrd", pixels.data, pixels.content_type, pixels.path))
+    else:
+        files = [pixels]
+    files.append(mask)
+    return JobUpload(fields=[("parameters", json.dumps(parameters.to_json()))], files=files,
+                     slab_start=int(slab_start), slab_stop=int(slab_stop))
 
 
 def dicom_upload(

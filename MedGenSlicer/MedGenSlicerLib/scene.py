@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .geometry import GeometryError, crop_slab, grid_mapping, instances_in_slab, paste_into
-from .nrrd import NrrdImage
-from .payload import InpaintParameters, JobUpload, slab_upload
+from .geometry import GeometryError, changed_region, crop_slab, grid_mapping, instances_in_slab, paste_into, placement
+from .nrrd import NrrdImage, NrrdSlabWriter
+from .payload import FilePart, InpaintParameters, JobUpload, assemble_upload, slab_upload, upload_spec
 from .results import JobResult, VariantInfo, to_modality_values
 
 logger = logging.getLogger(__name__)
@@ -109,13 +110,15 @@ def _reference_node(volume_node, k0: int, k1: int):
     return reference
 
 
-def segment_mask_slab(volume_node, segmentation_node, segment_id: str,
-                      slices: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, int]:
-    """The segment on the volume's grid, cut to the slices it touches: (uint8 (k, j, i) slab, first k).
+def segment_mask_planes(volume_node, segmentation_node, segment_id: str, slices: Optional[Sequence[int]] = None,
+                        chunk_slices: int = MASK_CHUNK_SLICES) -> Iterator[List[Tuple[int, np.ndarray]]]:
+    """The segment on the volume's grid, a chunk of slices at a time: yields, per chunk, the (k, bool plane)
+    of the slices it touches there (an empty list for a chunk it misses), so a GUI can take one chunk per step.
 
     Exported through Slicer's Segmentations logic (so a segmentation on another grid, or under a
-    transform, is resampled as Slicer would) a chunk of slices at a time, never the whole volume.
-    ``slices`` limits the mask to those slices (the one in the Red view).
+    transform, is resampled as Slicer would), never the whole volume at once. ``slices`` limits the mask
+    to those slices (the one in the slice view). Raises GeometryError after the last chunk when the
+    segment touched none of them.
     """
     import slicer
     import vtk
@@ -128,14 +131,14 @@ def segment_mask_slab(volume_node, segmentation_node, segment_id: str,
     if any(not 0 <= k < num_slices for k in wanted):
         raise GeometryError(f"slices {wanted} reach outside the volume's 0..{num_slices - 1}")
     scene = volume_node.GetScene()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MedGenSlicer export (temporary)")
     segment_ids = vtk.vtkStringArray()
     segment_ids.InsertNextValue(segment_id)
-    touched = {}
-    try:
-        for start in range(0, len(wanted), MASK_CHUNK_SLICES):
-            chunk = wanted[start:start + MASK_CHUNK_SLICES]
-            k0, k1 = chunk[0], chunk[-1] + 1
+    touched_any = False
+    for start in range(0, len(wanted), chunk_slices):
+        chunk = wanted[start:start + chunk_slices]
+        k0, k1 = chunk[0], chunk[-1] + 1
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MedGenSlicer export (temporary)")
+        try:
             exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
                 segmentation_node, segment_ids, labelmap, _reference_node(volume_node, k0, k1),
                 slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
@@ -145,14 +148,22 @@ def segment_mask_slab(volume_node, segmentation_node, segment_id: str,
             part = slicer.util.arrayFromVolume(labelmap)
             if part.shape != (k1 - k0, rows, columns):
                 raise GeometryError(f"the exported segment has shape {part.shape}, expected {(k1 - k0, rows, columns)}")
-            for k in chunk:
-                if part[k - k0].any():
-                    touched[k] = (part[k - k0] != 0).astype(np.uint8)
-    finally:
-        _remove_with_display(scene, labelmap)
-    if not touched:
+            planes = [(k, part[k - k0] != 0) for k in chunk if part[k - k0].any()]
+        finally:
+            _remove_with_display(scene, labelmap)
+        touched_any = touched_any or bool(planes)
+        yield planes
+    if not touched_any:
         where = "" if slices is None else f" on slice {', '.join(str(k) for k in wanted)}"
         raise GeometryError(f"the segment is empty{where}; paint the region to inpaint in Segment Editor first")
+
+
+def segment_mask_slab(volume_node, segmentation_node, segment_id: str,
+                      slices: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, int]:
+    """The segment on the volume's grid, cut to the slices it touches: (uint8 (k, j, i) slab, first k)."""
+    touched = {k: plane for planes in segment_mask_planes(volume_node, segmentation_node, segment_id, slices)
+               for k, plane in planes}
+    columns, rows, _ = volume_node.GetImageData().GetDimensions()
     k0, k1 = min(touched), max(touched) + 1
     mask = np.zeros((k1 - k0, rows, columns), np.uint8)
     for k, plane in touched.items():
@@ -232,6 +243,182 @@ def upload_from_scene(volume_node, segmentation_node, segment_id: str, parameter
     return slab_upload(source_slab, mask_slab, slab_matrix, k0, parameters, templates=templates)
 
 
+class UploadBuilder:
+    """A job's upload written from the scene to private files in short steps (`step`), so the GUI's timer
+    can build a 300-slice upload without a stall: the segment a chunk of slices at a time, the voxels
+    and the mask streamed into NRRD files, the DICOM files only named. ``spec`` is then what the worker
+    sends (`worker.upload_from_task`), ``region`` the rows and columns the job may change.
+    """
+
+    def __init__(self, volume_node, segmentation_node, segment_id: str, parameters: InpaintParameters,
+                 slices: Optional[Sequence[int]] = None, *, folder, dicom: Optional[DicomLookup] = None,
+                 use_dicom_templates: bool = True, chunk_slices: int = 16):
+        parameters.check()
+        self.lookup = dicom if dicom is not None else slicer_dicom_lookup()
+        if parameters.source_modality is None:  # so that voxels sent alone keep the model's contract for it
+            parameters = replace(parameters, source_modality=volume_modality(volume_node, self.lookup))
+        self.parameters = parameters
+        self.volume_node, self.folder = volume_node, Path(folder)
+        self.use_dicom_templates = use_dicom_templates
+        self.chunk_slices = chunk_slices
+        self.matrix = ijk_to_ras(volume_node)
+        self.volume_dtype = _voxels(volume_node).dtype
+        self.spec: Optional[dict] = None
+        self.region: Optional[Tuple[int, int, int, int]] = None
+        self.slab: Optional[Tuple[int, int]] = None
+        self._steps = self._run(segmentation_node, segment_id, slices)
+
+    def step(self) -> bool:
+        """One short piece of the work; True once the upload is ready."""
+        if self.spec is None:
+            next(self._steps, None)
+        return self.spec is not None
+
+    def build(self) -> dict:
+        while not self.step():
+            pass
+        return self.spec
+
+    def _run(self, segmentation_node, segment_id, slices):
+        # 1. The segment, a chunk of slices per step; planes kept as bits, with the box they cover
+        packed, rows_touched, columns_touched = {}, None, None
+        for planes in segment_mask_planes(self.volume_node, segmentation_node, segment_id, slices, self.chunk_slices):
+            for k, plane in planes:
+                packed[k] = np.packbits(plane)
+                rows, columns = plane.any(axis=1), plane.any(axis=0)
+                rows_touched = rows if rows_touched is None else rows_touched | rows
+                columns_touched = columns if columns_touched is None else columns_touched | columns
+            yield
+        k0, k1 = min(packed), max(packed) + 1
+        self.slab = (k0, k1)
+        voxels = _voxels(self.volume_node)
+        plane_shape = voxels.shape[1:3]
+        _, slab_matrix = crop_slab(voxels, self.matrix, k0, k1)
+        box = np.zeros((1,) + plane_shape, np.uint8)
+        box[0][np.ix_(rows_touched, columns_touched)] = 1  # the mask's rows and columns, all slices
+        self.region = changed_region(box, slab_matrix, self.parameters.mask_dilate_mm)
+
+        # 2. The voxels of the slab and its mask, streamed into files a few slices per step
+        pixels = NrrdSlabWriter(self.folder / "pixels.nrrd", (k1 - k0,) + voxels.shape[1:], voxels.dtype, slab_matrix)
+        mask = NrrdSlabWriter(self.folder / "mask.nrrd", (k1 - k0,) + plane_shape, np.uint8, slab_matrix)
+        try:
+            for start in range(k0, k1, self.chunk_slices):
+                stop = min(k1, start + self.chunk_slices)
+                pixels.write(_voxels(self.volume_node)[start:stop])
+                planes = np.zeros((stop - start,) + plane_shape, np.uint8)
+                for k in range(start, stop):
+                    if k in packed:
+                        planes[k - start] = np.unpackbits(packed[k], count=plane_shape[0] * plane_shape[1]).reshape(plane_shape)
+                mask.write(planes)
+                yield
+            pixels.close()
+            mask.close()
+        except BaseException:
+            pixels.abort()
+            mask.abort()
+            raise
+
+        # 3. The DICOM files of the slab, named only: the worker reads them as it sends them
+        templates = dicom_templates(self.volume_node, k0, k1, self.lookup) if self.use_dicom_templates else []
+        upload = assemble_upload(FilePart("source", "source.nrrd", path=str(self.folder / "pixels.nrrd")),
+                                 FilePart("mask", "mask.nrrd", path=str(self.folder / "mask.nrrd")),
+                                 k0, k1, self.parameters, templates=templates)
+        self.spec = upload_spec(upload, self.folder)
+        yield
+
+
+PREVIEW_ATTRIBUTE = "MedGenSlicer.Preview"
+ACCEPTED_ATTRIBUTE = "MedGenSlicer.Accepted"
+
+
+class PreviewVolume:
+    """The one volume of a job in which the chosen variant is shown: a copy of the source made once (a
+    chunk of slices per `fill_step`), into which each variant's small box is written in turn, the
+    previous one's box first put back from the source. Variants therefore cost their boxes, not a
+    volume each; `keep` turns the preview into the accepted volume, `remove` takes it out of the scene.
+    """
+
+    def __init__(self, source_node, job_id: str, *, chunk_slices: int = 16):
+        import slicer
+        import vtk
+
+        self.source = source_node
+        self.job_id = job_id
+        self.chunk_slices = chunk_slices
+        self.shown: Optional[int] = None
+        self._filled = 0
+        self._shown_where = None
+        scene = source_node.GetScene()
+        name = scene.GenerateUniqueName(f"SYNTHETIC preview {source_node.GetName()}")
+        self.node = slicer.vtkSlicerVolumesLogic.CloneVolume(scene, source_node, name, False)
+        try:
+            for attribute in list(self.node.GetAttributeNames() or ()):
+                if attribute.startswith("DICOM."):
+                    self.node.RemoveAttribute(attribute)
+            self.node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+            self.node.SetAttribute(PREVIEW_ATTRIBUTE, "true")
+            self.node.SetAttribute(JOB_ATTRIBUTE, job_id)
+            display = self.node.GetDisplayNode()
+            if display is not None and hasattr(display, "SetAutoWindowLevel"):
+                display.SetAutoWindowLevel(False)  # the source's window, and no histogram of each change
+            source_image = source_node.GetImageData()
+            voxels = vtk.vtkImageData()
+            voxels.SetDimensions(source_image.GetDimensions())
+            voxels.AllocateScalars(source_image.GetScalarType(), source_image.GetNumberOfScalarComponents())
+            self.node.SetAndObserveImageData(voxels)
+        except BaseException:
+            _remove_with_display(scene, self.node)
+            raise
+
+    @property
+    def ready(self) -> bool:
+        return self.node is not None and self._filled >= self._target().shape[0]
+
+    def _target(self) -> np.ndarray:
+        import slicer
+
+        return slicer.util.arrayFromVolume(self.node)
+
+    def fill_step(self) -> bool:
+        """Copy the next chunk of the source's slices; True once the copy is complete."""
+        target, source = self._target(), _voxels(self.source)
+        if self._filled < target.shape[0]:
+            stop = min(target.shape[0], self._filled + self.chunk_slices)
+            target[self._filled:stop] = source[self._filled:stop]
+            self._filled = stop
+        return self.ready
+
+    def show(self, slab) -> None:
+        """Variant ``slab`` (a `jobs.VariantSlab`) in the preview, in place of the one shown before."""
+        import slicer
+
+        if not self.ready:
+            raise RuntimeError("the preview is still being filled")
+        target, source = self._target(), _voxels(self.source)
+        matrix = ijk_to_ras(self.source)
+        if self._shown_where is not None:
+            target[self._shown_where] = source[self._shown_where]
+        paste_into(target, matrix, slab.values, slab.ijk_to_ras)
+        self._shown_where, _ = placement(target.shape, matrix, slab.values.shape, slab.ijk_to_ras)
+        self.shown = slab.variant.index
+        self.node.SetAttribute(SEED_ATTRIBUTE, str(slab.variant.seed))
+        slicer.util.arrayFromVolumeModified(self.node)
+
+    def keep(self, name: str):
+        """The preview as it shows now becomes a volume of its own (the accepted variant); this preview
+        is then empty and a later `show` needs a new one."""
+        node, self.node = self.node, None
+        node.SetName(node.GetScene().GenerateUniqueName(name))
+        node.RemoveAttribute(PREVIEW_ATTRIBUTE)
+        node.SetAttribute(ACCEPTED_ATTRIBUTE, "true")
+        return node
+
+    def remove(self) -> None:
+        if self.node is not None and self.node.GetScene() is not None:
+            _remove_with_display(self.node.GetScene(), self.node)
+        self.node = None
+
+
 def load_variant(source_volume_node, image: NrrdImage, result: JobResult, variant: VariantInfo, *,
                  job_id: Optional[str] = None, name: Optional[str] = None):
     """A new volume node in the source's scene: the source's geometry, display and voxels, with the
@@ -273,7 +460,7 @@ def load_variant(source_volume_node, image: NrrdImage, result: JobResult, varian
         paste_into(target, matrix, values, image.ijk_to_ras)
         slicer.util.arrayFromVolumeModified(node)
     except BaseException:
-        scene.RemoveNode(node)
+        _remove_with_display(scene, node)
         raise
     return node
 

@@ -209,18 +209,18 @@ def test_upload_sends_the_node_voxels_on_its_own_geometry_and_dicom_files_as_tem
         parts.setdefault(part.field, []).append(part)
     assert sorted(parts) == ["mask", "source", "source_pixels"]
     _, slab_matrix = crop_slab(labelmap, ijk_to_ras(node), 2, 4)
-    pixels = read_nrrd(parts["source_pixels"][0].data)
+    pixels = read_nrrd(parts["source_pixels"][0].content)
     np.testing.assert_allclose(pixels.ijk_to_ras, slab_matrix, atol=1e-6)
     np.testing.assert_array_equal(pixels.array, slicer.util.arrayFromVolume(node)[2:4])
-    np.testing.assert_array_equal(read_nrrd(parts["mask"][0].data).array, labelmap[2:4])
+    np.testing.assert_array_equal(read_nrrd(parts["mask"][0].content).array, labelmap[2:4])
     # the templates are the two instances of slices 2 and 3, found by position, not by file order
-    sent = {pydicom.dcmread(io.BytesIO(p.data)).InstanceNumber for p in parts["source"]}
+    sent = {pydicom.dcmread(io.BytesIO(p.content)).InstanceNumber for p in parts["source"]}
     assert sent == {3, 4}
 
     # no DICOM database: the same voxels, as a volume of their own
     upload = upload_from_scene(node, segmentation, segment_id, parameters(), dicom=None)
     assert [part.field for part in upload.files] == ["source", "mask"]
-    np.testing.assert_array_equal(read_nrrd(upload.files[0].data).array, slicer.util.arrayFromVolume(node)[2:4])
+    np.testing.assert_array_equal(read_nrrd(upload.files[0].content).array, slicer.util.arrayFromVolume(node)[2:4])
 
 
 # --- against a real engine -----------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_edited_voxels_are_sent_as_they_are_and_dicom_files_that_disagree_are_re
 
     upload = upload_from_scene(node, segmentation, segment_id, parameters(), dicom=lookup)
     sent = next(part for part in upload.files if part.field == "source_pixels")
-    np.testing.assert_array_equal(read_nrrd(sent.data).array, edited[2:4])
+    np.testing.assert_array_equal(read_nrrd(sent.content).array, edited[2:4])
     with pytest.raises(RequestRefused) as refused:
         client.submit(upload)
     assert refused.value.status == 400 and refused.value.code == "pixels_differ_from_dicom"
@@ -300,7 +300,7 @@ def test_a_clone_that_kept_the_dicom_reference_is_sent_as_its_own_voxels(scene, 
     slicer.util.arrayFromVolumeModified(masked)
 
     upload = upload_from_scene(masked, segmentation, segment_id, parameters(), dicom=FolderOfInstances(oblique_series))
-    sent = read_nrrd(next(part for part in upload.files if part.field == "source_pixels").data)
+    sent = read_nrrd(next(part for part in upload.files if part.field == "source_pixels").content)
     np.testing.assert_array_equal(sent.array, voxels[2:4])
     with pytest.raises(RequestRefused, match="differ from the DICOM files"):
         EngineClient(engine.url, engine.token).submit(upload)

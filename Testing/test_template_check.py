@@ -73,6 +73,6 @@ def test_voxels_on_another_grid_or_beside_a_volume_file_are_refused(engine, ct):
         client.submit(upload)
 
     upload = slab_upload(hu, mask, ijk_to_ras, 0, parameters())
-    upload.files.insert(1, type(upload.files[0])("source_pixels", "pixels.nrrd", upload.files[0].data))
+    upload.files.insert(1, type(upload.files[0])("source_pixels", "pixels.nrrd", upload.files[0].content))
     with pytest.raises(RequestRefused, match="goes with DICOM instances sent as templates"):
         client.submit(upload)

@@ -26,7 +26,7 @@ from .jobs import JobGone, VariantSlab
 from .payload import JobUpload
 from .results import VariantInfo
 from .tasks import ExportEvent, JobEvent
-from .worker import CANCEL_FILE, DETACH_FILE, EVENTS_FILE, LOG_FILE, TASK_FILE
+from .worker import ABANDON_FILE, CANCEL_FILE, DETACH_FILE, EVENTS_FILE, LOG_FILE, TASK_FILE
 
 LIBRARY_PARENT = str(Path(__file__).resolve().parent.parent)  # the folder that holds MedGenSlicerLib
 
@@ -213,6 +213,12 @@ class JobProcess:
 
     def detach(self) -> None:
         self._worker.signal(DETACH_FILE)
+
+    def abandon(self) -> None:
+        """Nobody will read this job's events: the worker cancels the job once it is submitted, and removes
+        its folder when it ends."""
+        self._worker.signal(CANCEL_FILE)
+        self._worker.signal(ABANDON_FILE)
 
     def remove(self) -> None:
         self._worker.remove()

@@ -8,12 +8,13 @@ so a 300-slice job never stalls the GUI. `tick` returns what the panel should sh
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .background import JobProcess, private_folder
+from .background import JobProcess, ProcessCall, private_folder
 from .client import EngineClient, EngineError, RequestRefused
 from .jobs import JobGone, VariantSlab
 from .results import VariantInfo
@@ -114,8 +115,19 @@ class JobSession:
         if self.running:
             self._end("detached")
 
-    def close(self) -> None:
-        """The user moved on: the preview (unaccepted variants) leaves the scene, the private files go."""
+    def close(self, cancel: bool = False) -> Optional[ProcessCall]:
+        """The user moved on: the preview (unaccepted variants) leaves the scene, the private files go.
+
+        With ``cancel`` (the scene closed: its patient is gone) the job is cancelled on the engine too:
+        returns the call that does it, for the panel to report; a job still being submitted is cancelled
+        by its worker, which then removes its own folder."""
+        call = None
+        if cancel and self.running:
+            if self.job_id is not None:
+                call = ProcessCall(self.engine, "cancel_job", job_id=self.job_id)
+            elif self._process is not None:
+                self._process.abandon()  # submitting: cancel once it has an id, then tidy up
+                self._process, self._folder = None, None
         self.detach()
         if self.preview is not None:
             self.preview.remove()
@@ -125,6 +137,10 @@ class JobSession:
         if self._process is not None:
             self._process.remove()
             self._process = None
+        if self._folder is not None:  # an upload still being built
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        return call
 
     # --- the timer's work ----------------------------------------------------------------------
 

@@ -106,6 +106,11 @@ class FilePart:
     def size(self) -> int:
         return len(self.data) if self.path is None else Path(self.path).stat().st_size
 
+    @property
+    def content(self) -> bytes:
+        """The part's bytes, read from its file where it has one."""
+        return self.data if self.path is None else Path(self.path).read_bytes()
+
     def chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         if self.path is None:
             yield self.data

@@ -178,11 +178,22 @@ def write_private_report(html: bytes, job_id: str, folder: Optional[Path] = None
         folder = Path(tempfile.mkdtemp(prefix="medgenslicer-report-"))
     folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:64] or "job"
-    path = folder / f"report-{safe_id}.html"
+    path = folder / _report_name(job_id)
+    safe_id = path.stem[len("report-"):]
     partial = folder / f".report-{safe_id}.html.partial"
     descriptor = os.open(str(partial), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as out:
         out.write(html)
     os.replace(partial, path)
     return path
+
+
+def remove_private_report(folder: Optional[Path], job_id: str) -> None:
+    """The report `write_private_report` saved for ``job_id`` in ``folder``, removed (the job was deleted)."""
+    if folder is None:
+        return
+    (Path(folder) / _report_name(job_id)).unlink(missing_ok=True)
+
+
+def _report_name(job_id: str) -> str:
+    return f"report-{re.sub(r'[^A-Za-z0-9_-]', '_', job_id)[:64] or 'job'}.html"

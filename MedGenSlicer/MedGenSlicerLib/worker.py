@@ -9,7 +9,7 @@ in a child process, as Slicer's own modules and extensions run long work (Slicer
 FOLDER (private to the user) holds ``task.json``; the token arrives on standard input, never on the
 command line. The worker appends one JSON record per event to ``events.jsonl`` and leaves each
 variant as an ``.npy`` file beside it; a file named ``cancel`` or ``detach`` asks it to cancel the job
-or to stop following it. Standard library and numpy only, like the rest of MedGenSlicerLib.
+or to stop following it, and ``abandon`` to remove the folder when it ends. Standard library and numpy only, like the rest of MedGenSlicerLib.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ TASK_FILE = "task.json"
 EVENTS_FILE = "events.jsonl"
 CANCEL_FILE = "cancel"
 DETACH_FILE = "detach"
+ABANDON_FILE = "abandon"  # nobody reads the events: remove the folder at the end
 LOG_FILE = "worker.log"
 DRAIN_INTERVAL_S = 0.05
 
@@ -166,6 +168,8 @@ def run(folder: Path, token: str) -> None:
             out.write({"kind": "result", "value": value})
     except BaseException as error:  # noqa: BLE001 - every failure reaches the panel as a record
         out.write(error_record(error))
+    if (folder / ABANDON_FILE).exists():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -26,7 +26,7 @@ vtk = pytest.importorskip("vtk")
 pydicom = pytest.importorskip("pydicom")
 
 from MedGenSlicerLib import EngineClient, InpaintParameters, JobMonitor, RequestRefused, read_nrrd  # noqa: E402
-from MedGenSlicerLib.geometry import crop_slab  # noqa: E402
+from MedGenSlicerLib.geometry import crop_slab, paste_into  # noqa: E402
 from MedGenSlicerLib.scene import (  # noqa: E402
     DICOM_UIDS_ATTRIBUTE,
     SYNTHETIC_ATTRIBUTE,
@@ -409,3 +409,63 @@ def test_upload_and_variant_cost_a_slab_of_memory_not_copies_of_the_volume(scene
     assert variant_peak < volume_bytes / 8, f"variant peak {variant_peak} B for a {volume_bytes} B volume"
     voxels = slicer.util.arrayFromVolume(variant_node)
     assert (voxels[2:4] == 7).all() and (voxels[:2] == 40).all() and (voxels[4:] == 40).all()
+
+
+@pytest.fixture(scope="module")
+def tilted_series(tmp_path_factory) -> list[Path]:
+    """Six axial slices of a gantry-tilted CT: each slice 2.5 mm up and 0.4 mm forward of the last."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    folder = tmp_path_factory.mktemp("tilted-ct")
+    series_uid, paths = generate_uid(), []
+    for k in range(NUM_SLICES):
+        ds = copy.deepcopy(source)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-40.0, -30.0 + 0.4 * k, 20.0 + 2.5 * k]
+        ds.GantryDetectorTilt = 9.1
+        ds.InstanceNumber = k + 1
+        ds.PixelData = np.roll(source.pixel_array, 2 * k, axis=1).tobytes()
+        paths.append(folder / f"{k:03d}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def test_a_tilted_series_read_as_slicer_5_6_reads_it_goes_with_its_files_and_comes_back_in_place(
+        engine, scene, tilted_series):
+    """Slicer 5.6 (and ITK) put a tilted series' slice axis on the plane's normal, spacing the step's length:
+    slice k of that grid lies k shears away from its file. A slab not starting at slice 0 went with its
+    files on the volume's grid, which no grid of the engine's slab matched; now it goes on the grid its
+    files give, and comes back onto the volume's own voxels."""
+    node = load_series(scene, tilted_series)
+    step = np.array([0.0, -0.4, 2.5])  # in RAS: LPS y forward is RAS y backward
+    as_slicer_5_6 = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(as_slicer_5_6)
+    for row, value in enumerate((0.0, 0.0, float(np.linalg.norm(step)))):
+        as_slicer_5_6.SetElement(row, 2, value)
+    node.SetIJKToRASMatrix(as_slicer_5_6)
+    segmentation, segment_id, labelmap = make_segment(scene, node)
+    source = slicer.util.arrayFromVolume(node).copy()
+
+    upload = upload_from_scene(node, segmentation, segment_id, parameters(num_variants=1),
+                               dicom=FolderOfInstances(tilted_series))
+    assert (upload.slab_start, upload.slab_stop) == (2, 4)
+    assert [part.field for part in upload.files].count("source") == 2, "the slab's DICOM files did not go along"
+    client = EngineClient(engine.url, engine.token)
+    slab_matrix = crop_slab(source, ijk_to_ras(node), 2, 4)[1]
+    monitor = JobMonitor(client, upload, poll_interval=0.1, slab_ijk_to_ras=slab_matrix).start()
+    events, deadline = [], time.monotonic() + 180
+    while monitor.is_alive() and time.monotonic() < deadline:
+        events += monitor.drain()
+        time.sleep(0.05)
+    events += monitor.drain()
+    assert events[-1].kind == "finished", events[-1].error
+    variant = next(event for event in events if event.kind == "variant")
+    np.testing.assert_allclose(variant.image.ijk_to_ras, slab_matrix, atol=1e-9)
+    placed = source.copy()
+    paste_into(placed, ijk_to_ras(node), variant.image.array.astype(source.dtype), variant.image.ijk_to_ras)
+    np.testing.assert_array_equal(np.delete(placed, [2, 3], axis=0), np.delete(source, [2, 3], axis=0))
+    assert not np.array_equal(placed[2:4], source[2:4])

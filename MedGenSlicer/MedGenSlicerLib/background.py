@@ -187,13 +187,14 @@ class JobProcess:
 
     def __init__(self, engine: EngineClient, *, upload: Optional[dict] = None, job_id: Optional[str] = None,
                  volume_dtype=None, region=None, skip_variants: int = 0, poll_interval: float = 0.5,
-                 folder: Optional[Path] = None):
+                 folder: Optional[Path] = None, slab_ijk_to_ras=None):
         if (upload is None) == (job_id is None):
             raise ValueError("give an upload to submit or the id of a submitted job, not both")
         task = {"task": "follow_job", "upload": upload, "job_id": job_id, "poll_interval": poll_interval,
                 "volume_dtype": np.dtype(volume_dtype).str if volume_dtype is not None else None,
                 "region": [int(v) for v in region] if region is not None else None,
-                "skip_variants": int(skip_variants)}
+                "skip_variants": int(skip_variants),
+                "slab_ijk_to_ras": np.asarray(slab_ijk_to_ras).tolist() if slab_ijk_to_ras is not None else None}
         self.job_id = job_id
         self.reconnecting = False
         self._worker = WorkerProcess(engine, task, folder=folder)

@@ -105,6 +105,19 @@ def changed_region(mask: np.ndarray, ijk_to_ras: np.ndarray, margin_mm: float, e
             max(0, int(columns[0]) - grow_i), min(mask.shape[2], int(columns[-1]) + 1 + grow_i))
 
 
+def on_own_slab_grid(returned_ijk_to_ras: np.ndarray, slab_ijk_to_ras: np.ndarray) -> np.ndarray:
+    """The grid to place a returned slab on: the volume's own grid of that slab (``slab_ijk_to_ras``) where
+    the two differ only in how they step across a gantry tilt (same rows and columns, slices in the same
+    direction), as the engine's grid of a tilted DICOM series and Slicer 5.6's grid of it do; else the
+    returned grid, which then must lie on the volume's voxels."""
+    returned = np.asarray(returned_ijk_to_ras, dtype=np.float64)
+    own = np.asarray(slab_ijk_to_ras, dtype=np.float64)
+    same_plane = np.allclose(returned[:3, :2], own[:3, :2], atol=1e-3)
+    if same_plane and float(returned[:3, 2] @ own[:3, 2]) > 0 and not np.allclose(returned[:3, 2], own[:3, 2], atol=1e-3):
+        return own
+    return returned
+
+
 def grid_mapping(
     target_ijk_to_ras: np.ndarray, piece_ijk_to_ras: np.ndarray
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

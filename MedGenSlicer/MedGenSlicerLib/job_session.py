@@ -18,7 +18,8 @@ from .background import JobProcess, ProcessCall, private_folder
 from .client import EngineClient, EngineError, RequestRefused
 from .jobs import JobGone, VariantSlab
 from .results import VariantInfo
-from .scene import PreviewVolume, UploadBuilder
+from .geometry import crop_slab
+from .scene import PreviewVolume, UploadBuilder, ijk_to_ras
 
 TEMPLATE_MISMATCH = "pixels_differ_from_dicom"  # the engine's code for voxels that differ from their DICOM files
 TICK_BUDGET_S = 0.03
@@ -41,12 +42,13 @@ class JobSession:
     """Submit a job whose upload ``make_builder(use_dicom_templates, folder)`` builds (an `UploadBuilder`),
     or re-attach to ``job_id``; then follow it until it ends.
 
-    ``region`` and ``skip_variants`` matter for a re-attach: the rows and columns the job may change (as
-    the first session of the job computed them) and the variants already received.
+    ``slab``, ``region`` and ``skip_variants`` matter for a re-attach: the slices sent, the rows and
+    columns the job may change (as the first session of the job computed them), the variants received.
     """
 
     def __init__(self, engine: EngineClient, source_node, *, make_builder: Optional[Callable[[bool], UploadBuilder]] = None,
-                 job_id: Optional[str] = None, region=None, skip_variants: int = 0, poll_interval: float = 0.5,
+                 job_id: Optional[str] = None, slab=None, region=None, skip_variants: int = 0,
+                 poll_interval: float = 0.5,
                  budget_s: float = TICK_BUDGET_S):
         if (make_builder is None) == (job_id is None):
             raise ValueError("give a way to build the upload or the id of a submitted job, not both")
@@ -54,6 +56,7 @@ class JobSession:
         self.source = source_node
         self.job_id = job_id
         self.region = tuple(region) if region is not None else None
+        self.slab = tuple(slab) if slab is not None else None
         self.poll_interval = poll_interval
         self.budget_s = budget_s
         self.variants: Dict[int, VariantSlab] = {}
@@ -167,7 +170,7 @@ class JobSession:
         while time.monotonic() < deadline:
             if self._builder.step():
                 builder, self._builder = self._builder, None
-                self.region = builder.region
+                self.region, self.slab = builder.region, builder.slab
                 k0, k1 = builder.slab
                 size = sum(Path(part["path"]).stat().st_size for part in builder.spec["files"])
                 updates.append(SessionUpdate("status", f"Sending slices {k0}–{k1 - 1} ({size / 1e6:.1f} MB) to the engine…"))
@@ -175,13 +178,14 @@ class JobSession:
                 return
 
     def _start_process(self, upload: Optional[dict], volume_dtype=None) -> None:
-        if volume_dtype is None:
-            import slicer
+        import slicer
 
-            volume_dtype = slicer.util.arrayFromVolume(self.source).dtype
+        voxels = slicer.util.arrayFromVolume(self.source)
+        slab_matrix = crop_slab(voxels, ijk_to_ras(self.source), *self.slab)[1] if self.slab else None
         self._process = JobProcess(self.engine, upload=upload, job_id=None if upload else self.job_id,
-                                   volume_dtype=volume_dtype, region=self.region, skip_variants=self._skip,
-                                   poll_interval=self.poll_interval, folder=self._folder if upload else None)
+                                   volume_dtype=volume_dtype or voxels.dtype, region=self.region,
+                                   skip_variants=self._skip, poll_interval=self.poll_interval,
+                                   folder=self._folder if upload else None, slab_ijk_to_ras=slab_matrix)
         self.state = "following"
 
     def _handle(self, event, updates: List[SessionUpdate]) -> None:

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .client import EngineClient, EngineError, EngineFailure, EngineTimeout, EngineUnreachable, JobFailed, RequestRefused
-from .geometry import crop_rows_columns
+from .geometry import crop_rows_columns, on_own_slab_grid
 from .nrrd import NrrdImage
 from .payload import JobUpload
 from .results import JobResult, VariantInfo, decode_variant, to_modality_values
@@ -59,6 +59,7 @@ class JobMonitor(_BackgroundMonitor):
     handing it over as ``event.slab``; without it ``event.image`` holds the stored values as sent.
     ``region``: (j0, j1, i0, i1), the rows and columns of the slab the job may change (see
     `geometry.changed_region`); a variant is cut to them. ``skip_variants``: variants already received.
+    ``slab_ijk_to_ras``: the volume's own grid of the slab sent (see `geometry.on_own_slab_grid`).
     """
 
     thread_name = "MedGenSlicer-job"
@@ -74,6 +75,7 @@ class JobMonitor(_BackgroundMonitor):
         region: Optional[Sequence[int]] = None,
         skip_variants: int = 0,
         reconnect_max_wait: float = RECONNECT_MAX_WAIT_S,
+        slab_ijk_to_ras=None,
     ):
         if (upload is None) == (job_id is None):
             raise ValueError("give an upload to submit or the id of a submitted job, not both")
@@ -84,6 +86,7 @@ class JobMonitor(_BackgroundMonitor):
         self.region = tuple(int(v) for v in region) if region is not None else None
         self.job_id: Optional[str] = job_id
         self.fetched = int(skip_variants)
+        self.slab_ijk_to_ras = np.asarray(slab_ijk_to_ras, dtype=np.float64) if slab_ijk_to_ras is not None else None
         self.reconnect_max_wait = reconnect_max_wait
         self.reconnecting = False
         self._cancel = threading.Event()
@@ -150,6 +153,8 @@ class JobMonitor(_BackgroundMonitor):
         result = self._call(self.client.result, self.job_id)
         for variant in result.variants[self.fetched:]:
             image = decode_variant(self._call(self.client.download, variant.array_url))
+            if self.slab_ijk_to_ras is not None:
+                image = NrrdImage(image.array, on_own_slab_grid(image.ijk_to_ras, self.slab_ijk_to_ras))
             if self.region is not None:
                 image = NrrdImage(*crop_rows_columns(image.array, image.ijk_to_ras, self.region))
             if self.volume_dtype is not None:

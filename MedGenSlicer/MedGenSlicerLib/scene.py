@@ -188,25 +188,47 @@ def dicom_templates(volume_node, k0: int, k1: int, lookup: Optional[DicomLookup]
     They serve only as header templates (study, patient, frame of reference): the voxels sent are the
     node's, and the engine refuses the job if the files disagree with them outside the mask.
     """
+    return dicom_slab(volume_node, k0, k1, lookup)[0]
+
+
+def dicom_slab(volume_node, k0: int, k1: int, lookup: Optional[DicomLookup]) -> Tuple[List[str], Optional[np.ndarray]]:
+    """`dicom_templates`, and the RAS position of the slab's first instance (None without templates)."""
     uids = (volume_node.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
     if not uids or lookup is None:
-        return []
+        return [], None
     paths, positions = [], []
     for uid in uids:
         path, position = lookup.path(uid), lookup.position(uid)
         if path is None or position is None or len(position) != 3:
             logger.info("MedGenSlicer: instance %s of '%s' is not in the DICOM database; sending voxels only",
                         uid, volume_node.GetName())
-            return []
+            return [], None
         paths.append(path)
         positions.append(position)
+    matrix = ijk_to_ras(volume_node)
     try:
-        numbers = instances_in_slab(positions, ijk_to_ras(volume_node), k0, k1)
+        numbers = instances_in_slab(positions, matrix, k0, k1)
     except GeometryError as error:
         logger.info("MedGenSlicer: '%s' does not match its DICOM files slice for slice (%s); sending voxels only",
                     volume_node.GetName(), error)
-        return []
-    return [paths[n] for n in numbers]
+        return [], None
+    ras = {n: np.array([-float(positions[n][0]), -float(positions[n][1]), float(positions[n][2])]) for n in numbers}
+    first = min(numbers, key=lambda n: float(np.linalg.solve(matrix, np.append(ras[n], 1.0))[2]))
+    return [paths[n] for n in numbers], ras[first]
+
+
+def slab_grid_for_templates(slab_matrix: np.ndarray, first_position_ras: Optional[np.ndarray]) -> np.ndarray:
+    """The grid to send a slab on beside its DICOM files: the volume's own, starting where the slab's first
+    file says it lies. They differ on a gantry-tilted series read as Slicer 5.6 and ITK read it (slice
+    axis on the plane's normal): there slice k of the volume's grid lies k times the tilt's shear away
+    from its file, and no grid of the engine's slab would match a mask placed on the volume's."""
+    matrix = np.array(slab_matrix, dtype=np.float64)
+    if first_position_ras is None:
+        return matrix
+    spacing = float(np.linalg.norm(matrix[:3, :2], axis=0).min())
+    if np.linalg.norm(matrix[:3, 3] - first_position_ras) > 0.05 * spacing:  # not the rounding of stored positions
+        matrix[:3, 3] = first_position_ras
+    return matrix
 
 
 # --- upload and variants -------------------------------------------------------------------------
@@ -237,10 +259,9 @@ def upload_from_scene(volume_node, segmentation_node, segment_id: str, parameter
     mask_slab, k0 = segment_mask_slab(volume_node, segmentation_node, segment_id, slices)
     k1 = k0 + mask_slab.shape[0]
     source_slab, slab_matrix = crop_slab(_voxels(volume_node), matrix, k0, k1)
-    templates: List[str] = []
-    if use_dicom_templates:
-        templates = dicom_templates(volume_node, k0, k1, lookup)
-    return slab_upload(source_slab, mask_slab, slab_matrix, k0, parameters, templates=templates)
+    templates, first_position = dicom_slab(volume_node, k0, k1, lookup) if use_dicom_templates else ([], None)
+    return slab_upload(source_slab, mask_slab, slab_grid_for_templates(slab_matrix, first_position), k0, parameters,
+                       templates=templates)
 
 
 class UploadBuilder:
@@ -266,6 +287,7 @@ class UploadBuilder:
         self.spec: Optional[dict] = None
         self.region: Optional[Tuple[int, int, int, int]] = None
         self.slab: Optional[Tuple[int, int]] = None
+        self.slab_ijk_to_ras: Optional[np.ndarray] = None  # the volume's own grid of the slab, for the results
         self._steps = self._run(segmentation_node, segment_id, slices)
 
     def step(self) -> bool:
@@ -298,9 +320,18 @@ class UploadBuilder:
         box[0][np.ix_(rows_touched, columns_touched)] = 1  # the mask's rows and columns, all slices
         self.region = changed_region(box, slab_matrix, self.parameters.mask_dilate_mm)
 
-        # 2. The voxels of the slab and its mask, streamed into files a few slices per step
-        pixels = NrrdSlabWriter(self.folder / "pixels.nrrd", (k1 - k0,) + voxels.shape[1:], voxels.dtype, slab_matrix)
-        mask = NrrdSlabWriter(self.folder / "mask.nrrd", (k1 - k0,) + plane_shape, np.uint8, slab_matrix)
+        self.slab_ijk_to_ras = slab_matrix
+
+        # 2. The DICOM files of the slab, named only (the worker reads them as it sends them); where they
+        # lie decides the grid the slab is sent on
+        templates, first_position = (dicom_slab(self.volume_node, k0, k1, self.lookup) if self.use_dicom_templates
+                                     else ([], None))
+        sent_matrix = slab_grid_for_templates(slab_matrix, first_position)
+        yield
+
+        # 3. The voxels of the slab and its mask, streamed into files a few slices per step
+        pixels = NrrdSlabWriter(self.folder / "pixels.nrrd", (k1 - k0,) + voxels.shape[1:], voxels.dtype, sent_matrix)
+        mask = NrrdSlabWriter(self.folder / "mask.nrrd", (k1 - k0,) + plane_shape, np.uint8, sent_matrix)
         try:
             for start in range(k0, k1, self.chunk_slices):
                 stop = min(k1, start + self.chunk_slices)
@@ -318,8 +349,6 @@ class UploadBuilder:
             mask.abort()
             raise
 
-        # 3. The DICOM files of the slab, named only: the worker reads them as it sends them
-        templates = dicom_templates(self.volume_node, k0, k1, self.lookup) if self.use_dicom_templates else []
         upload = assemble_upload(FilePart("source", "source.nrrd", path=str(self.folder / "pixels.nrrd")),
                                  FilePart("mask", "mask.nrrd", path=str(self.folder / "mask.nrrd")),
                                  k0, k1, self.parameters, templates=templates)

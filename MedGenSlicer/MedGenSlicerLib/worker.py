@@ -82,7 +82,7 @@ def follow_job(client: EngineClient, task: dict, folder: Path, out: EventWriter)
     monitor = JobMonitor(
         client, upload, job_id=task.get("job_id"), poll_interval=float(task.get("poll_interval", 0.5)),
         volume_dtype=task.get("volume_dtype"), region=task.get("region"),
-        skip_variants=int(task.get("skip_variants", 0)),
+        skip_variants=int(task.get("skip_variants", 0)), slab_ijk_to_ras=task.get("slab_ijk_to_ras"),
     )
     uploaded = upload is None
     del upload

@@ -81,27 +81,37 @@ def check_sent_pixels(source_path: Path, volume, mask: np.ndarray, strength: flo
 
 
 def _on_volume_grid(sent, volume) -> np.ndarray:
-    """The sent voxels reordered onto the DICOM volume's (k, j, i) grid; 400 if they lie elsewhere."""
+    """The sent voxels reordered onto the DICOM volume's (k, j, i) grid; 400 if they lie elsewhere.
+
+    Any grid a reader gives these instances counts (`Volume.reader_grids`): Slicer 5.6 puts a tilted
+    series' slice axis on the plane's normal, so its slab of a tilted series lies on that grid."""
     if sent.pixels.ndim != 3:
         raise _bad(f"'{PIXELS_FIELD}' must be a grayscale volume, got shape {sent.pixels.shape}")
-    transform = np.linalg.solve(np.asarray(volume.ijk_to_lps, float), np.asarray(sent.ijk_to_lps, float))
+    for _, grid in volume.reader_grids():
+        placed = _on_grid(sent, grid, volume.pixels.shape)
+        if placed is not None:
+            return placed
+    raise _bad(f"'{PIXELS_FIELD}' does not lie on the grid of the DICOM instances sent with it (other "
+               f"slices, spacing or orientation); send the instances of exactly the slab whose voxels you send")
+
+
+def _on_grid(sent, grid: np.ndarray, volume_shape) -> np.ndarray | None:
+    """The sent voxels on ``grid``'s (k, j, i) order when they cover it exactly, else None."""
+    transform = np.linalg.solve(np.asarray(grid, float), np.asarray(sent.ijk_to_lps, float))
     linear, offset = transform[:3, :3], transform[:3, 3]
     axes = np.argmax(np.abs(linear), axis=0)
     signs = np.sign(linear[axes, [0, 1, 2]])
     expected = np.zeros((3, 3))
     expected[axes, [0, 1, 2]] = signs
     sent_sizes = np.array(sent.pixels.shape[::-1])  # i, j, k
-    volume_sizes = np.array(volume.pixels.shape[::-1])
-    on_grid = sorted(axes.tolist()) == [0, 1, 2] and np.allclose(linear, expected, atol=_GRID_TOLERANCE)
-    if on_grid:
-        # each sent axis must run over the whole volume axis it lands on, from one end to the other
-        ends = offset + signs * (sent_sizes - 1)
-        starts, stops = np.minimum(offset, ends), np.maximum(offset, ends)
-        on_grid = (np.allclose(starts, 0, atol=_GRID_TOLERANCE)
-                   and np.allclose(stops, volume_sizes[axes] - 1, atol=_GRID_TOLERANCE))
-    if not on_grid:
-        raise _bad(f"'{PIXELS_FIELD}' does not lie on the grid of the DICOM instances sent with it (other "
-                   f"slices, spacing or orientation); send the instances of exactly the slab whose voxels you send")
+    volume_sizes = np.array(volume_shape[:3][::-1])
+    if sorted(axes.tolist()) != [0, 1, 2] or not np.allclose(linear, expected, atol=_GRID_TOLERANCE):
+        return None
+    # each sent axis must run over the whole volume axis it lands on, from one end to the other
+    ends = offset + signs * (sent_sizes - 1)
+    starts, stops = np.minimum(offset, ends), np.maximum(offset, ends)
+    if not (np.allclose(starts, 0, atol=_GRID_TOLERANCE) and np.allclose(stops, volume_sizes[axes] - 1, atol=_GRID_TOLERANCE)):
+        return None
     # (i, j, k) of the sent array → the volume's axes, flipped where the sign says
     array = np.moveaxis(sent.pixels, [0, 1, 2], [2, 1, 0])  # → (i, j, k)
     for axis in range(3):

@@ -242,6 +242,17 @@ def _add_bench_parser(subparsers) -> None:
     )
     augment.set_defaults(handler=_run_bench_augment, passes_arguments_on=True,
                          own_parser="medgen.bench.augment:build_parser")
+    report = bench_commands.add_parser(
+        "report", help="size and build time of the run report of a 300-slice, 4-variant run", add_help=False
+    )
+    report.set_defaults(handler=_run_bench_report, passes_arguments_on=True,
+                        own_parser="medgen.bench.report:build_parser")
+
+
+def _run_bench_report(args: argparse.Namespace) -> int:
+    from medgen.bench.report import main as report_main
+
+    return report_main(args.rest)
 
 
 def _run_bench_augment(args: argparse.Namespace) -> int:

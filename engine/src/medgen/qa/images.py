@@ -1,13 +1,14 @@
-"""Slices as browser images: radiological orientation, values packed losslessly into PNG, overlays."""
+"""Slices as browser images: radiological orientation, values packed losslessly into PNG or WebP, overlays."""
 
 from __future__ import annotations
 
 import base64
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 from scipy import ndimage
 
 # patient LPS axes and the letter of the direction each points to
@@ -64,10 +65,42 @@ def png_data_uri(array: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+WEBP_LOSSLESS = {"lossless": True, "quality": 50, "method": 4}
+"""Lossless WebP: on the packed values of a noisy CT slice about 30% smaller than PNG. Quality and
+method set the encoder's effort only (never the pixels); 4 is within 1% of the smallest output at a
+sixth of method 6's time."""
+
+
+def lossless_data_uri(array: np.ndarray) -> str:
+    """A data: URI of a uint8 RGB array as lossless WebP (every browser since 2020 decodes it to the
+    same bytes), or as PNG where this Pillow was built without a WebP encoder."""
+    if not features.check("webp"):
+        return png_data_uri(array)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="WEBP", **WEBP_LOSSLESS)
+    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def downscale_factor(shape: tuple[int, int], longest: int) -> int:
+    """The smallest whole factor that brings a slice's long side to ``longest`` pixels or fewer."""
+    return max(1, math.ceil(max(shape) / longest))
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor`` x ``factor`` block (the last row and column of blocks padded with
+    the edge values), so pixel (i, j) covers rows i*factor to (i+1)*factor - 1 of the image."""
+    if factor == 1:
+        return np.asarray(image, dtype=np.float64)
+    rows, cols = image.shape
+    padded = np.pad(np.asarray(image, dtype=np.float64),
+                    ((0, -rows % factor), (0, -cols % factor)), mode="edge")
+    return padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
+
+
 @dataclass(frozen=True)
 class ValueCoding:
-    """value = offset + scale * (256 * red + green): modality values in an 8-bit RGB PNG, exact for
-    integer HU; the page's script windows them into gray for any preset."""
+    """value = offset + scale * (256 * red + green): modality values in a lossless 8-bit RGB image,
+    exact for integer HU; the page's script windows them into gray for any preset."""
 
     offset: float
     scale: float
@@ -75,9 +108,12 @@ class ValueCoding:
     @classmethod
     def for_values(cls, images: list[np.ndarray]) -> "ValueCoding":
         """Whole steps for integer images (HU stays exact), 65536 steps over the range otherwise."""
-        lower = min(float(np.min(i)) for i in images)
-        upper = max(float(np.max(i)) for i in images)
-        integers = all(np.array_equal(i, np.round(i)) for i in images)
+        return cls.for_range(min(float(np.min(i)) for i in images), max(float(np.max(i)) for i in images),
+                             integers=all(np.array_equal(i, np.round(i)) for i in images))
+
+    @classmethod
+    def for_range(cls, lower: float, upper: float, *, integers: bool) -> "ValueCoding":
+        """The coding of images whose values span [lower, upper] (gathered a slice at a time)."""
         span = max(upper - lower, 1e-6)
         scale = max(1.0, np.ceil(span / 65535.0)) if integers else span / 65535.0
         return cls(float(np.floor(lower)) if integers else lower, float(scale))
@@ -88,6 +124,18 @@ class ValueCoding:
         rgb[..., 0] = codes >> 8
         rgb[..., 1] = codes & 0xFF
         return rgb
+
+    def encode_changes(self, values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """``values`` packed like `encode`, except that a pixel equal to ``reference`` is sent as
+        (0, 0, 255): "the reference's value". Still lossless; a variant's crop then costs little more
+        than the pixels the run changed, since everything else is one flat colour."""
+        rgb = self.encode(values)
+        rgb[np.asarray(values) == np.asarray(reference)] = SAME_AS_REFERENCE
+        return rgb
+
+
+SAME_AS_REFERENCE = (0, 0, 255)
+"""`ValueCoding.encode_changes`' mark: blue is never set by `ValueCoding.encode`."""
 
 
 def outline_rgba(mask: np.ndarray, colour=(64, 230, 64)) -> np.ndarray:

@@ -61,8 +61,11 @@ class VariantFigures:
 
 
 def surrounding_ring(run: RunData, k: int) -> np.ndarray:
-    spacing = (run.source.spacing[1], run.source.spacing[2])
-    return dilate_mask(run.allowed[k], SURROUNDING_RING_MM, spacing) & ~run.allowed[k]
+    """Made once per slice and kept on the run: the source and every variant are measured on it."""
+    if k not in run.rings:
+        spacing = (run.source.spacing[1], run.source.spacing[2])
+        run.rings[k] = dilate_mask(run.allowed[k], SURROUNDING_RING_MM, spacing) & ~run.allowed[k]
+    return run.rings[k]
 
 
 def region_values(run: RunData, image_of_slice, region_of_slice) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class RunData:
     window: Window  # the window the run used, in modality units
     variants: list[VariantData]
     engine_provenance: dict | None = None  # the engine's record (a server job wraps one per variant)
+    rings: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # metrics.surrounding_ring, per slice
 
     @property
     def engine_record(self) -> dict:

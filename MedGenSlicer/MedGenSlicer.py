@@ -1,14 +1,16 @@
 """MedGenSlicer: inpaint synthetic pathology under a segment, using the local MedGen engine.
 
-The module only glues Slicer nodes to MedGenSlicerLib (HTTP client, payloads, result decoding), which
-runs without Slicer and is tested against the real engine. Nothing here blocks the GUI: engine calls
-run on background threads and a qt.QTimer picks up what they produced.
+The module only glues Slicer's widgets to MedGenSlicerLib, which holds everything else (the HTTP client,
+jobs, the scene work, the views) and is tested on Slicer's core libraries against the real engine.
+Nothing here blocks the GUI: engine calls run in a worker process and a qt.QTimer moves the work along
+in short steps.
 
 No `from __future__ import annotations` here: parameterNodeWrapper reads the annotations as types.
 """
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,11 +33,8 @@ from slicer.util import VTKObservationMixin
 
 from MedGenSlicerLib import (
     DEFAULT_URL,
-    BackgroundCall,
     EngineClient,
     EngineError,
-    ExportMonitor,
-    GeometryError,
     InpaintParameters,
     InsecureTransport,
     JobMonitor,
@@ -43,35 +42,57 @@ from MedGenSlicerLib import (
     RequestRefused,
     deliver,
     export_summary,
-    extract_zip,
     local_engine_token,
     normalize_url,
     parse_prompt_variations,
     random_seed,
-    slice_in_view,
-    write_private_report,
 )
+from MedGenSlicerLib.background import ExportProcess, ProcessCall, private_folder
+from MedGenSlicerLib.job_session import JobSession
 from MedGenSlicerLib.nrrd import NrrdImage
-from MedGenSlicerLib.results import JobResult, VariantInfo
-from MedGenSlicerLib.scene import SYNTHETIC_ATTRIBUTE, ijk_to_ras, load_variant, upload_from_scene
+from MedGenSlicerLib.results import JobResult, VariantInfo, remove_private_report
+from MedGenSlicerLib.scene import SYNTHETIC_ATTRIBUTE, UploadBuilder, ijk_to_ras, load_variant, upload_from_scene
+from MedGenSlicerLib.views import ViewState, show_side_by_side, slice_on_screen
 
 SETTINGS_URL = "MedGenSlicer/EngineURL"
 LEGACY_SETTINGS_TOKEN = "MedGenSlicer/EngineToken"  # older versions saved the token here in plain text
 SETTINGS_OUTPUT = "MedGenSlicer/OutputDirectory"
-TIMER_INTERVAL_MS = 200
-THREAD_SLICE_S = 0.02  # each timer tick gives the engine threads this long to run (see onTimer)
-TEMPLATE_MISMATCH = "pixels_differ_from_dicom"  # the engine's code for voxels that differ from their DICOM files
+TIMER_INTERVAL_MS = 50  # each tick does at most a few tens of milliseconds of work (JobSession.tick)
+MODALITY_FROM_DICOM = "From its DICOM files"
+MODALITY_CHOICES = ("CT", "MR", "CR", "DX", "MG", "PT", "US")
 
 
-def moduleResourcePath(relativePath: str) -> str:
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer before 5.4 has no slicer.i18n: texts stay in English
+
+    def _(text: str) -> str:
+        return text
+
+    def translate(context: str, text: str) -> str:
+        return text
+
+
+def findModuleResource(relativePath: str) -> Optional[str]:
     """A resource file of this module: ``Resources/`` beside this file where a build or install put it,
-    else the extension's top-level ``Resources/`` when the module is loaded from the source tree."""
+    else the extension's top-level ``Resources/`` when the module is loaded from the source tree; None
+    when neither has it."""
     moduleDir = Path(__file__).resolve().parent
     for candidate in (moduleDir / "Resources" / relativePath, moduleDir.parent / "Resources" / relativePath):
         if candidate.is_file():
             return str(candidate)
-    raise FileNotFoundError(f"MedGenSlicer resource {relativePath} is in neither {moduleDir}/Resources nor "
-                            f"{moduleDir.parent}/Resources")
+    return None
+
+
+def moduleResourcePath(relativePath: str) -> str:
+    """As ``findModuleResource``, for resources the module cannot work without (its .ui)."""
+    path = findModuleResource(relativePath)
+    if path is None:
+        moduleDir = Path(__file__).resolve().parent
+        raise FileNotFoundError(f"MedGenSlicer resource {relativePath} is in neither {moduleDir}/Resources nor "
+                                f"{moduleDir.parent}/Resources")
+    return path
 
 
 #
@@ -82,18 +103,38 @@ def moduleResourcePath(relativePath: str) -> str:
 class MedGenSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "MedGenSlicer"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("MedGenSlicer")
+        # the Extensions Index category of the extension (MedGenSlicer.json, EXTENSION_CATEGORY)
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = []
         self.parent.contributors = ["MedGenSlicer developers"]
-        self.parent.helpText = (
-            "Paint a segment, type a prompt, and a Stable Diffusion model running in the local MedGen engine "
-            "inpaints that finding into the scan. Every result is marked synthetic, in the volume name and in "
-            "the DICOM it writes. Start the engine with <code>medgen serve</code> and paste its token below."
-        )
-        self.parent.acknowledgementText = "Synthetic images are for research, testing and teaching; never for diagnosis."
-        # Slicer looks for the icon beside this file only; from the source tree it sits one level up
-        self.parent.icon = qt.QIcon(moduleResourcePath("Icons/MedGenSlicer.png"))
+        self.parent.helpText = _("""
+Paint a segment, type a prompt, and a Stable Diffusion model running in the MedGen engine inpaints that
+finding into the scan. Every result is marked synthetic, in the volume name and in the DICOM it writes.
+Start the engine with <code>medgen serve</code>; for an engine on this computer the panel reads its token
+itself. Sample Data offers a phantom CT with a lesion target to try it on.
+See <a href="https://github.com/medgenslicer/MedGenSlicer#install-in-slicer">Install in Slicer</a>
+for the set-up and the self-test.
+""")
+        self.parent.acknowledgementText = _("""
+Synthetic images are for research, testing and teaching; never for diagnosis.
+MedGenSlicer is distributed under the Apache License 2.0.
+""")
+        # Slicer's base class took Resources/Icons/MedGenSlicer.png beside this file where a build put it;
+        # from the source tree it sits one level up. Without it the module keeps Slicer's default icon.
+        iconPath = findModuleResource("Icons/MedGenSlicer.png")
+        if iconPath:
+            self.parent.icon = qt.QIcon(iconPath)
+
+        # The phantom in Sample Data, once Slicer has loaded every module (as Slicer's module template does)
+        slicer.app.connect("startupCompleted()", self.registerSampleData)
+
+    @staticmethod
+    def registerSampleData():
+        """Add "MedGenSlicer phantom CT" to the Sample Data module, where that module is loaded."""
+        from MedGenSlicerLib.sampledata import register_phantom_sample_data
+
+        register_phantom_sample_data(thumbnail=findModuleResource("Icons/MedGenSlicer.png"))
 
 
 #
@@ -103,7 +144,8 @@ class MedGenSlicer(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class MedGenSlicerParameterNode:
-    """What the panel sets; the engine URL and token live in QSettings, never in a saved scene."""
+    """What the panel sets; the engine URL and token live in QSettings, never in a saved scene. The job
+    id (and the region it may change) are kept here so a saved scene re-attaches after a restart."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
@@ -119,9 +161,12 @@ class MedGenSlicerParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     numVariants: Annotated[int, WithinRange(1, 16)] = 1
     maskDilationMm: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
+    sourceModality: str = ""  # "" = the modality of the volume's DICOM files
     forceModality: bool = False
     exportDestination: str = ""
-    deidentifyExport: bool = False
+    deidentifyExport: bool = True
+    jobId: str = ""
+    jobRegion: str = ""  # "k0 k1 j0 j1 i0 i1": the slab sent and the rows and columns the job may change
 
 
 #
@@ -130,25 +175,25 @@ class MedGenSlicerParameterNode:
 
 
 class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Widgets to parameters and buttons to MedGenSlicerLib: a job is a `JobSession`, views are `views`,
+    engine calls run in the worker process; the timer only moves them along (`onTimer`)."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic: Optional[MedGenSlicerLogic] = None
         self._parameterNode: Optional[MedGenSlicerParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._connectionCall: Optional[BackgroundCall] = None
-        self._acceptCall: Optional[BackgroundCall] = None
-        self._acceptFolder: Optional[Path] = None
-        self._monitor: Optional[JobMonitor] = None
-        self._exportMonitor: Optional[ExportMonitor] = None
-        self._jobSource: Optional[vtkMRMLScalarVolumeNode] = None
-        self._variants: List[dict] = []
+        self._session: Optional[JobSession] = None
+        self._variantIndices: List[int] = []  # the variants list's rows, by variant index
+        self._exportProcess: Optional[ExportProcess] = None
         self._modelRecommendations: dict = {}
-        self._calls: List[tuple] = []  # (BackgroundCall, what to do with its result) for delete and report
-        self._jobId: Optional[str] = None  # the last job, for Delete from engine and Open report
-        self._resendWithoutTemplates = None  # builds the last job's upload again, voxels only
+        self._calls: List[tuple] = []  # (ProcessCall, what to do with its result)
+        self._accepting = False
         self._plainHttpAgreed: set = set()  # engine URLs the user agreed to send the token to over http
-        self._savedView: Optional[dict] = None  # the layout and slice links before the compare view
+        self._savedView: Optional[ViewState] = None  # the user's views before the compare view
+        self._compareWanted = False  # a variant arrived while the module was not shown
+        self._reports: Optional[Path] = None  # private folder of downloaded reports, removed on exit
         self._timer = qt.QTimer()
 
     def setup(self) -> None:
@@ -169,9 +214,12 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             SETTINGS_OUTPUT, str(Path(slicer.app.defaultScenePath) / "MedGenSlicer")
         )
         self.ui.adaptersTableWidget.setHorizontalHeaderLabels(["Adapter", "Weight"])
+        self.ui.modalityComboBox.clear()
+        self.ui.modalityComboBox.addItems([MODALITY_FROM_DICOM] + list(MODALITY_CHOICES))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         self.ui.checkConnectionButton.connect("clicked(bool)", self.onCheckConnection)
         self.ui.engineUrlLineEdit.connect("editingFinished()", self.onEngineSettingsChanged)
@@ -180,6 +228,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
         self.ui.currentSliceRadioButton.connect("toggled(bool)", self.onScopeChanged)
         self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
+        self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.onModalityChanged)
         self.ui.diceButton.connect("clicked(bool)", self.onDice)
         self.ui.generateButton.connect("clicked(bool)", self.onGenerate)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -211,16 +260,24 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
+        """Slicer exits (or the module is reloaded): the job goes on in the engine and is re-attached from
+        the saved scene; the compare view and every downloaded report (patient images) go."""
         self._timer.stop()
-        if self._monitor is not None and self._monitor.is_alive():
-            self._monitor.cancel()
+        if self._session is not None:
+            self._session.detach()
         self._restoreView()
+        if self._reports is not None:
+            shutil.rmtree(self._reports, ignore_errors=True)
+            self._reports = None
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if self._compareWanted:
+            self._guarded("compare view", self.onShowVariant)
 
     def exit(self) -> None:
+        """Leaving the module gives the user's views back; the job goes on and shows when they return."""
         self._restoreView()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
@@ -228,16 +285,25 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        """A closed scene takes its patient with it: the job is cancelled on the engine, the preview and the
+        compare view go, and Generate is ready for the next patient."""
         self._restoreView()
+        jobId = self._session.job_id if self._session is not None and self._session.running else None
+        self._closeSession(cancel=True)
+        if self._parameterNode:
+            self._parameterNode.jobId = ""
         self.setParameterNode(None)
-        # the variant volumes and their source leave with the scene
-        self._variants = []
-        self._jobSource = None
-        self.ui.variantsListWidget.clear()
+        self.ui.progressBar.value = 0
+        self._showStatus(f"The scene was closed: job {jobId} is cancelled on the engine." if jobId else "")
+        self._updateButtons()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A loaded scene may hold a job this panel followed before Slicer closed: follow it again."""
+        self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -245,6 +311,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and first.GetAttribute(SYNTHETIC_ATTRIBUTE) is None:
                 self._parameterNode.inputVolume = first
+        self._reattach()
 
     def setParameterNode(self, inputParameterNode: Optional[MedGenSlicerParameterNode]) -> None:
         if self._parameterNode:
@@ -261,28 +328,33 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.segmentSelector.setCurrentSegmentID(segmentId)
             self.ui.currentSliceRadioButton.checked = self._parameterNode.currentSliceOnly
             self.ui.allSlicesRadioButton.checked = not self._parameterNode.currentSliceOnly
+            modality = self._parameterNode.sourceModality
+            self.ui.modalityComboBox.setCurrentIndex(
+                1 + MODALITY_CHOICES.index(modality) if modality in MODALITY_CHOICES else 0)
             self._updateButtons()
 
     # --- panel state ---------------------------------------------------------------------------
 
     def _updateButtons(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        busy = self._monitor is not None and self._monitor.is_alive()
+        busy = self._session is not None and self._session.running
         ready = bool(node and node.inputVolume and node.segmentation and node.segmentId and node.prompt.strip())
         self.ui.generateButton.enabled = ready and not busy
         self.ui.generateButton.toolTip = (
             "Inpaint the segment with the prompt" if ready else "Choose a volume and a segment, and type a prompt"
         )
         self.ui.cancelButton.enabled = busy
-        chosen = self.ui.variantsListWidget.currentRow >= 0
+        chosen = self._selectedIndex() is not None
+        shown = chosen and self._session is not None and self._session.preview is not None \
+            and self._session.preview.shown == self._selectedIndex()
         self.ui.showVariantButton.enabled = chosen
-        self.ui.acceptButton.enabled = chosen and (self._acceptCall is None or self._acceptCall.done())
-        exporting = self._exportMonitor is not None and self._exportMonitor.is_alive()
+        self.ui.acceptButton.enabled = bool(shown) and not self._accepting
+        exporting = self._exportProcess is not None and self._exportProcess.has_pending()
         destinations = self.ui.destinationComboBox.count > 0
         self.ui.sendToPacsButton.enabled = chosen and destinations and not busy and not exporting
-        finished = self._jobId is not None and not busy
+        finished = bool(node and node.jobId) and not busy
         self.ui.deleteJobButton.enabled = finished
-        self.ui.openReportButton.enabled = finished and bool(self._variants)
+        self.ui.openReportButton.enabled = finished and bool(self._variantIndices)
         self.ui.sendToPacsButton.toolTip = (
             "Send the chosen variant's synthetic DICOM series from the engine to the chosen PACS" if destinations
             else "The engine has no PACS destinations: start it with "
@@ -327,11 +399,9 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.connectionStatusLabel.text = "Connecting…"
             self.ui.checkConnectionButton.enabled = False
-            self._connectionCall = BackgroundCall(client.check_connection)
-            self._timer.start()
+            self._runInBackground(ProcessCall(client, "check_connection"), self._finishConnectionCheck)
 
-    def _finishConnectionCheck(self) -> None:
-        call, self._connectionCall = self._connectionCall, None
+    def _finishConnectionCheck(self, call) -> None:
         self.ui.checkConnectionButton.enabled = True
         try:
             info = call.result()
@@ -347,6 +417,7 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:  # noqa: BLE001 - an answer of another shape (another engine version)
             self.ui.connectionStatusLabel.text = f"Connected, but the engine's answer was not understood: {error}"
             logging.exception("MedGenSlicer: engine info")
+        self._reattach()
 
     def _showConnection(self, info: dict) -> None:
         ready = [m["name"] for m in info["models"] if m["state"] != "failed"]
@@ -439,6 +510,12 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if "guidance_scale" in recommended:
             self._parameterNode.guidance = float(recommended["guidance_scale"])
 
+    def onModalityChanged(self, index: int) -> None:
+        """For a volume without DICOM files (NIfTI, NRRD) the user states its modality, so an MR gets the
+        model's MR contract and adapter; the first entry keeps the modality of the DICOM files."""
+        if self._parameterNode:
+            self._parameterNode.sourceModality = MODALITY_CHOICES[index - 1] if 0 < index <= len(MODALITY_CHOICES) else ""
+
     def onDestinationChanged(self, name: str) -> None:
         if self._parameterNode and name:
             self._parameterNode.exportDestination = name
@@ -449,86 +526,123 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- generate ----------------------------------------------------------------------------
 
+    def _parameters(self) -> InpaintParameters:
+        node = self._parameterNode
+        return InpaintParameters(
+            prompt=node.prompt,
+            negative_prompt=node.negativePrompt or None,
+            prompt_variations=parse_prompt_variations(node.promptVariations),
+            model=node.model or None,
+            adapters=self._chosenAdapters(),
+            control_from=self.ui.controlFromComboBox.currentText,
+            num_inference_steps=node.steps,
+            guidance_scale=node.guidance,
+            strength=node.strength,
+            seed=node.seed,
+            num_variants=node.numVariants,
+            mask_dilate_mm=node.maskDilationMm,
+            source_modality=node.sourceModality or None,
+            force_modality=node.forceModality,
+        )
+
     def onGenerate(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not start the generation.", waitCursor=True):
             node = self._parameterNode
             client = self._client()
-            parameters = InpaintParameters(
-                prompt=node.prompt,
-                negative_prompt=node.negativePrompt or None,
-                prompt_variations=parse_prompt_variations(node.promptVariations),
-                model=node.model or None,
-                adapters=self._chosenAdapters(),
-                control_from=self.ui.controlFromComboBox.currentText,
-                num_inference_steps=node.steps,
-                guidance_scale=node.guidance,
-                strength=node.strength,
-                seed=node.seed,
-                num_variants=node.numVariants,
-                mask_dilate_mm=node.maskDilationMm,
-                force_modality=node.forceModality,
-            )
-            sliceToRAS = self.logic.redSliceToRAS() if node.currentSliceOnly else None
+            parameters = self._parameters()
+            parameters.check()
             volume, segmentation, segmentId = node.inputVolume, node.segmentation, node.segmentId
-            upload = self.logic.buildUpload(volume, segmentation, segmentId, parameters, sliceToRAS)
-            # if the engine finds the volume's DICOM files differ from its voxels, the same job goes again
-            # with the voxels only (the synthetic series then starts a study of its own)
-            self._resendWithoutTemplates = lambda: self.logic.buildUpload(
-                volume, segmentation, segmentId, parameters, sliceToRAS, useDicomTemplates=False)
+            slices = [self.logic.sliceOnScreen(volume)[1]] if node.currentSliceOnly else None
+            # moving on: the last job's unaccepted variants leave the scene, the user's views come back
             self._restoreView()
-            self._jobSource = volume
-            self._variants = []
-            self._jobId = None
-            self.ui.variantsListWidget.clear()
-            self._startJob(client, upload)
+            self._closeSession()
+            node.jobId, node.jobRegion = "", ""
 
-    def _startJob(self, client: EngineClient, upload: JobUpload) -> None:
-        self.ui.progressBar.value = 0
-        self._monitor = JobMonitor(client, upload).start()
-        self._showStatus(f"Sending slices {upload.slab_start}–{upload.slab_stop - 1} "
-                         f"({upload.size / 1e6:.1f} MB) to the engine…")
+            def makeBuilder(useDicomTemplates: bool, folder: Path) -> UploadBuilder:
+                return UploadBuilder(volume, segmentation, segmentId, parameters, slices, folder=folder,
+                                     use_dicom_templates=useDicomTemplates)
+
+            self._session = JobSession(client, volume, make_builder=makeBuilder)
+            self.ui.progressBar.value = 0
+            self._timer.start()
+            self._updateButtons()
+
+    def _reattach(self) -> None:
+        """Follow the job the parameter node names, when no session follows it yet (a Slicer restart with
+        the saved scene, a dropped connection the user fixed)."""
+        node = self._parameterNode
+        if not node or not node.jobId or not node.inputVolume:
+            return
+        if self._session is not None and not (self._session.job_id == node.jobId and self._session.final_state == "failed"):
+            return  # followed already (a failed follow, a wrong token say, is tried again)
+        if not self.ui.tokenLineEdit.text.strip():
+            self._showStatus(f"Job {node.jobId} is waiting on the engine: enter its token and Check connection to "
+                             f"follow it again.", error=True)
+            return
+        try:
+            client = EngineClient(self.ui.engineUrlLineEdit.text, self.ui.tokenLineEdit.text,
+                                  allow_plain_http=normalize_url(self.ui.engineUrlLineEdit.text) in self._plainHttpAgreed)
+        except EngineError as error:
+            self._showStatus(f"Job {node.jobId} is waiting on the engine; {error}", error=True)
+            return
+        numbers = [int(v) for v in node.jobRegion.split()]
+        slab, region = (numbers[:2], numbers[2:]) if len(numbers) == 6 else (None, None)
+        self._session = JobSession(client, node.inputVolume, job_id=node.jobId, slab=slab, region=region)
+        self._showStatus(f"Following job {node.jobId} again…")
         self._timer.start()
         self._updateButtons()
 
+    def _closeSession(self, cancel: bool = False) -> None:
+        session, self._session = self._session, None
+        self._variantIndices = []
+        self._compareWanted = False
+        self.ui.variantsListWidget.clear()
+        if session is None:
+            return
+        call = session.close(cancel=cancel)
+        if call is not None:
+            jobId = session.job_id
+            self._runInBackground(call, lambda done: self._finishCancelOnClose(done, jobId))
+
+    def _finishCancelOnClose(self, call, jobId: str) -> None:
+        try:
+            call.result()
+        except RequestRefused as error:
+            if error.status != 409:  # 409: it had finished; nothing to cancel
+                self._showStatus(f"Could not cancel job {jobId} on the engine: {error}", error=True)
+        except Exception as error:  # noqa: BLE001 - shown, the timer goes on
+            self._showStatus(f"Could not cancel job {jobId} on the engine: {error}", error=True)
+
     def onCancel(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not cancel the job."):
-            if self._monitor is not None:
-                self._monitor.cancel()
-                self._showStatus("Cancelling: the engine stops at its next step…")
+            if self._session is not None:
+                self._session.cancel()
+                self._showStatus("Cancelling: the engine stops at its next step; finished variants still arrive…")
                 self.ui.cancelButton.enabled = False
 
     def onTimer(self) -> None:
-        """Everything the background threads produced since the last tick; waits only THREAD_SLICE_S.
+        """Moves every piece of work along by one short step; nothing here waits.
 
-        Slicer's PythonQt keeps the GIL on the main thread between Python calls, so the engine threads
-        run only while this sleep releases it.
-
-        Every step is guarded: an unexpected error is shown in the panel and the other steps, and the
-        events after the one that failed, are still handled; the timer goes on until all is done.
+        The engine work runs in the worker process (MedGenSlicerLib.worker says why not in threads);
+        a job's own steps on the GUI thread (segment export, upload files, the preview copy) each stop
+        after a few tens of milliseconds. Every step is guarded: an unexpected error is shown in the
+        panel and the other steps still run; the timer goes on until all is done.
         """
-        time.sleep(THREAD_SLICE_S)
-        if self._connectionCall is not None and self._connectionCall.done():
-            self._guarded("connection check", self._finishConnectionCheck)
-        if self._acceptCall is not None and self._acceptCall.done():
-            self._guarded("accept", self._finishAccept)
+        if self._session is not None:
+            for update in self._session.tick():
+                self._guarded(f"job update '{update.kind}'", lambda u=update: self._applyUpdate(u))
         for call, finish in [entry for entry in self._calls if entry[0].done()]:
             self._calls.remove((call, finish))
             self._guarded("engine call", lambda: finish(call))
-        if self._monitor is not None:
-            deliver(self._monitor.drain(), self._handleJobEvent,
-                    lambda event, error: self._showUnexpected(f"job event '{event.kind}'", error))
-        if self._exportMonitor is not None:
-            deliver(self._exportMonitor.drain(), self._handleExportEvent,
+        if self._exportProcess is not None:
+            deliver(self._exportProcess.drain(), self._handleExportEvent,
                     lambda event, error: self._showUnexpected(f"export event '{event.kind}'", error))
         idle = (
-            self._connectionCall is None
-            and (self._acceptCall is None or self._acceptCall.done())
+            (self._session is None or not self._session.active)
             and not self._calls
-            and (self._monitor is None or not self._monitor.is_alive())
-            and (self._exportMonitor is None or not self._exportMonitor.is_alive())
+            and (self._exportProcess is None or not self._exportProcess.has_pending())
         )
-        drained = all(m is None or m.events.empty() for m in (self._monitor, self._exportMonitor))
-        if idle and drained:
+        if idle:
             self._timer.stop()
             self._guarded("panel update", self._updateButtons)
 
@@ -542,126 +656,105 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.error("MedGenSlicer: %s failed", what, exc_info=(type(error), error, error.__traceback__))
         self._showStatus(f"Unexpected error in the {what}: {type(error).__name__}: {error}", error=True)
 
-    def _handleJobEvent(self, event) -> None:
-        if event.kind == "submitted":
-            position = event.status.get("queue_position")
-            self._showStatus("Queued" + (f" (position {position})" if position and position > 1 else "") + "…")
-        elif event.kind == "status":
-            status = event.status
-            progress = status["progress"]
-            if status["state"] == "queued":
-                self._showStatus(f"Waiting in the engine's queue (position {status['queue_position']})…")
-            elif status["state"] == "running" and progress["steps_total"]:
-                self.ui.progressBar.maximum = progress["steps_total"]
-                self.ui.progressBar.value = progress["steps_done"]
-                self._showStatus(f"Generating: step {progress['steps_done']} of {progress['steps_total']}, "
-                                 f"{status['variants_ready']} of {status['num_variants']} variant(s) ready")
-        elif event.kind == "variant":
-            self._addVariant(event.variant, event.image, event.result)
-        elif event.kind == "finished":
-            state = event.status["state"]
+    def _applyUpdate(self, update) -> None:
+        if update.kind == "status":
+            self._showStatus(update.text, error=update.error)
+        elif update.kind == "progress":
+            self.ui.progressBar.maximum = update.total
+            self.ui.progressBar.value = update.done
+        elif update.kind == "job":
+            self._parameterNode.jobId = update.text
+            # the slab sent and the rows and columns it may change: "k0 k1 j0 j1 i0 i1", for a re-attach
+            self._parameterNode.jobRegion = " ".join(str(v) for v in (*self._session.slab, *self._session.region))
+        elif update.kind == "variant":
+            self._variantIndices.append(update.variant.index)
+            self.ui.variantsListWidget.addItem(f"Variant {update.variant.index} (seed {update.variant.seed})")
+            if len(self._variantIndices) == 1:
+                self.ui.variantsListWidget.setCurrentRow(0)
+        elif update.kind == "shown":
+            if self.parent.isEntered:
+                self._showCompare(update.node)
+            else:
+                self._compareWanted = True  # the user works elsewhere (Segment Editor): their layout stays
+        elif update.kind == "ended":
+            state = self._session.final_state if self._session is not None else None
             if state == "succeeded":
                 self.ui.progressBar.value = self.ui.progressBar.maximum
-                self._showStatus(f"Done: {len(self._variants)} variant(s). Compare them with the source, then Accept one.")
-            else:
-                self._showStatus(f"Cancelled; {len(self._variants)} variant(s) finished before the engine stopped.")
-            self._updateButtons()
-        elif event.kind == "error":
-            error = event.error
-            if (isinstance(error, RequestRefused) and error.code == TEMPLATE_MISMATCH
-                    and self._resendWithoutTemplates is not None):
-                resend, self._resendWithoutTemplates = self._resendWithoutTemplates, None
-                self._showStatus("The volume's voxels differ from its DICOM files (edited, or a copy of the "
-                                 "loaded series): sending its voxels alone; the synthetic series will not join "
-                                 "the source's study.")
-                self._startJob(self._client(), resend())
-                return
-            self._showStatus(str(error), error=True)
-            self._updateButtons()
-        if event.kind in ("submitted", "finished") and self._monitor is not None and self._monitor.job_id:
-            self._jobId = self._monitor.job_id
-
-    def _addVariant(self, variant: VariantInfo, image: NrrdImage, result: JobResult) -> None:
-        if self._jobSource is None or not slicer.mrmlScene.IsNodePresent(self._jobSource):
-            self._showStatus(f"Variant {variant.index} arrived after its source volume left the scene", error=True)
-            return
-        jobId = self._monitor.job_id if self._monitor is not None else result.job_id
-        try:
-            node = self.logic.addVariantVolume(self._jobSource, image, result, variant, jobId)
-        except (GeometryError, ValueError) as error:
-            self._showStatus(f"Variant {variant.index} could not be placed on the source volume: {error}", error=True)
-            return
-        except Exception as error:  # noqa: BLE001 - the next variants must still arrive
-            self._showUnexpected(f"placing variant {variant.index}", error)
-            return
-        self._variants.append({"node": node, "variant": variant, "job_id": jobId})
-        self.ui.variantsListWidget.addItem(f"Variant {variant.index} (seed {variant.seed})")
-        if len(self._variants) == 1:
-            self.ui.variantsListWidget.setCurrentRow(0)
-            self._guarded("compare view", self.onShowVariant)
+            elif state == "gone":  # the engine no longer has it: nothing to re-attach to
+                self._parameterNode.jobId, self._parameterNode.jobRegion = "", ""
+            self._showStatus(update.text, error=update.error)
+        self._updateButtons()
 
     # --- review and accept -------------------------------------------------------------------
 
-    def onVariantSelected(self, row: int) -> None:
-        self._updateButtons()
-
-    def _selected(self) -> Optional[dict]:
+    def _selectedIndex(self) -> Optional[int]:
         row = self.ui.variantsListWidget.currentRow
-        return self._variants[row] if 0 <= row < len(self._variants) else None
+        return self._variantIndices[row] if 0 <= row < len(self._variantIndices) else None
+
+    def onVariantSelected(self, row: int) -> None:
+        index = self._selectedIndex()
+        if index is not None and self._session is not None and index in self._session.variants:
+            self._session.show(index)
+            self._timer.start()
+        self._updateButtons()
 
     def onShowVariant(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not show the variant beside its source."):
-            chosen = self._selected()
-            if chosen is None:
+            session = self._session
+            if session is None or session.preview is None or session.preview.node is None:
                 return
-            previous = self.logic.showSideBySide(self._jobSource, chosen["node"])
-            if previous is None:
-                self._showStatus("No slice views to compare in (Slicer runs without its main window); "
-                                 "the variant is in the scene as " + chosen["node"].GetName())
-            elif self._savedView is None:
-                self._savedView = previous  # the user's own view, restored when the compare view closes
+            self._showCompare(session.preview.node)
+
+    def _showCompare(self, previewNode) -> None:
+        self._compareWanted = False
+        saved = ViewState.capture(slicer.mrmlScene, slicer.app.layoutManager()) if self._savedView is None else None
+        if not self.logic.showSideBySide(self._session.source, previewNode):
+            self._showStatus("No slice views to compare in (Slicer runs without its main window); "
+                             "the variant is in the scene as " + previewNode.GetName())
+        elif saved is not None:
+            self._savedView = saved  # the user's own views, restored when the compare view closes
 
     def _restoreView(self) -> None:
-        """Back to the user's layout and slice links, once the compare view closes (module left, new job,
-        scene closed)."""
+        """Back to the user's layout and every slice view as it was (module left, new job, scene closed)."""
         saved, self._savedView = self._savedView, None
         if saved is not None:
             try:
-                self.logic.restoreView(saved)
+                saved.restore(slicer.mrmlScene, slicer.app.layoutManager())
             except Exception as error:  # noqa: BLE001 - a view that cannot be restored is not worth a crash
-                logging.warning("MedGenSlicer: could not restore the layout: %s", error)
+                logging.warning("MedGenSlicer: could not restore the views: %s", error)
 
     def onAccept(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not accept the variant.", waitCursor=True):
-            chosen = self._selected()
-            if chosen is None:
+            index, session = self._selectedIndex(), self._session
+            if index is None or session is None:
                 return
-            folder = Path(self.ui.outputDirectoryButton.directory) / f"{chosen['job_id']}-variant-{chosen['variant'].index:02d}"
-            client = self._client()
-            self._acceptCall = BackgroundCall(
-                lambda: extract_zip(client.download(chosen["variant"].dicom_zip_url), folder)
-            )
-            self._acceptFolder = folder
+            variant = session.variants[index].variant
+            jobId = session.job_id
+            folder = Path(self.ui.outputDirectoryButton.directory) / f"{jobId}-variant-{index:02d}"
+            name = f"SYNTHETIC {session.source.GetName()} v{index} (job {jobId})"
+            self._restoreView()  # the kept volume is the user's now; the compare view was the preview's
+            session.accept(index, name)
+            self._accepting = True
+            self._runInBackground(ProcessCall(self._client(), "accept", url=variant.dicom_zip_url, folder=str(folder)),
+                                  lambda call: self._finishAccept(call, folder))
             self._showStatus(f"Writing the synthetic series to {folder}…")
-            self._timer.start()
-            self._updateButtons()
 
-    def _finishAccept(self) -> None:
-        call, self._acceptCall = self._acceptCall, None
+    def _finishAccept(self, call, folder: Path) -> None:
+        self._accepting = False
         try:
-            files = call.result()
+            files = [Path(path) for path in call.result()]
         except Exception as error:  # noqa: BLE001 - engine, zip and disk errors alike end in the panel
             self._showStatus(f"Accept failed: {error}", error=True)
             self._updateButtons()
             return
-        # reported in the panel, not raised: this runs in the timer, which must go on draining the monitors
+        # reported in the panel, not raised: this runs in the timer, which must go on
         try:
-            found = self.logic.importIntoDicomDatabase(self._acceptFolder, files)
+            found = self.logic.importIntoDicomDatabase(folder, files)
         except Exception as error:  # noqa: BLE001 - the series is on disk either way
-            self._showStatus(f"Wrote {len(files)} synthetic instance(s) to {self._acceptFolder}, but could not add "
+            self._showStatus(f"Wrote {len(files)} synthetic instance(s) to {folder}, but could not add "
                              f"them to the DICOM database: {error}", error=True)
         else:
-            self._showStatus(f"Accepted: {len(files)} synthetic instance(s) in {self._acceptFolder}; the DICOM "
+            self._showStatus(f"Accepted: {len(files)} synthetic instance(s) in {folder}; the DICOM "
                              f"database holds the series with {found} instance(s) (its description starts "
                              f"with SYNTHETIC).")
         self._updateButtons()
@@ -670,70 +763,22 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSendToPacs(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not send the variant to the PACS."):
-            chosen = self._selected()
+            index = self._selectedIndex()
             destination = self.ui.destinationComboBox.currentText
-            if chosen is None or not destination:
+            if index is None or not destination or not self._parameterNode.jobId:
                 return
-            self._exportMonitor = ExportMonitor(
-                self._client(), chosen["job_id"], destination, variant=chosen["variant"].index,
-                deidentify=bool(self._parameterNode and self._parameterNode.deidentifyExport),
-            ).start()
-            self._showExportStatus(f"Sending variant {chosen['variant'].index} to {destination}…")
+            deidentify = bool(self._parameterNode.deidentifyExport)
+            if not deidentify and not slicer.util.confirmYesNoDisplay(
+                    f"Send variant {index} to {destination} with the patient's name, ID and dates, not de-identified?"
+                    "\n\nThey leave this machine and stay in that PACS.",
+                    windowTitle="MedGenSlicer: send identified data"):
+                return
+            self._exportProcess = ExportProcess(self._client(), self._parameterNode.jobId, destination,
+                                                variant=index, deidentify=deidentify)
+            self._showExportStatus(f"Sending variant {index} to {destination}"
+                                   f"{' (de-identified)' if deidentify else ' with the patient identity'}…")
             self._timer.start()
             self._updateButtons()
-
-    # --- the job on the engine: report and deletion ------------------------------------------
-
-    def _runInBackground(self, function, finish) -> None:
-        self._calls.append((BackgroundCall(function), finish))
-        self._timer.start()
-        self._updateButtons()
-
-    def onOpenReport(self) -> None:
-        """Download the finished job's HTML report into a file only this user can read, and open it."""
-        with slicer.util.tryWithErrorDisplay("Could not open the job's report."):
-            jobId, client = self._jobId, self._client()
-            if not jobId:
-                return
-            self._showStatus("Downloading the job's report…")
-            self._runInBackground(lambda: write_private_report(client.report(jobId), jobId), self._finishReport)
-
-    def _finishReport(self, call: BackgroundCall) -> None:
-        try:
-            path = call.result()
-        except Exception as error:  # noqa: BLE001 - engine and disk errors alike end in the panel
-            self._showStatus(f"Could not get the report: {error}", error=True)
-            return
-        if not qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path))):
-            self._showStatus(f"The report is in {path}; no web browser opened it.", error=True)
-        else:
-            self._showStatus(f"Opened the report ({path}).")
-
-    def onDeleteJob(self) -> None:
-        """Remove the job's uploaded scan and results from the engine; the volumes in the scene stay."""
-        with slicer.util.tryWithErrorDisplay("Could not delete the job from the engine."):
-            jobId, client = self._jobId, self._client()
-            if not jobId or not slicer.util.confirmOkCancelDisplay(
-                    f"Delete job {jobId} (its uploaded slices and all its results) from the engine?",
-                    windowTitle="MedGenSlicer"):
-                return
-            self._runInBackground(lambda: client.delete_job(jobId), lambda call: self._finishDelete(call, jobId))
-
-    def _finishDelete(self, call: BackgroundCall, jobId: str) -> None:
-        try:
-            call.result()
-        except RequestRefused as error:
-            if error.status == 410:
-                self._jobId = None
-                self._showStatus(f"Job {jobId} was already deleted from the engine.")
-            else:
-                self._showStatus(f"Could not delete job {jobId}: {error}", error=True)
-        except Exception as error:  # noqa: BLE001 - engine errors and bugs alike end in the panel
-            self._showStatus(f"Could not delete job {jobId}: {error}", error=True)
-        else:
-            self._jobId = None
-            self._showStatus(f"Deleted job {jobId} from the engine; its volumes stay in the scene.")
-        self._updateButtons()
 
     def _handleExportEvent(self, event) -> None:
         if event.kind in ("started", "status"):
@@ -749,6 +794,70 @@ class MedGenSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pacsStatusLabel.text = text
         self.ui.pacsStatusLabel.setStyleSheet("color: #c0392b;" if error else "")
         (logging.error if error else logging.info)("MedGenSlicer: %s", text)
+
+    # --- the job on the engine: report and deletion ------------------------------------------
+
+    def _runInBackground(self, call, finish) -> None:
+        self._calls.append((call, finish))
+        self._timer.start()
+        self._updateButtons()
+
+    def onOpenReport(self) -> None:
+        """Download the finished job's HTML report into this session's private reports folder (removed when
+        the job is deleted or Slicer exits), and open it."""
+        with slicer.util.tryWithErrorDisplay("Could not open the job's report."):
+            jobId, client = self._parameterNode.jobId, self._client()
+            if not jobId:
+                return
+            if self._reports is None:
+                self._reports = private_folder("medgenslicer-reports-")
+            self._showStatus("Downloading the job's report…")
+            self._runInBackground(ProcessCall(client, "report", job_id=jobId, folder=str(self._reports)),
+                                  self._finishReport)
+
+    def _finishReport(self, call) -> None:
+        try:
+            path = call.result()
+        except Exception as error:  # noqa: BLE001 - engine and disk errors alike end in the panel
+            self._showStatus(f"Could not get the report: {error}", error=True)
+            return
+        if not qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path))):
+            self._showStatus(f"The report is in {path}; no web browser opened it.", error=True)
+        else:
+            self._showStatus(f"Opened the report ({path}).")
+
+    def onDeleteJob(self) -> None:
+        """Remove the job's uploaded scan and results from the engine, its preview and report here; the
+        accepted volumes stay in the scene."""
+        with slicer.util.tryWithErrorDisplay("Could not delete the job from the engine."):
+            jobId, client = self._parameterNode.jobId, self._client()
+            if not jobId or not slicer.util.confirmOkCancelDisplay(
+                    f"Delete job {jobId} (its uploaded slices and all its results) from the engine?",
+                    windowTitle="MedGenSlicer"):
+                return
+            self._runInBackground(ProcessCall(client, "delete_job", job_id=jobId),
+                                  lambda call: self._finishDelete(call, jobId))
+
+    def _finishDelete(self, call, jobId: str) -> None:
+        try:
+            call.result()
+        except RequestRefused as error:
+            if error.status != 410:
+                self._showStatus(f"Could not delete job {jobId}: {error}", error=True)
+                return
+            self._showStatus(f"Job {jobId} was already deleted from the engine.")
+        except Exception as error:  # noqa: BLE001 - engine errors and bugs alike end in the panel
+            self._showStatus(f"Could not delete job {jobId}: {error}", error=True)
+            return
+        else:
+            self._showStatus(f"Deleted job {jobId} from the engine; accepted volumes stay in the scene.")
+        remove_private_report(self._reports, jobId)
+        self._restoreView()
+        if self._session is not None and self._session.job_id == jobId:
+            self._closeSession()
+        if self._parameterNode and self._parameterNode.jobId == jobId:
+            self._parameterNode.jobId, self._parameterNode.jobRegion = "", ""
+        self._updateButtons()
 
 
 #
@@ -770,31 +879,15 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
         return ijk_to_ras(volumeNode)
 
     @staticmethod
-    def redSliceNode():
-        """The Red view's slice node: from the layout when there is one, else from the scene (Slicer run
-        with --no-main-window, or a layout without a Red view); None when there is neither."""
-        layoutManager = slicer.app.layoutManager()
-        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager is not None else None
-        if sliceWidget is not None:
-            return sliceWidget.mrmlSliceNode()
-        return slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceNode")
-
-    @classmethod
-    def redSliceToRAS(cls) -> np.ndarray:
-        sliceNode = cls.redSliceNode()
-        if sliceNode is None:
-            raise GeometryError("there is no Red slice view to take the current slice from; choose "
-                                "'every slice the segment touches'")
-        return slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+    def sliceOnScreen(volumeNode) -> tuple:
+        """(view name, k): the slice of ``volumeNode`` a slice view on screen shows (not a hidden Red)."""
+        shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+        return slice_on_screen(volumeNode.GetScene(), ijk_to_ras(volumeNode), shape)
 
     def buildUpload(self, volumeNode, segmentationNode, segmentId: str, parameters: InpaintParameters,
-                    sliceToRAS: Optional[np.ndarray] = None, useDicomTemplates: bool = True) -> JobUpload:
-        """The job upload: the volume's current voxels on the slab the segment touches (the slice
-        ``sliceToRAS`` shows, when given); its DICOM files only as header templates."""
-        slices = None
-        if sliceToRAS is not None:
-            shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
-            slices = [slice_in_view(ijk_to_ras(volumeNode), shape, sliceToRAS)]
+                    slices: Optional[List[int]] = None, useDicomTemplates: bool = True) -> JobUpload:
+        """The job upload in memory (for scripts and the self-test; the panel builds it in steps with
+        `UploadBuilder`): the volume's voxels on the slab the segment touches, on ``slices`` when given."""
         return upload_from_scene(volumeNode, segmentationNode, segmentId, parameters, slices,
                                  use_dicom_templates=useDicomTemplates)
 
@@ -804,52 +897,10 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
         return load_variant(sourceNode, image, result, variant, job_id=jobId)
 
     @staticmethod
-    def showSideBySide(sourceNode, variantNode) -> Optional[dict]:
-        """Source on the left, variant on the right, both on the plane the Red view shows now (where the
-        user painted; FitSliceToAll alone would move them to the volume's centre), slices linked.
-
-        Returns the layout and slice links it changed, for `restoreView`; None without slice views.
-        """
-        layoutManager = slicer.app.layoutManager()
-        redSliceNode = MedGenSlicerLogic.redSliceNode()
-        if layoutManager is None or redSliceNode is None:
-            return None
-        sliceToRAS = vtk.vtkMatrix4x4()
-        sliceToRAS.DeepCopy(redSliceNode.GetSliceToRAS())  # also right for oblique (Reformat) views
-        offset = redSliceNode.GetSliceOffset()
-        previous = {"layout": layoutManager.layout, "links": {}}
-        for compositeNode in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
-            previous["links"][compositeNode.GetID()] = (compositeNode.GetLinkedControl(),
-                                                        compositeNode.GetHotLinkedControl())
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        for viewName, node in (("Red", sourceNode), ("Yellow", variantNode)):
-            sliceWidget = layoutManager.sliceWidget(viewName)
-            if sliceWidget is None:
-                continue
-            compositeNode = sliceWidget.mrmlSliceCompositeNode()
-            compositeNode.SetBackgroundVolumeID(node.GetID())
-            compositeNode.SetForegroundVolumeID(None)
-            compositeNode.SetLinkedControl(True)
-            compositeNode.SetHotLinkedControl(True)
-            sliceNode = sliceWidget.mrmlSliceNode()
-            sliceNode.GetSliceToRAS().DeepCopy(sliceToRAS)
-            sliceNode.UpdateMatrices()
-            sliceWidget.sliceLogic().FitSliceToAll()
-            sliceNode.SetSliceOffset(offset)
-        return previous
-
-    @staticmethod
-    def restoreView(previous: dict) -> None:
-        """The layout and slice links `showSideBySide` found."""
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:
-            return
-        for nodeId, (linked, hotLinked) in previous["links"].items():
-            compositeNode = slicer.mrmlScene.GetNodeByID(nodeId)
-            if compositeNode is not None:
-                compositeNode.SetLinkedControl(linked)
-                compositeNode.SetHotLinkedControl(hotLinked)
-        layoutManager.setLayout(previous["layout"])
+    def showSideBySide(sourceNode, variantNode) -> bool:
+        """Source on the left, variant on the right, on the plane the Red view shows (where the user
+        painted), slices linked; False without slice views (Slicer without its main window)."""
+        return show_side_by_side(slicer.app.layoutManager(), slicer.mrmlScene, sourceNode, variantNode)
 
     @staticmethod
     def importIntoDicomDatabase(folder: Path, files: List[Path]) -> int:
@@ -880,8 +931,8 @@ class MedGenSlicerLogic(ScriptedLoadableModuleLogic):
 
 
 class MedGenSlicerTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer. The engine round trip runs when MEDGEN_TEST_ENGINE_URL and
-    MEDGEN_TEST_ENGINE_TOKEN point at a running `medgen serve`."""
+    """Runs inside Slicer (CTest runs it as py_MedGenSlicer). The engine round trip uses the engine that
+    MEDGEN_TEST_ENGINE_URL and MEDGEN_TEST_ENGINE_TOKEN name, else starts its own where `medgen` is on PATH."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -891,6 +942,8 @@ class MedGenSlicerTest(ScriptedLoadableModuleTest):
         self.test_NrrdGeometryMatchesSlicer()
         self.setUp()
         self.test_UploadFromSegment()
+        self.setUp()
+        self.test_PhantomSampleData()
         self.setUp()
         self.test_EngineRoundTrip()
 
@@ -938,19 +991,68 @@ class MedGenSlicerTest(ScriptedLoadableModuleTest):
         volumeNode = self._makeVolume()
         segmentationNode, segmentId = self._makeSegment(volumeNode)
         logic = MedGenSlicerLogic()
-        sliceToRAS = np.eye(4)
-        sliceToRAS[:3, 3] = (logic.ijkToRas(volumeNode) @ [10, 10, 3, 1])[:3]
         upload = logic.buildUpload(volumeNode, segmentationNode, segmentId,
-                                   InpaintParameters(prompt="lesion"), sliceToRAS)
+                                   InpaintParameters(prompt="lesion"), slices=[3])
         self.assertEqual((upload.slab_start, upload.slab_stop), (3, 4))
         upload = logic.buildUpload(volumeNode, segmentationNode, segmentId, InpaintParameters(prompt="lesion"))
         self.assertEqual((upload.slab_start, upload.slab_stop), (2, 4))
 
-    def test_EngineRoundTrip(self):
-        url, token = os.environ.get("MEDGEN_TEST_ENGINE_URL"), os.environ.get("MEDGEN_TEST_ENGINE_TOKEN")
-        if not url or not token:
-            self.delayDisplay("No engine given (MEDGEN_TEST_ENGINE_URL/TOKEN); engine round trip not run")
+    def test_PhantomSampleData(self):
+        """The phantom registered in Sample Data loads, offline, as a CT and a segmentation with a lesion target."""
+        from MedGenSlicerLib.sampledata import (
+            PHANTOM_SHAPE,
+            SAMPLE_NAME,
+            SEGMENTS,
+            phantom_ct,
+            register_phantom_sample_data,
+        )
+        from MedGenSlicerLib.scene import ijk_to_ras as sceneIjkToRas
+
+        if not hasattr(slicer.modules, "sampledata"):
+            self.delayDisplay("The Sample Data module is not loaded; phantom sample not checked")
             return
+        import SampleData
+
+        self.delayDisplay("Phantom CT from Sample Data")
+        self.assertTrue(register_phantom_sample_data())
+        source = SampleData.SampleDataLogic().sourceForSampleName(SAMPLE_NAME)
+        self.assertIsNotNone(source)
+        volumeNode, segmentationNode = source.customDownloader(source)
+        phantom = phantom_ct()
+        self.assertEqual(slicer.util.arrayFromVolume(volumeNode).shape, PHANTOM_SHAPE)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(volumeNode), phantom.hu)
+        np.testing.assert_allclose(sceneIjkToRas(volumeNode), phantom.ijk_to_ras, atol=1e-6)
+        segmentation = segmentationNode.GetSegmentation()
+        for segment in SEGMENTS:
+            segmentId = segmentation.GetSegmentIdBySegmentName(segment.name)
+            self.assertTrue(segmentId, f"no segment {segment.name!r}")
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+            self.assertEqual(int(np.count_nonzero(mask)), int(np.count_nonzero(phantom.labels == segment.label)))
+
+    def test_EngineRoundTrip(self):
+        """A job through a real engine: MEDGEN_TEST_ENGINE_URL and MEDGEN_TEST_ENGINE_TOKEN name a running one;
+        else, with `medgen` on PATH, the test starts its own `medgen serve --model demo` (private port and data
+        folder) and stops that process when done."""
+        url, token = os.environ.get("MEDGEN_TEST_ENGINE_URL"), os.environ.get("MEDGEN_TEST_ENGINE_TOKEN")
+        if url and token:
+            self._engineRoundTrip(url, token)
+            return
+        from MedGenSlicerLib.selftest_engine import SelfTestEngine, find_engine_command
+
+        environment = slicer.util.startupEnvironment()  # without Slicer's PYTHONHOME/PYTHONPATH
+        if find_engine_command(environment) is None:
+            self.delayDisplay("No engine given (MEDGEN_TEST_ENGINE_URL/TOKEN) and no `medgen` on PATH; "
+                              "engine round trip not run")
+            return
+        self.delayDisplay("Starting `medgen serve --model demo` for the round trip")
+        engine = SelfTestEngine(env=environment)
+        try:
+            engine.start(wait_callback=slicer.app.processEvents)
+            self._engineRoundTrip(engine.url, engine.token)
+        finally:
+            engine.cleanup()
+
+    def _engineRoundTrip(self, url, token):
         import time
 
         self.delayDisplay("Round trip through the engine")

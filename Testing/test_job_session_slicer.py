@@ -17,6 +17,7 @@ vtk = pytest.importorskip("vtk")
 
 from MedGenSlicerLib import EngineClient  # noqa: E402
 from MedGenSlicerLib.job_session import JobSession  # noqa: E402
+from MedGenSlicerLib.geometry import crop_slab  # noqa: E402
 from MedGenSlicerLib.nrrd import NrrdImage  # noqa: E402
 from MedGenSlicerLib.scene import (  # noqa: E402
     ACCEPTED_ATTRIBUTE,
@@ -103,15 +104,21 @@ def test_one_preview_volume_per_job_shows_each_variant_and_the_rest_stays_small(
         paste_into(full, ijk_to_ras(volume), slab.values, slab.ijk_to_ras)
         return full
 
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(preview), expected(1))
+    # the preview holds the slab the job was sent (the painted slices), where it lies in the source
+    k0, k1 = session.slab
+    assert (k0, k1) == (2, 4) and slicer.util.arrayFromVolume(preview).nbytes == source[k0:k1].nbytes
+    np.testing.assert_allclose(ijk_to_ras(preview), crop_slab(source, ijk_to_ras(volume), k0, k1)[1], atol=1e-9)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(preview), expected(1)[k0:k1])
     assert not np.array_equal(expected(1), source)
     for index in (3, 2):  # the box of the variant shown before is put back from the source
         session.show(index)
         run(session)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(preview), expected(index))
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(preview), expected(index)[k0:k1])
+    assert not preview.GetSaveWithScene(), "an unaccepted preview would be saved with the scene"
 
     kept = session.accept(2, "SYNTHETIC CT v2 (accepted)")
     assert kept is preview and kept.GetAttribute(ACCEPTED_ATTRIBUTE) == "true" and not kept.GetAttribute(PREVIEW_ATTRIBUTE)
+    assert kept.GetSaveWithScene()
     session.show(1)  # a new preview for the next look
     run(session)
     assert len(volume_nodes(scene)) == 3
@@ -134,11 +141,18 @@ def test_reattach_by_job_id_brings_the_variants_back_into_a_new_preview(engine, 
         first.tick()
         time.sleep(0.02)
     job_id, region = first.job_id, first.region
+    while first.slab is None:
+        first.tick()
     first.close()  # Slicer closed while the engine computes
     assert not [n for n in volume_nodes(scene) if n.GetAttribute(PREVIEW_ATTRIBUTE)]
 
-    again = JobSession(client, volume, job_id=job_id, region=region, poll_interval=0.1)
+    stale = JobSession(client, volume, job_id=job_id, slab=first.slab, region=region, poll_interval=0.1)
+    run(stale)
+    stale.detach()  # a panel closed (module reload, Slicer exit): its preview stays in the scene
+    again = JobSession(client, volume, job_id=job_id, slab=first.slab, region=region, poll_interval=0.1)
+    assert not [n for n in volume_nodes(scene) if n.GetAttribute(PREVIEW_ATTRIBUTE)], "the stale preview stayed"
     run(again)
+    assert len([n for n in volume_nodes(scene) if n.GetAttribute(PREVIEW_ATTRIBUTE)]) == 1
     assert again.final_state == "succeeded" and sorted(again.variants) == [1, 2]
     assert again.preview is not None and again.preview.shown == 1
     again.close()

@@ -85,10 +85,20 @@ def test_the_timer_hands_every_drained_event_through_deliver_and_guards_each_ste
     loops = [n for n in ast.walk(on_timer) if isinstance(n, ast.For)
              and isinstance(n.iter, ast.Call) and "drain" in calls(n.iter)[0]]
     assert not loops, "onTimer loops over drain() itself: one failing event drops the rest"
-    assert calls(on_timer).count("deliver") == 2
+    assert calls(on_timer).count("deliver") == 1  # the export's events
+    assert "self._session.tick" in calls(on_timer) and calls(on_timer).count("self._guarded") >= 3, \
+        "the job's updates and the finished calls are not each guarded"
     finishing = [name for name in calls(on_timer) if name.startswith("self._finish")]
     assert not finishing, f"onTimer calls {finishing} unguarded; an error there stops the timer's work"
     assert catches_everything(widget("_guarded"))
+
+
+def test_the_timer_never_sleeps_on_the_gui_thread():
+    """Slicer's main thread holds the GIL while Qt waits, so the old 20 ms sleep per tick was what let
+    engine threads run; the work is in a worker process now and nothing on the GUI thread waits."""
+    widget_class = next(n for n in ast.walk(TREE) if isinstance(n, ast.ClassDef) and n.name == "MedGenSlicerWidget")
+    assert not [name for name in calls(widget_class) if name.endswith("sleep")], "the GUI thread sleeps"
+    assert "THREAD_SLICE_S" not in MODULE.read_text(encoding="utf-8")
 
 
 # --- slots that catch too little ------------------------------------------------------------------
@@ -96,7 +106,7 @@ def test_the_timer_hands_every_drained_event_through_deliver_and_guards_each_ste
 
 USER_SLOTS = ("onCheckConnection", "onGenerate", "onCancel", "onShowVariant", "onAccept", "onSendToPacs",
               "onDeleteJob", "onOpenReport")
-TIMER_FINISHERS = ("_finishConnectionCheck", "_finishAccept", "_addVariant", "_finishReport", "_finishDelete")
+TIMER_FINISHERS = ("_finishConnectionCheck", "_finishAccept", "_finishReport", "_finishDelete", "_finishCancelOnClose")
 
 
 @pytest.mark.parametrize("slot", USER_SLOTS)
@@ -166,15 +176,20 @@ def test_accept_copies_into_the_dicom_database_and_checks_the_series_is_there():
 # --- the layout switched on every job and never restored ------------------------------------------
 
 
-def test_the_compare_view_remembers_and_restores_the_users_layout_and_links():
-    show = method("MedGenSlicerLogic", "showSideBySide")
-    source = ast.unparse(show)
-    assert "layoutManager.layout" in source and "GetLinkedControl" in source and "return previous" in source
-    restore = method("MedGenSlicerLogic", "restoreView")
-    assert "layoutManager.setLayout" in calls(restore) and "compositeNode.SetLinkedControl" in calls(restore)
-    for closing in ("exit", "cleanup", "onSceneStartClose", "onGenerate"):
+def test_the_compare_view_remembers_and_restores_the_users_views():
+    """Every slice view's volumes, opacities, links, plane and field of view come back (MedGenSlicerLib.views,
+    tested on a real scene in test_views_slicer.py), not only the layout and the link flags."""
+    show = ast.unparse(widget("_showCompare"))
+    assert "ViewState.capture" in show and "self._savedView" in show
+    assert "saved.restore" in ast.unparse(widget("_restoreView"))
+    for closing in ("exit", "cleanup", "onSceneStartClose", "onGenerate", "onAccept"):
         assert "self._restoreView" in calls(widget(closing)), f"{closing} leaves the compare layout in place"
-    assert "self.logic.restoreView" in calls(widget("_restoreView"))
+
+
+def test_the_compare_view_opens_only_while_the_module_is_shown():
+    apply = ast.unparse(widget("_applyUpdate"))
+    assert "self.parent.isEntered" in apply and "self._compareWanted = True" in apply
+    assert "self._compareWanted" in ast.unparse(widget("enter"))
 
 
 # --- resources and reload in developer mode -------------------------------------------------------
@@ -200,18 +215,40 @@ def test_no_slice_widget_or_layout_manager_is_used_without_a_check():
             called = calls(node.value)[0]
             assert not called.endswith(("sliceWidget", "layoutManager")), \
                 f"line {node.lineno}: {called}(...).{node.attr} fails without that view or main window"
-    red = method("MedGenSlicerLogic", "redSliceNode")
-    assert "slicer.mrmlScene.GetSingletonNode" in calls(red), "no fallback to the Red slice node of the scene"
+
+
+def test_the_current_slice_comes_from_a_view_on_screen():
+    """A Red view outside the layout keeps a stale position: the slice comes from `views.slice_on_screen`."""
+    assert "slice_on_screen" in calls(method("MedGenSlicerLogic", "sliceOnScreen"))
+    assert "self.logic.sliceOnScreen" in calls(widget("onGenerate"))
+    assert "redSliceNode" not in MODULE.read_text(encoding="utf-8")
 
 
 # --- Delete from engine and Open report -----------------------------------------------------------
 
 
 def test_delete_and_report_buttons_call_the_engine_and_open_a_private_file():
-    assert "client.delete_job" in calls(widget("onDeleteJob"))
-    assert "slicer.util.confirmOkCancelDisplay" in calls(widget("onDeleteJob"))
-    assert "write_private_report" in calls(widget("onOpenReport")) and "client.report" in calls(widget("onOpenReport"))
+    delete = ast.unparse(widget("onDeleteJob"))
+    assert "'delete_job'" in delete and "slicer.util.confirmOkCancelDisplay" in delete
+    report = ast.unparse(widget("onOpenReport"))
+    assert "'report'" in report and "self._reports" in report
     assert "qt.QDesktopServices.openUrl" in calls(widget("_finishReport"))
+    # a downloaded report shows patient images: gone with its job, and when Slicer exits
+    assert "remove_private_report" in calls(widget("_finishDelete"))
+    assert "shutil.rmtree" in calls(widget("cleanup"))
+
+
+def test_export_is_de_identified_unless_the_user_says_otherwise_and_confirms():
+    node = next(n for n in ast.walk(TREE) if isinstance(n, ast.ClassDef) and n.name == "MedGenSlicerParameterNode")
+    default = next(s for s in node.body if isinstance(s, ast.AnnAssign) and s.target.id == "deidentifyExport")
+    assert default.value.value is True
+    send = ast.unparse(widget("onSendToPacs"))
+    assert "not deidentify and (not slicer.util.confirmYesNoDisplay" in send
+
+
+def test_closing_the_scene_cancels_the_job_and_frees_generate():
+    close = ast.unparse(widget("onSceneStartClose"))
+    assert "self._closeSession(cancel=True)" in close and "self._updateButtons" in close
 
 
 def test_the_report_is_written_where_only_this_user_can_read_it():

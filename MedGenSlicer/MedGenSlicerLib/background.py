@@ -64,10 +64,18 @@ def rebuild_error(record: dict) -> EngineError:
     return EngineError(message)
 
 
+_EXITING: List[subprocess.Popen] = []  # workers that gave their answer and are exiting, reaped by the next one
+
+
+def _reap_exited() -> None:
+    _EXITING[:] = [process for process in _EXITING if process.poll() is None]
+
+
 class WorkerProcess:
     """One task for the worker: started at once, its records read as they come."""
 
     def __init__(self, engine: EngineClient, task: dict, *, folder: Optional[Path] = None):
+        _reap_exited()
         self.folder = Path(folder) if folder is not None else private_folder()
         os.chmod(self.folder, 0o700)
         task = dict(task, url=engine.url, allow_plain_http=engine.allow_plain_http, timeout=engine.timeout)
@@ -141,10 +149,14 @@ class WorkerProcess:
             self._process.terminate()
             self._process.wait(timeout)
 
-    def remove(self) -> None:
-        """The folder and everything in it (variants are patient data)."""
+    def remove(self, wait: bool = True) -> None:
+        """The folder and everything in it (variants are patient data). Without ``wait`` a worker that is
+        still exiting is left to finish and reaped later, so the GUI never waits for it."""
         if self.is_alive():
-            self.stop()
+            if wait:
+                self.stop()
+            else:
+                _EXITING.append(self._process)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -161,8 +173,8 @@ class ProcessCall:
             for record in self._worker.records():
                 if record["kind"] in ("result", "error"):
                     self._outcome = record
-        if self._outcome is not None and not self._worker.is_alive():
-            self._worker.remove()
+            if self._outcome is not None:  # the answer is the worker's last word: its folder can go now
+                self._worker.remove(wait=False)
         return self._outcome is not None
 
     def wait(self, timeout: float) -> bool:
@@ -221,8 +233,8 @@ class JobProcess:
         self._worker.signal(CANCEL_FILE)
         self._worker.signal(ABANDON_FILE)
 
-    def remove(self) -> None:
-        self._worker.remove()
+    def remove(self, wait: bool = True) -> None:
+        self._worker.remove(wait=wait)
 
     def drain(self) -> List[JobEvent]:
         events = []
@@ -271,5 +283,5 @@ class ExportProcess:
             else:
                 events.append(ExportEvent(record["kind"], status=record.get("status")))
         if not self._worker.has_pending():
-            self._worker.remove()
+            self._worker.remove(wait=False)
         return events

@@ -19,7 +19,7 @@ from .client import EngineClient, EngineError, RequestRefused
 from .jobs import JobGone, VariantSlab
 from .results import VariantInfo
 from .geometry import crop_slab
-from .scene import PreviewVolume, UploadBuilder, ijk_to_ras
+from .scene import PreviewVolume, UploadBuilder, ijk_to_ras, remove_previews
 
 TEMPLATE_MISMATCH = "pixels_differ_from_dicom"  # the engine's code for voxels that differ from their DICOM files
 TICK_BUDGET_S = 0.03
@@ -72,6 +72,7 @@ class JobSession:
         self._skip = skip_variants
         self._cancel_requested = False
         if make_builder is None:
+            remove_previews(source_node.GetScene(), job_id)  # an earlier panel's, of the same job
             self._start_process(upload=None)
 
     # --- what the panel asks -------------------------------------------------------------------
@@ -106,8 +107,11 @@ class JobSession:
     def cancel(self) -> None:
         """Stop the job on the engine; variants finished before still arrive."""
         self._cancel_requested = True
-        if self.state == "preparing":
+        if self.state == "preparing":  # nothing was sent: the files being built go
             self._end("cancelled")
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                self._folder, self._builder = None, None
         elif self._process is not None:
             self._process.cancel()
 
@@ -138,7 +142,7 @@ class JobSession:
         self.variants.clear()
         self._wanted = None
         if self._process is not None:
-            self._process.remove()
+            self._process.remove(wait=False)  # told to detach: it exits on its own, the GUI does not wait
             self._process = None
         if self._folder is not None:  # an upload still being built
             shutil.rmtree(self._folder, ignore_errors=True)
@@ -157,9 +161,12 @@ class JobSession:
                 for event in self._process.drain():
                     self._handle(event, updates)
             self._fill_and_show(deadline, updates)
-        except EngineError as error:
+        except (EngineError, ValueError, OSError) as error:  # the engine's word, a segment not on the slice, a full disk
             self._end("failed")
             updates.append(SessionUpdate("ended", str(error), error=True))
+        except Exception as error:  # noqa: BLE001 - a bug must end the job visibly, not leave the panel busy
+            self._end("failed")
+            updates.append(SessionUpdate("ended", f"unexpected error: {type(error).__name__}: {error}", error=True))
         return updates
 
     def _build(self, deadline: float, updates: List[SessionUpdate]) -> None:
@@ -239,7 +246,7 @@ class JobSession:
         if self._wanted is None:
             return
         if self.preview is None or self.preview.node is None or self.preview.node.GetScene() is None:
-            self.preview = PreviewVolume(self.source, self.job_id or "job")
+            self.preview = PreviewVolume(self.source, self.job_id or "job", slab=self.slab)
         while not self.preview.ready and time.monotonic() < deadline:
             self.preview.fill_step()
         if self.preview.ready:

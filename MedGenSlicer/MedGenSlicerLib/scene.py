@@ -127,7 +127,8 @@ def segment_mask_planes(volume_node, segmentation_node, segment_id: str, slices:
         raise GeometryError(f"the segmentation '{segmentation_node.GetName()}' has no segment {segment_id!r}")
     _voxels(volume_node)  # refuses a node without voxels
     columns, rows, num_slices = volume_node.GetImageData().GetDimensions()
-    wanted = sorted({int(k) for k in slices}) if slices is not None else list(range(num_slices))
+    wanted = sorted({int(k) for k in slices}) if slices is not None else _slices_near_segment(
+        volume_node, segmentation_node, segment_id, num_slices)
     if any(not 0 <= k < num_slices for k in wanted):
         raise GeometryError(f"slices {wanted} reach outside the volume's 0..{num_slices - 1}")
     scene = volume_node.GetScene()
@@ -156,6 +157,22 @@ def segment_mask_planes(volume_node, segmentation_node, segment_id: str, slices:
     if not touched_any:
         where = "" if slices is None else f" on slice {', '.join(str(k) for k in wanted)}"
         raise GeometryError(f"the segment is empty{where}; paint the region to inpaint in Segment Editor first")
+
+
+def _slices_near_segment(volume_node, segmentation_node, segment_id: str, num_slices: int) -> List[int]:
+    """The volume slices the segment's bounds reach (one more each side), so a 300-slice CT is not scanned
+    for a lesion on ten; every slice when the bounds are unknown or the segmentation is transformed."""
+    everything = list(range(num_slices))
+    if segmentation_node.GetParentTransformNode() is not None:
+        return everything
+    bounds = [0.0] * 6
+    segmentation_node.GetSegmentation().GetSegment(segment_id).GetBounds(bounds)
+    if not all(np.isfinite(bounds)) or bounds[0] > bounds[1]:
+        return everything
+    corners = np.array([[bounds[x], bounds[2 + y], bounds[4 + z], 1.0] for x in (0, 1) for y in (0, 1) for z in (0, 1)])
+    k = np.linalg.solve(ijk_to_ras(volume_node), corners.T)[2]
+    first, last = int(np.floor(k.min())) - 1, int(np.ceil(k.max())) + 1
+    return list(range(max(0, first), min(num_slices, last + 1))) or everything
 
 
 def segment_mask_slab(volume_node, segmentation_node, segment_id: str,
@@ -273,7 +290,7 @@ class UploadBuilder:
 
     def __init__(self, volume_node, segmentation_node, segment_id: str, parameters: InpaintParameters,
                  slices: Optional[Sequence[int]] = None, *, folder, dicom: Optional[DicomLookup] = None,
-                 use_dicom_templates: bool = True, chunk_slices: int = 16):
+                 use_dicom_templates: bool = True, chunk_slices: int = 4):
         parameters.check()
         self.lookup = dicom if dicom is not None else slicer_dicom_lookup()
         if parameters.source_modality is None:  # so that voxels sent alone keep the model's contract for it
@@ -361,13 +378,15 @@ ACCEPTED_ATTRIBUTE = "MedGenSlicer.Accepted"
 
 
 class PreviewVolume:
-    """The one volume of a job in which the chosen variant is shown: a copy of the source made once (a
-    chunk of slices per `fill_step`), into which each variant's small box is written in turn, the
-    previous one's box first put back from the source. Variants therefore cost their boxes, not a
-    volume each; `keep` turns the preview into the accepted volume, `remove` takes it out of the scene.
+    """The one volume of a job in which the chosen variant is shown: a copy of the source's slab of
+    slices [k0, k1) (the slices the job was sent, where it lies in the source; ``slab`` None: every
+    slice) made once, a chunk of slices per `fill_step`, into which each variant's small box is written
+    in turn, the previous one's box first put back from the source. Variants therefore cost their boxes
+    and a job its slab, not a volume each; `keep` turns the preview into the accepted volume (the
+    slices of the synthetic series the engine wrote), `remove` takes it out of the scene.
     """
 
-    def __init__(self, source_node, job_id: str, *, chunk_slices: int = 16):
+    def __init__(self, source_node, job_id: str, *, slab: Optional[Tuple[int, int]] = None, chunk_slices: int = 4):
         import slicer
         import vtk
 
@@ -377,22 +396,40 @@ class PreviewVolume:
         self.shown: Optional[int] = None
         self._filled = 0
         self._shown_where = None
+        source_image = source_node.GetImageData()
+        columns, rows, num_slices = source_image.GetDimensions()
+        self.slab = (int(slab[0]), int(slab[1])) if slab is not None else (0, num_slices)
+        if not 0 <= self.slab[0] < self.slab[1] <= num_slices:
+            raise GeometryError(f"slices {self.slab[0]}..{self.slab[1] - 1} are not slices of '{source_node.GetName()}'")
+        self.matrix = crop_slab(np.empty((0,)), ijk_to_ras(source_node), *self.slab)[1]
         scene = source_node.GetScene()
         name = scene.GenerateUniqueName(f"SYNTHETIC preview {source_node.GetName()}")
-        self.node = slicer.vtkSlicerVolumesLogic.CloneVolume(scene, source_node, name, False)
+        # A node of its own rather than vtkSlicerVolumesLogic.CloneVolume, which takes over half a second
+        # on a 300-slice CT even without its voxels: the GUI would stall.
+        self.node = scene.AddNewNodeByClass(source_node.GetClassName(), name)
         try:
-            for attribute in list(self.node.GetAttributeNames() or ()):
-                if attribute.startswith("DICOM."):
-                    self.node.RemoveAttribute(attribute)
+            matrix = vtk.vtkMatrix4x4()
+            for row in range(4):
+                for column in range(4):
+                    matrix.SetElement(row, column, float(self.matrix[row, column]))
+            self.node.SetIJKToRASMatrix(matrix)
+            self.node.SetSaveWithScene(False)  # unaccepted: a saved scene re-attaches and shows it again
             self.node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
             self.node.SetAttribute(PREVIEW_ATTRIBUTE, "true")
             self.node.SetAttribute(JOB_ATTRIBUTE, job_id)
-            display = self.node.GetDisplayNode()
-            if display is not None and hasattr(display, "SetAutoWindowLevel"):
-                display.SetAutoWindowLevel(False)  # the source's window, and no histogram of each change
-            source_image = source_node.GetImageData()
+            source_display = source_node.GetDisplayNode()
+            if source_display is not None:
+                # the source's colours and window, set one by one: CopyContent takes 70 ms on a 300-slice CT
+                display = scene.AddNewNodeByClass(source_display.GetClassName())
+                display.SetAndObserveColorNodeID(source_display.GetColorNodeID())
+                if hasattr(display, "SetAutoWindowLevel"):
+                    display.SetAutoWindowLevel(False)  # and no histogram of each change
+                    display.SetWindowLevel(source_display.GetWindow(), source_display.GetLevel())
+                    display.SetInterpolate(source_display.GetInterpolate())
+                display.SetSaveWithScene(False)
+                self.node.SetAndObserveDisplayNodeID(display.GetID())
             voxels = vtk.vtkImageData()
-            voxels.SetDimensions(source_image.GetDimensions())
+            voxels.SetDimensions(columns, rows, self.slab[1] - self.slab[0])
             voxels.AllocateScalars(source_image.GetScalarType(), source_image.GetNumberOfScalarComponents())
             self.node.SetAndObserveImageData(voxels)
         except BaseException:
@@ -408,9 +445,12 @@ class PreviewVolume:
 
         return slicer.util.arrayFromVolume(self.node)
 
+    def _source(self) -> np.ndarray:
+        return _voxels(self.source)[self.slab[0]:self.slab[1]]
+
     def fill_step(self) -> bool:
         """Copy the next chunk of the source's slices; True once the copy is complete."""
-        target, source = self._target(), _voxels(self.source)
+        target, source = self._target(), self._source()
         if self._filled < target.shape[0]:
             stop = min(target.shape[0], self._filled + self.chunk_slices)
             target[self._filled:stop] = source[self._filled:stop]
@@ -423,12 +463,11 @@ class PreviewVolume:
 
         if not self.ready:
             raise RuntimeError("the preview is still being filled")
-        target, source = self._target(), _voxels(self.source)
-        matrix = ijk_to_ras(self.source)
+        target, source = self._target(), self._source()
         if self._shown_where is not None:
             target[self._shown_where] = source[self._shown_where]
-        paste_into(target, matrix, slab.values, slab.ijk_to_ras)
-        self._shown_where, _ = placement(target.shape, matrix, slab.values.shape, slab.ijk_to_ras)
+        paste_into(target, self.matrix, slab.values, slab.ijk_to_ras)
+        self._shown_where, _ = placement(target.shape, self.matrix, slab.values.shape, slab.ijk_to_ras)
         self.shown = slab.variant.index
         self.node.SetAttribute(SEED_ATTRIBUTE, str(slab.variant.seed))
         slicer.util.arrayFromVolumeModified(self.node)
@@ -438,6 +477,9 @@ class PreviewVolume:
         is then empty and a later `show` needs a new one."""
         node, self.node = self.node, None
         node.SetName(node.GetScene().GenerateUniqueName(name))
+        node.SetSaveWithScene(True)
+        if node.GetDisplayNode() is not None:
+            node.GetDisplayNode().SetSaveWithScene(True)
         node.RemoveAttribute(PREVIEW_ATTRIBUTE)
         node.SetAttribute(ACCEPTED_ATTRIBUTE, "true")
         return node
@@ -446,6 +488,18 @@ class PreviewVolume:
         if self.node is not None and self.node.GetScene() is not None:
             _remove_with_display(self.node.GetScene(), self.node)
         self.node = None
+
+
+def remove_previews(scene, job_id: str) -> int:
+    """Remove the unaccepted previews of ``job_id`` from the scene (a panel that closed left them); returns
+    how many."""
+    collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    previews = [collection.GetItemAsObject(n) for n in range(collection.GetNumberOfItems())]
+    previews = [node for node in previews
+                if node.GetAttribute(PREVIEW_ATTRIBUTE) == "true" and node.GetAttribute(JOB_ATTRIBUTE) == job_id]
+    for node in previews:
+        _remove_with_display(scene, node)
+    return len(previews)
 
 
 def load_variant(source_volume_node, image: NrrdImage, result: JobResult, variant: VariantInfo, *,

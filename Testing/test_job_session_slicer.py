@@ -177,3 +177,18 @@ def test_a_variant_that_cannot_be_placed_leaves_no_volume_or_display_node(scene)
     with pytest.raises(ValueError, match="outside the source volume"):
         load_variant(volume, image, Result(), Variant())
     assert len(volume_nodes(scene)) == nodes_before and display_nodes(scene) == displays_before
+
+
+def test_a_volume_without_dicom_files_goes_with_the_modality_the_user_states(scene, tmp_path):
+    """A NIfTI/NRRD volume has no DICOM Modality: the panel's Modality choice is sent, so an MR gets the
+    model's MR contract and adapter; without a choice nothing is claimed."""
+    import json
+
+    volume = ct_volume(scene)
+    segmentation, segment_id, _ = make_segment(scene, volume)
+    for stated, sent in (("MR", "MR"), (None, None)):
+        folder = tmp_path / f"upload-{stated}"
+        folder.mkdir()
+        builder = UploadBuilder(volume, segmentation, segment_id, parameters(source_modality=stated), folder=folder)
+        fields = dict(builder.build()["fields"])
+        assert json.loads(fields["parameters"]).get("source_modality") == sent

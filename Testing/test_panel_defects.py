@@ -275,3 +275,11 @@ def test_background_call_hands_its_error_to_the_timer():
     time.sleep(0.01)
     with pytest.raises(OSError, match="disk full"):
         call.result()
+
+
+def test_the_modality_choice_reaches_the_job_parameters():
+    parameters = ast.unparse(widget("_parameters"))
+    assert "source_modality=node.sourceModality or None" in parameters
+    assert "self._parameterNode.sourceModality" in ast.unparse(widget("onModalityChanged"))
+    ui = (ROOT / "Resources" / "UI" / "MedGenSlicer.ui").read_text(encoding="utf-8")
+    assert 'name="modalityComboBox"' in ui

@@ -70,33 +70,40 @@ class FolderOfInstances:
         return self._modalities.get(uid)
 
 
-@pytest.fixture(scope="module")
-def oblique_series(tmp_path_factory) -> list[Path]:
-    """Six slices of a tilted CT series, each a shifted copy of pydicom's CT_small.dcm."""
+def write_series(folder: Path, orientation, position_of, shift: int, **attributes) -> list[Path]:
+    """NUM_SLICES instances of pydicom's CT_small.dcm as one series: slice k at ``position_of(k)`` (LPS),
+    its pixels rolled by ``shift * k`` columns so every slice differs; written in reverse order, so
+    nothing depends on the files' order."""
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
 
     source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    folder = tmp_path_factory.mktemp("oblique-ct")
-    row = np.array([0.96, 0.28, 0.0]) / np.linalg.norm([0.96, 0.28, 0.0])
-    column = np.array([-0.028, 0.096, -1.0])
-    column = column - row * (row @ column)
-    column /= np.linalg.norm(column)
-    normal = np.cross(row, column)
     series_uid, paths = generate_uid(), []
     for k in range(NUM_SLICES):
         ds = copy.deepcopy(source)
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *column)]
-        ds.ImagePositionPatient = [round(float(v), 4) for v in np.array([-30.0, 12.5, 40.0]) + k * 2.5 * normal]
-        ds.SliceThickness = 2.5
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in orientation]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in position_of(k)]
         ds.InstanceNumber = k + 1
-        ds.PixelData = np.roll(source.pixel_array, 3 * k, axis=1).tobytes()
-        # written in reverse order, so nothing depends on the files' order
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.PixelData = np.roll(source.pixel_array, shift * k, axis=1).tobytes()
         paths.append(folder / f"{NUM_SLICES - k:03d}.dcm")
         ds.save_as(paths[-1])
     return paths
+
+
+@pytest.fixture(scope="module")
+def oblique_series(tmp_path_factory) -> list[Path]:
+    """Six slices of an oblique CT series, each a shifted copy of pydicom's CT_small.dcm."""
+    row = np.array([0.96, 0.28, 0.0]) / np.linalg.norm([0.96, 0.28, 0.0])
+    column = np.array([-0.028, 0.096, -1.0])
+    column = column - row * (row @ column)
+    column /= np.linalg.norm(column)
+    normal = np.cross(row, column)
+    return write_series(tmp_path_factory.mktemp("oblique-ct"), (*row, *column),
+                        lambda k: np.array([-30.0, 12.5, 40.0]) + k * 2.5 * normal, 3, SliceThickness=2.5)
 
 
 @pytest.fixture()
@@ -414,24 +421,8 @@ def test_upload_and_variant_cost_a_slab_of_memory_not_copies_of_the_volume(scene
 @pytest.fixture(scope="module")
 def tilted_series(tmp_path_factory) -> list[Path]:
     """Six axial slices of a gantry-tilted CT: each slice 2.5 mm up and 0.4 mm forward of the last."""
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    folder = tmp_path_factory.mktemp("tilted-ct")
-    series_uid, paths = generate_uid(), []
-    for k in range(NUM_SLICES):
-        ds = copy.deepcopy(source)
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-40.0, -30.0 + 0.4 * k, 20.0 + 2.5 * k]
-        ds.GantryDetectorTilt = 9.1
-        ds.InstanceNumber = k + 1
-        ds.PixelData = np.roll(source.pixel_array, 2 * k, axis=1).tobytes()
-        paths.append(folder / f"{k:03d}.dcm")
-        ds.save_as(paths[-1])
-    return paths
+    return write_series(tmp_path_factory.mktemp("tilted-ct"), (1, 0, 0, 0, 1, 0),
+                        lambda k: (-40.0, -30.0 + 0.4 * k, 20.0 + 2.5 * k), 2, GantryDetectorTilt=9.1)
 
 
 def test_a_tilted_series_read_as_slicer_5_6_reads_it_goes_with_its_files_and_comes_back_in_place(

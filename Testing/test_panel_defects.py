@@ -10,14 +10,11 @@ from __future__ import annotations
 import ast
 import os
 import stat
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from MedGenSlicerLib import (
-    BackgroundCall,
     EngineClient,
     InsecureTransport,
     deliver,
@@ -261,20 +258,6 @@ def test_the_report_is_written_where_only_this_user_can_read_it():
     finally:
         path.unlink()
         path.parent.rmdir()
-
-
-def test_background_call_hands_its_error_to_the_timer():
-    started = threading.Event()
-
-    def fail():
-        started.set()
-        raise OSError("disk full")
-
-    call = BackgroundCall(fail)
-    assert call.wait(5) and started.is_set()
-    time.sleep(0.01)
-    with pytest.raises(OSError, match="disk full"):
-        call.result()
 
 
 def test_the_modality_choice_reaches_the_job_parameters():

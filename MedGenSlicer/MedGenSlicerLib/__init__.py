@@ -5,7 +5,10 @@
 - `results`: the result manifest, variants back on the source grid, the DICOM zip;
 - `geometry`: slices, slabs and grids from IJK-to-RAS matrices;
 - `nrrd`: a small exact NRRD reader and writer;
-- `tasks`: engine calls and PACS exports on background threads for a GUI that polls with a timer;
+- `tasks`: following a PACS export on a background thread, and handing events to the GUI one by one;
+- `background`, `worker`: the panel's engine work in a child process, polled by the GUI's timer;
+- `job_session`: one job as the panel runs it (upload in steps, the worker, variants, the preview);
+- `views`: the slice view on screen, the compare view and the user's view state;
 - `jobs`: following one job through dropped connections and restarts, variants cut and converted off the GUI thread;
 - `scene`: Slicer's MRML nodes ⇄ uploads and variant volumes (needs Slicer or slicer-core when called,
   not when imported).
@@ -34,11 +37,10 @@ from .nrrd import NrrdImage, nrrd_bytes, read_nrrd, write_nrrd
 from .payload import InpaintParameters, JobUpload, array_upload, dicom_upload, parse_prompt_variations, random_seed
 from .results import JobResult, extract_zip, variant_on_source, write_private_report
 from .jobs import JobGone, JobMonitor, VariantSlab
-from .tasks import BackgroundCall, ExportEvent, ExportMonitor, JobEvent, deliver, export_summary
+from .tasks import ExportEvent, ExportMonitor, JobEvent, deliver, export_summary
 
 __all__ = [
     "DEFAULT_URL",
-    "BackgroundCall",
     "EngineAuthError",
     "EngineBusy",
     "EngineClient",

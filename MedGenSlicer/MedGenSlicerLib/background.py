@@ -23,7 +23,6 @@ import numpy as np
 from . import client as client_errors
 from .client import EngineClient, EngineError, RequestRefused
 from .jobs import JobGone, VariantSlab
-from .payload import JobUpload
 from .results import VariantInfo
 from .tasks import ExportEvent, JobEvent
 from .worker import ABANDON_FILE, CANCEL_FILE, DETACH_FILE, EVENTS_FILE, LOG_FILE, TASK_FILE
@@ -161,8 +160,8 @@ class WorkerProcess:
 
 
 class ProcessCall:
-    """One engine call in the worker (check_connection, delete_job, cancel_job, accept, report), with
-    `BackgroundCall`'s interface: poll `done()`, then `result()` returns the value or raises the error."""
+    """One engine call in the worker (check_connection, delete_job, cancel_job, accept, report): poll
+    `done()`, then `result()` returns the value or raises the error the engine answered."""
 
     def __init__(self, engine: EngineClient, name: str, **arguments):
         self._worker = WorkerProcess(engine, {"task": name, "arguments": arguments})

@@ -387,7 +387,6 @@ class PreviewVolume:
     """
 
     def __init__(self, source_node, job_id: str, *, slab: Optional[Tuple[int, int]] = None, chunk_slices: int = 4):
-        import slicer
         import vtk
 
         self.source = source_node

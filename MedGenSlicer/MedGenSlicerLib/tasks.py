@@ -1,8 +1,8 @@
-"""Run engine calls off Slicer's GUI thread; the GUI picks up what happened from a qt.QTimer.
+"""Follow an engine's export from a background thread, and hand events to a GUI one by one.
 
 Threads here never touch Qt or MRML: they only talk HTTP and decode numpy arrays, and hand their
-results over through a queue that the timer drains (`ExportMonitor.events`, `BackgroundCall.done`).
-Following a job lives in `jobs.JobMonitor`.
+results over through a queue (`ExportMonitor.events`). In the panel they run inside the worker
+process (`worker`, `background`); following a job lives in `jobs.JobMonitor`.
 """
 
 from __future__ import annotations
@@ -20,40 +20,6 @@ from .results import JobResult, VariantInfo
 POLL_INTERVAL_S = 0.5
 EXPORT_FINAL_STATES = ("succeeded", "failed")
 EXPORT_MAX_WAIT_S = 3600.0  # the engine's own timeouts end an export long before; this only guards a bug
-
-
-class BackgroundCall:
-    """One blocking call on a daemon thread; poll `done()` and then read `result()`."""
-
-    def __init__(self, function: Callable[..., Any], *args, **kwargs):
-        self._result: Any = None
-        self._error: Optional[BaseException] = None
-        self._finished = threading.Event()
-
-        def run() -> None:
-            try:
-                self._result = function(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread by result()
-                self._error = exc
-            finally:
-                self._finished.set()
-
-        self._thread = threading.Thread(target=run, name="MedGenSlicer-call", daemon=True)
-        self._thread.start()
-
-    def done(self) -> bool:
-        return self._finished.is_set()
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        return self._finished.wait(timeout)
-
-    def result(self) -> Any:
-        """The return value, or the exception the call raised."""
-        if not self.done():
-            raise RuntimeError("result() before the call is done")
-        if self._error is not None:
-            raise self._error
-        return self._result
 
 
 def deliver(events: Iterable, handle: Callable[[Any], None], report: Callable[[Any, Exception], None]) -> int:

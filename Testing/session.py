@@ -330,11 +330,13 @@ class Session:
                     self.figures.events.append(f"job {number}: connection refused for {self.offline_s:.0f} s mid-job")
                 elif action == "restart":
                     self.wait_running(job)
+                    self.check_saved_scene(job)
                     self.panel.unload()  # Slicer closes with the scene saved; the job goes on in the engine
                     self.open_panel()  # and opens again on that scene: the parameter node names the job
                     if self.session is None or self.session.job_id != job["id"]:
                         raise RuntimeError(f"the new panel did not re-attach to job {job['id']}")
-                    self.figures.events.append(f"job {number}: panel closed mid-job and opened again, re-attached")
+                    self.figures.events.append(f"job {number}: panel closed mid-job (the saved scene names the job, "
+                                               f"not its preview) and opened again, re-attached")
                 elif action == "close-scene":
                     self.wait_running(job)
                     closing = time.perf_counter()  # Slicer's own clear and the panel's handler, timed apart
@@ -369,6 +371,22 @@ class Session:
             self.figures.seconds = time.monotonic() - started
             self.stop_services()
         return self.figures
+
+    def check_saved_scene(self, job: dict) -> None:
+        """What a saved scene holds of the job: its id in the parameter node (to re-attach), no preview."""
+        import slicer
+
+        scene = slicer.mrmlScene
+        scene.SetSaveToXMLString(1)
+        try:
+            scene.Commit()
+            xml = scene.GetSceneXMLString()
+        finally:
+            scene.SetSaveToXMLString(0)
+        if job["id"] not in xml:
+            raise RuntimeError(f"a saved scene would not name job {job['id']}: nothing to re-attach to")
+        if "SYNTHETIC preview" in xml:
+            raise RuntimeError("a saved scene would hold the unaccepted preview volume")
 
     def accept(self, job: dict) -> None:
         import slicer

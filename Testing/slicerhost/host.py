@@ -233,6 +233,26 @@ class SlicerHost:
         self.meter = StallMeter()
         self.modules_loaded: List[LoadedModule] = []
         self.process_events()
+        atexit.register(self.shutdown)  # runs before the rmtree above (atexit is last in, first out)
+
+    def shutdown(self) -> None:
+        """Quit as Slicer quits: modules unloaded (their ``cleanup``), the views and the module logics let go
+        of the scene, the scene cleared, then Qt's objects deleted; left to the interpreter's teardown,
+        VTK and Qt objects are destroyed in an order neither library expects, and the process crashes."""
+        for loaded in list(self.modules_loaded):
+            try:
+                loaded.unload()
+            except Exception:  # noqa: BLE001 - quitting goes on
+                pass
+        self.modules_loaded.clear()
+        self.layout_manager.shutdown()
+        self.scene.Clear(1)
+        for logic in (self.volumes_logic, self.segmentations_logic, self.color_logic, self.application_logic):
+            if logic is not None:
+                logic.SetMRMLScene(None)
+        self.viewport.close()
+        self.viewport.deleteLater()
+        self.process_events()
 
     # --- modules ---
     def load_module(self, path, enter: bool = True) -> LoadedModule:

@@ -250,6 +250,16 @@ class StandInLayoutManager(QObject):
     def viewWidget(self, node):
         return self._sliceWidgets.get(node.GetID()) or self._threeDWidgets.get(node.GetID())
 
+    def shutdown(self) -> None:
+        """What Slicer's layout manager does as the application quits: its slice logics and the layout logic
+        let go of the scene before anything is destroyed."""
+        for widget in list(self._sliceWidgets.values()):
+            widget.close()
+        self._sliceWidgets.clear()
+        self._threeDWidgets.clear()
+        self._sliceLogics.RemoveAllItems()
+        self._layoutLogic.SetMRMLScene(None)
+
     def mrmlSliceLogics(self):
         return self._sliceLogics
 

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from medgen.errors import InputError
 from medgen.generate.adapters import AdapterSpec, load_adapters, write_manifest
+from medgen.generate.inpaint import inpaint
 from medgen.generate.models import load_model
 
 HIDDEN = 32  # the tiny model's text encoder width and cross-attention dim
@@ -163,7 +164,8 @@ def test_tiny_random_weight_peft_and_kohya_loras_load_together_with_their_weight
     )  # the kohya file alone moves to_k too
     assert _lora_strength(tiny) > 0
     # and inpainting runs through the (rebuilt) fast path with the adapters in place
-    out = tiny.inpaint(
+    out = inpaint(
+        tiny,
         np.zeros((1, 64, 64), np.float32),
         np.ones((1, 64, 64), np.float32),
         prompt="lesion",
@@ -297,7 +299,8 @@ def test_tiny_random_weight_blended_prompt_reaches_both_inpaint_paths(
     images, masks = np.zeros((1, 64, 64), np.float32), np.ones((1, 64, 64), np.float32)
 
     def run(model, prompt):
-        return model.inpaint(
+        return inpaint(
+            model,
             images, masks, prompt=prompt, seeds=[0], num_inference_steps=2
         )
 

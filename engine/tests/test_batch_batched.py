@@ -27,7 +27,7 @@ def test_tiny_random_weight_shared_calls_stack_crops_of_several_rows(dataset, ti
     """run_together puts the crops of several rows into one UNet call, and each row's files equal the
     same row run alone (run_alone: Inpainter under batch_invariant, as every batch run is)."""
     from medgen.api import Inpainter
-    from medgen.generate.batched import run_alone, run_together
+    from medgen.api import run_alone, run_together
 
     rows = read_manifest(dataset).rows
     same_settings = [r for r in rows if r.id in ("ct-1", "ct-2", "mr-1", "brain-1", "emr-1")]
@@ -95,7 +95,8 @@ def test_tiny_random_weight_generated_crops_are_bit_identical_batched_or_alone(d
     from dataclasses import replace
 
     from medgen.api import Inpainter
-    from medgen.generate.batched import generate_alone, generate_together
+    from medgen.api import generate_alone
+    from medgen.generate.batched import generate_together
 
     rows = [r for r in read_manifest(dataset).rows if r.id in ("ct-1", "ct-2", "mr-1", "emr-1", "brain-2")]
     inpainter = Inpainter(tiny_model_dir, device="cpu")
@@ -131,7 +132,7 @@ def test_demo_model_ct_and_mr_rows_share_calls_by_adapter_set_each_prepared_once
     import dataclasses
 
     from medgen.api import Inpainter
-    from medgen.generate.batched import run_alone, run_together
+    from medgen.api import run_alone, run_together
     from medgen.phantom.model import demo_model_path
 
     rows = {r.id: r for r in read_manifest(dataset).rows}

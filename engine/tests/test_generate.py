@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from medgen.errors import InputError
 from medgen.generate import models
+from medgen.generate.inpaint import inpaint, prompt_overflow
 from medgen.generate.models import SCHEDULERS, load_model, resolve_device, resolve_dtype
 from medgen.generate.tiny import create_tiny_model, save_single_file
 
@@ -63,7 +64,7 @@ def _run(model, **overrides):
     images, masks = _slices(overrides.pop("n", 2))
     kwargs = dict(prompt="hypodense liver lesion", seeds=[7], num_inference_steps=STEPS)
     kwargs.update(overrides)
-    return model.inpaint(images, masks, **kwargs)
+    return inpaint(model, images, masks, **kwargs)
 
 
 # --- creating and loading ------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def test_tiny_random_weight_model_gets_exact_float_images_in_vae_range(tiny_dirs
     encode = model.pipe.vae.encode
     monkeypatch.setattr(model.pipe.vae, "encode", lambda x, *a, **k: seen.append(x.clone()) or encode(x, *a, **k))
     images, masks = _slices(2)
-    model.inpaint(images, masks, prompt="lesion", seeds=[0], num_inference_steps=1)
+    inpaint(model, images, masks, prompt="lesion", seeds=[0], num_inference_steps=1)
     encoded_all = torch.cat(seen)
     assert encoded_all.shape == (2, 3, RESOLUTION, RESOLUTION)  # the masked image of each slice, once
     for image, mask, encoded in zip(images, masks, encoded_all):
@@ -166,11 +167,11 @@ def test_tiny_random_weight_base_model_inpaints_by_latent_blending(base_model):
     # cannot change anything; with the real mask it must.
     images, masks = _slices(1)
     empty = np.zeros_like(masks)
-    a = base_model.inpaint(images, empty, prompt="liver lesion", seeds=[5], num_inference_steps=STEPS)
-    b = base_model.inpaint(images, empty, prompt="lung nodule cyst", seeds=[5], num_inference_steps=STEPS)
+    a = inpaint(base_model, images, empty, prompt="liver lesion", seeds=[5], num_inference_steps=STEPS)
+    b = inpaint(base_model, images, empty, prompt="lung nodule cyst", seeds=[5], num_inference_steps=STEPS)
     assert np.array_equal(a, b)
-    c = base_model.inpaint(images, masks, prompt="liver lesion", seeds=[5], num_inference_steps=STEPS)
-    d = base_model.inpaint(images, masks, prompt="lung nodule cyst", seeds=[5], num_inference_steps=STEPS)
+    c = inpaint(base_model, images, masks, prompt="liver lesion", seeds=[5], num_inference_steps=STEPS)
+    d = inpaint(base_model, images, masks, prompt="lung nodule cyst", seeds=[5], num_inference_steps=STEPS)
     assert np.abs(c - d).max() > 1e-3
 
 
@@ -204,11 +205,11 @@ def test_tiny_random_weight_model_set_scheduler_switches_and_restores(tiny_dirs)
 def test_tiny_random_weight_model_long_prompt_warning_names_cut_words(inpaint_model, caplog):
     # 37 x 2 words + "tumor" fill the 75 prompt tokens between start and end token; the rest is cut.
     prompt = "liver lesion " * 37 + "tumor cyst nodule"
-    assert inpaint_model.prompt_overflow(prompt) == "cyst nodule"
-    assert inpaint_model.prompt_overflow("liver lesion") is None
+    assert prompt_overflow(inpaint_model.pipe, prompt) == "cyst nodule"
+    assert prompt_overflow(inpaint_model.pipe, "liver lesion") is None
     images, masks = _slices(1)
     with caplog.at_level(logging.WARNING, logger="medgen.generate"):
-        inpaint_model.inpaint(images, masks, prompt=prompt, seeds=[0], num_inference_steps=1)
+        inpaint(inpaint_model, images, masks, prompt=prompt, seeds=[0], num_inference_steps=1)
     ours = [r for r in caplog.records if r.name.startswith("medgen.generate")]
     assert len(ours) == 1
     assert "77 tokens" in ours[0].getMessage()
@@ -239,15 +240,15 @@ def test_tiny_random_weight_model_bad_arrays_raise_input_error(inpaint_model):
     images, masks = _slices(2)
     kw = dict(prompt="lesion", seeds=[0], num_inference_steps=1)
     with pytest.raises(InputError, match=r"images must have shape \(N, 64, 64\)"):
-        inpaint_model.inpaint(images[:, :32, :32], masks[:, :32, :32], **kw)
+        inpaint(inpaint_model, images[:, :32, :32], masks[:, :32, :32], **kw)
     with pytest.raises(InputError, match="masks must have the shape of images"):
-        inpaint_model.inpaint(images, masks[:1], **kw)
+        inpaint(inpaint_model, images, masks[:1], **kw)
     with pytest.raises(InputError, match=r"model space \[-1, 1\]"):
-        inpaint_model.inpaint(images * 300, masks, **kw)
+        inpaint(inpaint_model, images * 300, masks, **kw)
     with pytest.raises(InputError, match=r"masks must be in \[0, 1\]"):
-        inpaint_model.inpaint(images, masks * 2, **kw)
+        inpaint(inpaint_model, images, masks * 2, **kw)
     # bool masks are accepted
-    assert inpaint_model.inpaint(images, masks > 0, **kw).shape == (2, 1, 64, 64)
+    assert inpaint(inpaint_model, images, masks > 0, **kw).shape == (2, 1, 64, 64)
 
 
 # --- loading errors, device and dtype ------------------------------------------------------------

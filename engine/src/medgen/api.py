@@ -238,6 +238,7 @@ class Inpainter:
         self.model_path = resolve_model_path(model_path)  # None or "demo": the shipped demo model
         self._load_options = {"device": device, "dtype": dtype, "scheduler": scheduler, "config": config}
         self._model = None
+        self._model_sha256: str | None = None
         self._adapter_key: tuple | None = None
         self._adapter_records: list[dict] = []
 
@@ -249,6 +250,16 @@ class Inpainter:
 
             self._model = load_model(self.model_path, **self._load_options)
         return self._model
+
+    @property
+    def model_sha256(self) -> str:
+        """The SHA-256 of the model's weights for provenance, hashed once per Inpainter (seconds for an
+        SD-sized model), not per request; a new Inpainter hashes the files on disk again."""
+        if self._model_sha256 is None:
+            from medgen.dicom.provenance import sha256_model
+
+            self._model_sha256 = sha256_model(self.model_path)
+        return self._model_sha256
 
     @property
     def adapter_key(self) -> tuple | None:
@@ -429,6 +440,8 @@ class Inpainter:
     def generate(self, work, progress: ProgressCallback | None = None) -> np.ndarray:
         """Every variant of every crop of one request, one batched model call per distinct prompt:
         float32 (slices, variants, resolution, resolution) in model space."""
+        from medgen.generate.inpaint import inpaint as inpaint_crops
+
         resolution = self.model.resolution
         num_slices, num_variants = len(work.crops), len(work.seeds)
         prompts, seeds = work.prompts, work.seeds
@@ -444,7 +457,8 @@ class Inpainter:
                 def group_progress(done: int, total: int, before: int = done_variants, size: int = len(group)) -> None:
                     progress(round((before + size * done / total) * unit), num_variants * unit)
 
-            generated[:, group] = self.model.inpaint(
+            generated[:, group] = inpaint_crops(
+                self.model,
                 work.crops,
                 work.masks,
                 prompt=prompts[group[0]],
@@ -507,6 +521,7 @@ class Inpainter:
             device=str(self.model.device),
             dtype=str(self.model.dtype),
             adapters=adapters,
+            model_sha256=self.model_sha256,
         )
 
     def _write_outputs(
@@ -625,6 +640,69 @@ def unchanged_warning(volume: Volume, variant_pixels: list[np.ndarray]) -> str |
     if any(not np.array_equal(pixels, volume.pixels) for pixels in variant_pixels):
         return None
     return "no voxel changed in any variant (a blank image, or a mask outside the body?)"
+
+
+# --- several requests through one Inpainter ---------------------------------------------------------
+# The model work itself (stacking crops into shared UNet calls, batch_invariant) is generate.batched's;
+# reading, cropping and writing each request is the Inpainter's. These drive the two together.
+
+
+def generate_alone(inpainter: Inpainter, work) -> np.ndarray:
+    """One request's crops (a generate.batched.Generation) through Inpainter.generate, under
+    batch_invariant as in a shared call."""
+    from medgen.generate.batched import batch_invariant
+
+    with batch_invariant(inpainter.model, guided=work.guidance_scale > 1.0):
+        return inpainter.generate(work)
+
+
+def run_alone(inpainter: Inpainter, request: InpaintRequest) -> InpaintResult:
+    """One request through an Inpainter, its crops generated as run_together would (the same files)."""
+    return inpainter.run(request, lambda work: generate_alone(inpainter, work))
+
+
+def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[InpaintResult | Exception]:
+    """Several requests through one Inpainter: each read and cropped, their crops generated in shared
+    model calls, each written; the same files as run_alone of each. One result or exception per
+    request, in order; an exception raised by a shared model call itself propagates."""
+    from medgen.generate.batched import can_generate_together, generate_together
+
+    results: list = [None] * len(requests)
+    started = []  # (index, the request's steps, its Generation, the adapters it was prepared with)
+    for i, request in enumerate(requests):
+        steps = inpainter.steps(request)
+        try:
+            started.append((i, steps, next(steps), inpainter.adapter_key))
+        except Exception as error:  # bad input: this request's failure only
+            results[i] = error
+
+    # requests prepared under different adapter sets (a CT row and an MR row: the MR adapter) share a
+    # call with their own set only: the set the model carries now first, then each other one in turn
+    groups: dict[tuple, list] = {}
+    for item in sorted(started, key=lambda item: item[3] != inpainter.adapter_key):
+        groups.setdefault(item[3], []).append(item)
+    for key, members in groups.items():
+        inpainter.use_adapter_key(key)
+        model = inpainter.model
+        works = [work for _, _, work, _ in members]
+        if can_generate_together(model):
+            generated = generate_together(model, works)
+        else:
+            generated = [generate_alone(inpainter, work) for work in works]
+        for (i, steps, _, _), crops in zip(members, generated):
+            results[i] = _finish(steps, crops)
+    return results
+
+
+def _finish(steps, crops: np.ndarray):
+    """Paste back and write one request: its result, or the exception that stopped it."""
+    try:
+        steps.send(crops)
+    except StopIteration as finished:
+        return finished.value
+    except Exception as error:
+        return error
+    return RuntimeError("Inpainter.steps yielded more than once")
 
 
 def inpaint(

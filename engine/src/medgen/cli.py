@@ -12,6 +12,7 @@ from medgen.cli_help import HelpFormatter, hidden_alias
 from medgen.errors import MedgenError
 from medgen.phantom.model import DEMO_MODEL_HELP
 from medgen.progress import ProgressBar
+from medgen.threads import set_threads, threads_wanted
 
 EXIT_BAD_INPUT = 2
 QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -417,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show informational messages")
+    parser.add_argument("--threads", type=int, metavar="N", default=None, help=THREADS_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_inpaint_parser(subparsers)
     _add_model_parser(subparsers)
@@ -432,7 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qa_parsers(subparsers)
     for sub in all_subparsers(parser):
         sub.formatter_class = HelpFormatter
+        if not sub.get_default("passes_arguments_on") and not sub._subparsers:
+            # `medgen inpaint ... --threads 1` as well as `medgen --threads 1 inpaint ...`; commands that
+            # parse their own options (serve, bench speed, ...) take --threads there or before the command
+            sub.add_argument("--threads", type=int, metavar="N", default=argparse.SUPPRESS, help=THREADS_HELP)
     return parser
+
+
+THREADS_HELP = ("torch CPU threads for this process (default: $MEDGEN_THREADS, else torch's default; "
+                "`batch --ray` workers: 1 each, as they share the cores)")
 
 
 def all_subparsers(parser: argparse.ArgumentParser):
@@ -484,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in MODEL_LOADING_COMMANDS:
         _quiet_library_progress_bars()
     try:
+        set_threads(threads_wanted(args.threads))  # once, before any work
         return args.handler(args)
     except MedgenError as error:
         print(f"medgen: error: {error}", file=sys.stderr)

@@ -75,6 +75,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         scheduler=args.scheduler,
+        threads=args.threads,
     )
     out = summary.out_dir
     print(

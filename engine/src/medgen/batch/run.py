@@ -18,7 +18,8 @@ from medgen.batch.index import (
     write_parquet,
 )
 from medgen.batch.local import DEFAULT_BATCH_SIZE, LocalRunner
-from medgen.batch.manifest import BatchRow, ManifestError, read_manifest
+from medgen.batch.manifest import BatchRow, Manifest, ManifestError, read_manifest
+from medgen.batch.modality import modality_problems
 from medgen.batch.output import BatchOutput
 from medgen.batch.progress import BatchProgress
 from medgen.batch.resume import changed_rows_error, plan_resume
@@ -76,6 +77,7 @@ def run_batch(
     device: str = "auto",
     dtype: str | None = None,
     scheduler: str | None = None,
+    threads: int | None = None,
     progress_stream: TextIO | None = None,
     progress_every_s: float = 5.0,
     on_row: RowCallback | None = None,
@@ -85,7 +87,9 @@ def run_batch(
     ``model``: a model folder or file, None or "demo" for the shipped demo model. ``ray``: None runs
     in this process; "auto" or a cluster address runs on Ray. ``batch_size``: rows whose crops go
     through the model together in a local run (None: DEFAULT_BATCH_SIZE; 1: each row alone); the
-    files are the same for every batch size. ``on_row`` is called with each
+    files are the same for every batch size. ``threads``: torch threads of each Ray worker (None:
+    $MEDGEN_THREADS, else 1, as the workers of a node share its cores); a local run takes the
+    process's own setting (``medgen --threads``). ``on_row`` is called with each
     finished or failed row's last outcome (after its index lines are written).
     """
     # 1. Check the options, the model and every row before any work
@@ -100,7 +104,7 @@ def run_batch(
     if not model_path.exists():
         raise InputError(model_path, "--model: no such model folder or file")
     model_sha256 = sha256_model(model_path)
-    checked = read_manifest(manifest)
+    checked = _refuse_uncovered_modalities(read_manifest(manifest), model_path)
     if checked.problems and not skip_bad_rows:
         raise ManifestError(checked.path, checked.problems, checked.total)
     if not checked.rows and not checked.problems:
@@ -133,7 +137,10 @@ def run_batch(
         else:
             from medgen.batch.ray_runner import RayRunner
 
-            runner = RayRunner(ray, worker_options, max_retries=max_retries, gpus_per_task=gpus_per_task)
+            from medgen.threads import threads_wanted
+
+            runner = RayRunner(ray, {**worker_options, "threads": threads_wanted(threads, shared=True)},
+                               max_retries=max_retries, gpus_per_task=gpus_per_task)
         summary = BatchSummary(
             out_dir=output.dir, rows=len(checked.rows), bad_rows=len(checked.problems),
             finished_before=len(checked.rows) - len(todo), done=0, failed=0, workers=runner.description,
@@ -183,6 +190,20 @@ def run_batch(
         summary.parquet = _write_index(output, checked.rows, lines_by_row, parquet=True)
         output.remove_leftovers()
     return summary
+
+
+def _refuse_uncovered_modalities(checked: Manifest, model_path: Path) -> Manifest:
+    """The manifest with rows whose source the model does not cover moved to the bad rows, so they are
+    refused (or skipped with --skip-bad-rows) before any work, as `medgen inpaint` refuses them."""
+    refused = modality_problems(checked.rows, model_path)
+    if not refused:
+        return checked
+    refused_lines = {problem.line for problem in refused}
+    return Manifest(
+        path=checked.path,
+        rows=[row for row in checked.rows if row.line not in refused_lines],
+        problems=sorted(checked.problems + refused, key=lambda problem: problem.line),
+    )
 
 
 def _index_of_published_rows(output: BatchOutput, rows: list[BatchRow]) -> dict[str, list[dict]]:

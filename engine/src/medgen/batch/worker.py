@@ -61,9 +61,12 @@ class RowWorker:
         device: str = "auto",
         dtype: str | None = None,
         scheduler: str | None = None,
+        threads: int | None = None,
     ):
         from medgen.api import Inpainter
+        from medgen.threads import set_threads
 
+        set_threads(threads)  # a Ray worker's start-up; None (a local run): as the command set it
         self.out_dir = Path(out_dir)
         self.inpainter = Inpainter(model, device=device, dtype=dtype, scheduler=scheduler)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -81,7 +84,7 @@ class RowWorker:
 
     def run(self, row: BatchRow) -> RowOutcome:
         """One attempt at a row. Never raises: every failure comes back as an outcome."""
-        from medgen.generate.batched import run_alone
+        from medgen.api import run_alone
 
         start = time.perf_counter()
         outcome = RowOutcome(row.id, ok=False, worker=self.name)
@@ -99,7 +102,7 @@ class RowWorker:
     def run_many(self, rows: list[BatchRow]) -> list[RowOutcome]:
         """One attempt at several rows whose crops go through the model together (the same files as
         ``run`` of each). Never raises. Each row's generate_s is its share of the time of the whole."""
-        from medgen.generate.batched import run_together
+        from medgen.api import run_together
 
         start = time.perf_counter()
         outcomes = [RowOutcome(row.id, ok=False, worker=self.name) for row in rows]

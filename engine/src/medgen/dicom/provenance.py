@@ -132,13 +132,15 @@ def build_provenance(
     adapters: Sequence[Mapping[str, Any]] = (),
     model_name: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    model_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Provenance of one run (all its variants): inputs and model hashed, every parameter kept.
 
     ``parameters`` holds every generation option (prompt, negative_prompt, num_inference_steps,
     guidance_scale, strength, mask padding, ...) exactly as used; ``seeds`` has one seed per
     variant. Each adapter is a mapping with at least ``path`` (plus e.g. ``kind``, ``scale``);
-    its SHA-256 is computed unless given. Use :func:`for_variant` for the record of one series.
+    its SHA-256 is computed unless given; so is the model's (``model_sha256``: a loaded model's own
+    digest, taken once per load). Use :func:`for_variant` for the record of one series.
     """
     # 1. Check inputs
     if not seeds:
@@ -150,7 +152,7 @@ def build_provenance(
     model = {
         "name": model_name or Path(model_path).name,
         "path": str(model_path),
-        "sha256": sha256_model(model_path),
+        "sha256": model_sha256 or sha256_model(model_path),
     }
     # 3. Assemble
     record: dict[str, Any] = {

@@ -29,7 +29,6 @@ from medgen.generate.inpaint import check_inputs, prompt_overflow
 from medgen.generate.prompt_blend import encode_blended_prompt, has_blend
 
 if TYPE_CHECKING:
-    from medgen.api import Inpainter, InpaintRequest, InpaintResult
     from medgen.generate.models import InpaintModel
 
 logger = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ def can_generate_together(model: InpaintModel) -> bool:
 def generate_together(model: InpaintModel, works: list[Generation]) -> list[np.ndarray]:
     """Every variant of every crop of several requests, pairs of the same call settings stacked into
     UNet calls of up to ``model.max_batch_size`` pairs. Returns one float32 (slices, variants, H, W)
-    array per request, equal to :func:`generate_alone` of that request (both run under
+    array per request, equal to ``medgen.api.generate_alone`` of that request (both run under
     :func:`batch_invariant`)."""
     runner = model.fast_runner
     resolution = model.resolution
@@ -187,56 +186,3 @@ def _positive_embeds(model: InpaintModel, prompt: str, negative_prompt: str | No
         if has_blend(prompt):
             positive = encode_blended_prompt(model.pipe, prompt, model.device).to(runner.device, positive.dtype)
     return positive
-
-
-def generate_alone(inpainter: Inpainter, work: Generation) -> np.ndarray:
-    """One request's crops through Inpainter.generate, under batch_invariant as in a shared call."""
-    with batch_invariant(inpainter.model, guided=work.guidance_scale > 1.0):
-        return inpainter.generate(work)
-
-
-def run_alone(inpainter: Inpainter, request: InpaintRequest) -> InpaintResult:
-    """One request through an Inpainter, its crops generated as run_together would (the same files)."""
-    return inpainter.run(request, lambda work: generate_alone(inpainter, work))
-
-
-def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[InpaintResult | Exception]:
-    """Several requests through one Inpainter: each read and cropped, their crops generated in shared
-    model calls, each written; the same files as run_alone of each. One result or exception per
-    request, in order; an exception raised by a shared model call itself propagates."""
-    results: list = [None] * len(requests)
-    started = []  # (index, the request's steps, its Generation, the adapters it was prepared with)
-    for i, request in enumerate(requests):
-        steps = inpainter.steps(request)
-        try:
-            started.append((i, steps, next(steps), inpainter.adapter_key))
-        except Exception as error:  # bad input: this request's failure only
-            results[i] = error
-
-    # requests prepared under different adapter sets (a CT row and an MR row: the MR adapter) share a
-    # call with their own set only: the set the model carries now first, then each other one in turn
-    groups: dict[tuple, list] = {}
-    for item in sorted(started, key=lambda item: item[3] != inpainter.adapter_key):
-        groups.setdefault(item[3], []).append(item)
-    for key, members in groups.items():
-        inpainter.use_adapter_key(key)
-        model = inpainter.model
-        works = [work for _, _, work, _ in members]
-        if can_generate_together(model):
-            generated = generate_together(model, works)
-        else:
-            generated = [generate_alone(inpainter, work) for work in works]
-        for (i, steps, _, _), crops in zip(members, generated):
-            results[i] = _finish(steps, crops)
-    return results
-
-
-def _finish(steps, crops: np.ndarray):
-    """Paste back and write one request: its result, or the exception that stopped it."""
-    try:
-        steps.send(crops)
-    except StopIteration as finished:
-        return finished.value
-    except Exception as error:
-        return error
-    return RuntimeError("Inpainter.steps yielded more than once")

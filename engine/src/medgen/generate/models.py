@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
-import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -27,7 +26,6 @@ from safetensors import SafetensorError, safe_open
 
 from medgen.errors import InputError
 from medgen.generate.settings import read_recommended_settings
-from medgen.generate import inpaint as _inpaint
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +59,10 @@ _UNSAFE_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 @dataclass
 class InpaintModel:
-    """A loaded pipeline plus what callers need to know about it (resolution, channels, device, dtype)."""
+    """A loaded pipeline plus what callers need to know about it (resolution, channels, device, dtype).
+
+    Inpaint with `medgen.generate.inpaint.inpaint(model, ...)`: the core imports this module, never
+    the other way round."""
 
     pipe: StableDiffusionInpaintPipeline
     path: Path
@@ -115,44 +116,6 @@ class InpaintModel:
     def set_scheduler(self, name: str | None) -> None:
         """Switch scheduler (None: the model's own), always derived from the config the model shipped with."""
         self.pipe.scheduler = make_scheduler(name, self._scheduler_config)
-
-    def prompt_overflow(self, prompt: str) -> str | None:
-        """The part of `prompt` the text encoder cannot see (None if it all fits), to show the user."""
-        return _inpaint.prompt_overflow(self.pipe, prompt)
-
-    def inpaint(
-        self,
-        images: np.ndarray,
-        masks: np.ndarray,
-        *,
-        prompt: str,
-        negative_prompt: str | None = None,
-        num_variants: int = 1,
-        seeds: list[int],
-        num_inference_steps: int = 30,
-        guidance_scale: float = 7.5,
-        strength: float = 1.0,
-        callback: Callable[[int, int], None] | None = None,
-        control_images: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Inpaint N model-space slices (N, H, W) in [-1, 1]; returns (N, num_variants, H, W) in [-1, 1].
-
-        See `medgen.generate.inpaint.inpaint` for the recipe.
-        """
-        return _inpaint.inpaint(
-            self,
-            images,
-            masks,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_variants=num_variants,
-            seeds=seeds,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            strength=strength,
-            callback=callback,
-            control_images=control_images,
-        )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -395,6 +395,7 @@ def _run_unprompted(inpainter, files, mask_path, seeds, settings) -> list[np.nda
     minus the writing.
     """
     from medgen.api import InpaintRequest
+    from medgen.generate.inpaint import inpaint
     from medgen.imaging.crop import resize_image, resize_mask
     from medgen.imaging.intensity import IntensityMap, choose_window
     from medgen.imaging.masks import read_mask, select_slices
@@ -421,7 +422,8 @@ def _run_unprompted(inpainter, files, mask_path, seeds, settings) -> list[np.nda
     # Bicubic resizing overshoots a little next to saturated pixels (bone); the model wants [-1, 1].
     crops = np.clip(np.stack([resize_image(job.source_model[job.box.slices], size) for job in jobs]), -1.0, 1.0)
     crop_masks = np.stack([resize_mask(job.dilated[job.box.slices], size) for job in jobs])
-    generated = inpainter.model.inpaint(
+    generated = inpaint(
+        inpainter.model,
         crops.astype(np.float32),
         crop_masks.astype(np.float32),
         prompt="",

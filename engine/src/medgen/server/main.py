@@ -92,8 +92,9 @@ def build_parser(prog: str = "medgen serve") -> argparse.ArgumentParser:
     p.add_argument("--access-log", type=Path, default=None, metavar="PATH",
                    help="log of requests that read or change a job, rotated at 10 MiB "
                         "(default: access.log in the data folder)")
-    p.add_argument("--cpu-threads", type=int, metavar="N",
-                   help="torch CPU threads (on a shared or small CPU, 1 avoids threads spinning against each other)")
+    p.add_argument("--threads", "--cpu-threads", dest="threads", type=int, metavar="N",
+                   help="torch CPU threads (default: $MEDGEN_THREADS, else torch's default; on a shared or small "
+                        "CPU, 1 avoids threads spinning against each other)")
     p.add_argument("--lazy", action="store_true", help="load the model at the first job, not at start")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request and job step")
     return p
@@ -169,10 +170,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     # 3. Serve
     import uvicorn
 
-    if args.cpu_threads:
-        import torch
+    from medgen.threads import set_threads, threads_wanted
 
-        torch.set_num_threads(args.cpu_threads)
+    set_threads(threads_wanted(args.threads))
 
     from medgen.server.app import create_app
 

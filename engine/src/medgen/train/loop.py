@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from tqdm import tqdm
 
+from medgen.generate.inpaint import inpaint
 from medgen.generate.models import InpaintModel
 from medgen.train.data import AdapterCrops
 
@@ -244,9 +245,9 @@ def write_validation(model: InpaintModel, crops: AdapterCrops, prompt: str, sett
     n = min(settings.validation_count, len(crops))
     fresh = dataclasses.replace(model, _fast_runner=None)  # prompt embeddings change while training
     controls = crops.controls[:n] if crops.controls is not None else None
-    out = fresh.inpaint(crops.images[:n], crops.masks[:n], prompt=prompt, seeds=[settings.seed],
-                        num_inference_steps=settings.validation_steps,
-                        guidance_scale=settings.validation_guidance_scale, control_images=controls)[:, 0]
+    out = inpaint(fresh, crops.images[:n], crops.masks[:n], prompt=prompt, seeds=[settings.seed],
+                  num_inference_steps=settings.validation_steps,
+                  guidance_scale=settings.validation_guidance_scale, control_images=controls)[:, 0]
     grid = np.concatenate([np.concatenate(list(crops.images[:n]), axis=1), np.concatenate(list(out), axis=1)], axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.uint8(np.clip((grid + 1) * 127.5, 0, 255))).save(path)

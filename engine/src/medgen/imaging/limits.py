@@ -66,6 +66,8 @@ def check_size(source, *, rows: int, columns: int, frames: int = 1, samples: int
 # Farthest a position, and largest a spacing, may be in mm (1 km): beyond it a header value is damage,
 # not anatomy, and arithmetic on it overflows
 MAX_COORDINATE_MM = 1e6
+# Smallest |determinant| of the unit voxel axes: below it they lie (almost) in one plane
+_MIN_AXES_VOLUME = 1e-6
 
 
 def check_geometry(source, ijk_to_lps, what: str) -> None:
@@ -76,3 +78,9 @@ def check_geometry(source, ijk_to_lps, what: str) -> None:
     if not np.isfinite(matrix).all() or np.abs(matrix).max() > MAX_COORDINATE_MM:
         raise InputError(source, f"{what} geometry (position, spacing, orientation) is not finite or lies beyond "
                          f"{MAX_COORDINATE_MM:g} mm", reason="damaged")
+    axes = matrix[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    # Axes of no length, or lying in one plane, map no voxel to a point of its own: nothing can be placed on them
+    if lengths.min() == 0 or abs(np.linalg.det(axes / lengths)) < _MIN_AXES_VOLUME:
+        raise InputError(source, f"{what} geometry is degenerate: its voxel axes (orientation and spacing) have "
+                         "zero length or are parallel", reason="damaged")

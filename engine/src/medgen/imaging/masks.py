@@ -12,6 +12,9 @@ Slice index k (``--slice``, the server's ``slices``) is the k-th slice of the vo
 from __future__ import annotations
 
 import logging
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +27,13 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
 from medgen.errors import InputError
+from medgen.imaging.library_messages import first_line
 from medgen.imaging.limits import check_geometry, check_size
 from medgen.imaging.read import (
     NIFTI_SUFFIXES,
     NRRD_SUFFIXES,
     PLAIN_IMAGE_SUFFIXES,
+    parse_every_element,
     check_regular_file,
     is_slicer_segmentation,
     itk_ijk_to_lps,
@@ -223,25 +228,102 @@ def _read_dicom_seg(path: Path, volume: Volume, segment: str | None, label: int 
     """Classic series: match frames by source SOP Instance UID; multi-frame or unmatched: by position."""
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
+        # pydicom parses values when first read: parse them all now, so a damaged one is named here
+        parse_every_element(header, keep_private_raw=getattr(header, "original_encoding", (False,))[0] is True)
     except InvalidDicomError as exc:
         raise InputError(
             path, "not a mask: expected .seg.nrrd, .nii/.nii.gz, .nrrd, .png or a DICOM SEG file"
         ) from exc
-    except Exception as exc:
-        raise InputError(path, f"cannot read DICOM file: {exc}") from exc
+    except Exception as exc:  # pydicom raises many kinds on a damaged or truncated file
+        raise InputError(path, f"cannot read DICOM file (damaged or truncated?): {first_line(exc)}",
+                         reason="damaged") from exc
     if header.get("Modality") != "SEG":
         raise InputError(path, f"is a DICOM {header.get('Modality', '?')} object, not a segmentation (SEG)")
+    _check_seg_header(header, path)
     try:
         seg = hd.seg.segread(path)
+        _check_seg_pixel_data(seg, path)
+    except InputError:
+        raise
     except Exception as exc:
-        raise InputError(path, f"cannot read DICOM SEG: {exc}") from exc
-    number = _choose_seg_segment(seg, segment, label, path)
-
+        raise InputError(path, f"cannot read DICOM SEG: {first_line(exc)}", reason="damaged") from exc
+    # Whatever another tool wrote: highdicom's errors on attributes it trusts become one line naming the file
+    # (_seg_by_position turns those of get_volume into one line itself).
+    with _damaged_seg(path):
+        number = _choose_seg_segment(seg, segment, label, path)
     if volume.source_format is SourceFormat.DICOM and not volume.is_multiframe:
-        mask = _seg_by_source_instances(seg, number, volume, path)
+        with _damaged_seg(path):
+            mask = _seg_by_source_instances(seg, number, volume, path)
         if mask is not None:
             return mask
     return _seg_by_position(seg, number, volume, path, resample)
+
+
+# What highdicom and pydicom raise on a SEG whose attributes are missing, malformed or inconsistent.
+_SEG_DECODE_ERRORS = (
+    ValueError, KeyError, AttributeError, IndexError, TypeError, struct.error, InvalidDicomError,
+    np.linalg.LinAlgError,
+)
+
+
+@contextmanager
+def _damaged_seg(path: Path) -> Iterator[None]:
+    """Turn a library error raised while decoding the SEG at ``path`` into one InputError line."""
+    try:
+        yield
+    except _SEG_DECODE_ERRORS as exc:
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else first_line(exc)  # no repr quotes
+        raise InputError(path, f"damaged DICOM SEG: {text}", reason="damaged") from exc
+
+
+# Attributes highdicom reads from every SEG before it decodes a frame (PS3.3 C.8.20.2, Type 1).
+_SEG_REQUIRED = (
+    "Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation", "PixelRepresentation",
+    "NumberOfFrames", "SegmentSequence", "PerFrameFunctionalGroupsSequence",
+)
+
+
+def _check_seg_header(header: pydicom.Dataset, path: Path) -> None:
+    """Refuse a SEG whose header lacks what decoding it needs, before highdicom trips over it."""
+    missing = [keyword for keyword in _SEG_REQUIRED if header.get(keyword) in (None, "")]
+    if missing:
+        raise InputError(path, f"damaged DICOM SEG: missing {', '.join(missing)}", reason="damaged")
+    kind = str(header.get("SegmentationType", ""))
+    if kind not in {v.value for v in hd.seg.SegmentationTypeValues}:
+        known = ", ".join(v.value for v in hd.seg.SegmentationTypeValues)
+        raise InputError(path, f"damaged DICOM SEG: SegmentationType {kind!r} is not one of {known}",
+                         reason="damaged")
+    if kind == hd.seg.SegmentationTypeValues.FRACTIONAL.value:
+        maximum = header.get("MaximumFractionalValue")
+        if not isinstance(maximum, int) or maximum < 1:
+            raise InputError(path, f"damaged DICOM SEG: a FRACTIONAL segmentation needs a positive "
+                             f"MaximumFractionalValue, got {maximum!r}", reason="damaged")
+    with _damaged_seg(path):
+        rows, columns = int(header.Rows), int(header.Columns)
+        frames = int(header.NumberOfFrames)
+        samples, bits = int(header.SamplesPerPixel), int(header.BitsAllocated)
+        listed = len(header.PerFrameFunctionalGroupsSequence)
+    check_size(path, rows=rows, columns=columns, frames=frames, samples=samples)
+    if listed != frames:
+        raise InputError(path, f"damaged DICOM SEG: NumberOfFrames is {frames} but "
+                         f"PerFrameFunctionalGroupsSequence lists {listed} frames", reason="damaged")
+    if bits not in (1, 8, 16):
+        raise InputError(path, f"damaged DICOM SEG: BitsAllocated is {bits}, not 1, 8 or 16", reason="damaged")
+
+
+def _check_seg_pixel_data(seg: hd.seg.Segmentation, path: Path) -> None:
+    """Refuse missing, empty or short native pixel data (a truncated file) before a frame is decoded."""
+    data = seg.get("PixelData")
+    if not data:
+        raise InputError(path, "damaged DICOM SEG: PixelData is missing or empty", reason="damaged")
+    if seg.file_meta.TransferSyntaxUID.is_encapsulated:
+        return  # compressed frames: their decoder reports damage, inside _damaged_seg
+    bits = int(seg.Rows) * int(seg.Columns) * int(seg.NumberOfFrames) * int(seg.SamplesPerPixel) * int(seg.BitsAllocated)
+    needed = (bits + 7) // 8
+    if len(data) < needed:
+        raise InputError(path, f"damaged DICOM SEG: PixelData holds {len(data)} bytes, {int(seg.NumberOfFrames)} "
+                         f"frame(s) of {int(seg.Rows)} x {int(seg.Columns)} need {needed} (truncated file?)",
+                         reason="damaged")
 
 
 def _choose_seg_segment(seg: hd.seg.Segmentation, segment: str | None, label: int | None, path: Path) -> int:
@@ -273,12 +355,16 @@ def _seg_by_source_instances(seg: hd.seg.Segmentation, number: int, volume: Volu
         logger.info("%s: SEG frames are %dx%d, not the source's grid; matching by position", path, seg.Rows, seg.Columns)
         return None
     # Spatial locations are checked above by the matching frame size; many SEGs omit the flag.
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=slice_uids,
-        segment_numbers=[number],
-        assert_missing_frames_are_empty=True,
-        ignore_spatial_locations=True,
-    )
+    try:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=slice_uids,
+            segment_numbers=[number],
+            assert_missing_frames_are_empty=True,
+            ignore_spatial_locations=True,
+        )
+    except RuntimeError as exc:  # frames that do not say which source frame they derive from
+        logger.info("%s: %s; matching by position", path, first_line(exc))
+        return None
     mask = pixels[..., 0] >= _FRACTIONAL_THRESHOLD
     if not mask.any():
         raise InputError(path, f"mask is empty: segment {number} has no pixels on the volume's slices")

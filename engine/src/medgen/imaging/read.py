@@ -45,6 +45,10 @@ _MASK_SOP_CLASSES = (SegmentationStorage, UID("1.2.840.10008.5.1.4.1.1.66.7"))
 # Two slice positions closer than this (mm, along the normal) are the same position.
 _SAME_POSITION_MM = 1e-3
 _ORIENTATION_ATOL = 1e-4
+# Row/column direction cosines shorter than this, or at a smaller sine of the angle between them,
+# span no plane: damage, not a scan.
+_MIN_DIRECTION_LENGTH = 1e-3
+_MIN_DIRECTION_SINE = 1e-3
 
 
 def read_volume(path: str | Path) -> Volume:
@@ -207,7 +211,7 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
             except InvalidDicomError:
                 ds = _read_bare_dataset(path)
             _fill_transfer_syntax(ds, path)
-            _parse_every_element(ds, keep_private_raw=getattr(ds, "original_encoding", (False,))[0] is True)
+            parse_every_element(ds, keep_private_raw=getattr(ds, "original_encoding", (False,))[0] is True)
     except InputError:
         raise
     except Exception as exc:  # pydicom raises many kinds on damaged files
@@ -218,7 +222,7 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def _parse_every_element(ds: pydicom.Dataset, *, keep_private_raw: bool) -> None:
+def parse_every_element(ds: pydicom.Dataset, *, keep_private_raw: bool) -> None:
     """Parse every element now, so a value pydicom cannot read is a damaged file before any work.
 
     Private elements of an implicit-VR file stay unparsed: their VR is unknown, and the writer keeps
@@ -230,7 +234,7 @@ def _parse_every_element(ds: pydicom.Dataset, *, keep_private_raw: bool) -> None
         element = ds[tag]
         if element.VR == "SQ":
             for item in element.value:
-                _parse_every_element(item, keep_private_raw=keep_private_raw)
+                parse_every_element(item, keep_private_raw=keep_private_raw)
 
 
 def _read_bare_dataset(path: Path) -> pydicom.Dataset:
@@ -497,6 +501,18 @@ def _stack_geometry(
     return order, ijk_to_lps, spacing
 
 
+def _check_orientation(row_direction: np.ndarray, column_direction: np.ndarray, source: Path) -> None:
+    """Refuse row/column directions that span no plane (zero or parallel): there is no slice normal."""
+    lengths = np.array([np.linalg.norm(row_direction), np.linalg.norm(column_direction)])
+    if lengths.min() >= _MIN_DIRECTION_LENGTH:
+        sine = np.linalg.norm(np.cross(row_direction, column_direction)) / lengths.prod()
+        if sine >= _MIN_DIRECTION_SINE:
+            return
+    text = "\\".join(f"{v:g}" for v in (*row_direction, *column_direction))
+    raise InputError(source, f"ImageOrientationPatient {text} is degenerate: its row and column directions must be "
+                     "non-zero and not parallel", reason="damaged")
+
+
 def _stack_geometry_unchecked(
     infos: list[_SliceInfo], source: Path
 ) -> tuple[list[int], np.ndarray, tuple[float, float, float]]:
@@ -511,6 +527,7 @@ def _stack_geometry_unchecked(
             raise InputError(source, "slices have different orientations (ImageOrientationPatient); not one volume",
                              reason="not-one-volume")
         row_direction, column_direction = orientations[0][:3], orientations[0][3:]
+        _check_orientation(row_direction, column_direction, source)
     else:
         row_direction, column_direction = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
     normal = np.cross(row_direction, column_direction)

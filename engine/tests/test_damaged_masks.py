@@ -7,14 +7,12 @@ would be used as the mask.
 
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
-from pydicom.uid import generate_uid
 
+from test_imaging_masks import make_seg
 from testfiles import dicom_testfile, write_labelmap_like
 from medgen.cli import main
 from medgen.imaging.masks import read_mask
@@ -27,22 +25,7 @@ def valid_seg(tmp_path_factory) -> Path:
     source = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
     mask = np.zeros((1, source.Rows, source.Columns), bool)
     mask[0, 40:80, 30:70] = True
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Lesion",
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Neoplasm,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
-    seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=mask, segmentation_type="BINARY",
-        segment_descriptions=[description], series_instance_uid=generate_uid(), series_number=99,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test",
-        manufacturer_model_name="test", software_versions="0", device_serial_number="0",
-    )
-    path = tmp_path_factory.mktemp("seg") / "SEG.dcm"
-    seg.save_as(path)
-    return path
+    return make_seg([source], mask, tmp_path_factory.mktemp("seg") / "SEG.dcm")
 
 
 def test_the_undamaged_seg_is_a_usable_mask(valid_seg):

@@ -27,6 +27,7 @@ pydicom = pytest.importorskip("pydicom")
 
 from MedGenSlicerLib import EngineClient, InpaintParameters, JobMonitor, RequestRefused, read_nrrd  # noqa: E402
 from MedGenSlicerLib.geometry import crop_slab, paste_into  # noqa: E402
+from MedGenSlicerLib.jobs import wait_for_monitor  # noqa: E402
 from MedGenSlicerLib.scene import (  # noqa: E402
     DICOM_UIDS_ATTRIBUTE,
     SYNTHETIC_ATTRIBUTE,
@@ -447,12 +448,7 @@ def test_a_tilted_series_read_as_slicer_5_6_reads_it_goes_with_its_files_and_com
     assert [part.field for part in upload.files].count("source") == 2, "the slab's DICOM files did not go along"
     client = EngineClient(engine.url, engine.token)
     slab_matrix = crop_slab(source, ijk_to_ras(node), 2, 4)[1]
-    monitor = JobMonitor(client, upload, poll_interval=0.1, slab_ijk_to_ras=slab_matrix).start()
-    events, deadline = [], time.monotonic() + 180
-    while monitor.is_alive() and time.monotonic() < deadline:
-        events += monitor.drain()
-        time.sleep(0.05)
-    events += monitor.drain()
+    events = wait_for_monitor(JobMonitor(client, upload, poll_interval=0.1, slab_ijk_to_ras=slab_matrix).start(), 180)
     assert events[-1].kind == "finished", events[-1].error
     variant = next(event for event in events if event.kind == "variant")
     np.testing.assert_allclose(variant.image.ijk_to_ras, slab_matrix, atol=1e-9)

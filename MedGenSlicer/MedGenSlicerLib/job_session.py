@@ -70,7 +70,6 @@ class JobSession:
         self._process: Optional[JobProcess] = None
         self._wanted: Optional[int] = None  # the variant to show once the preview is filled
         self._skip = skip_variants
-        self._cancel_requested = False
         if make_builder is None:
             remove_previews(source_node.GetScene(), job_id)  # an earlier panel's, of the same job
             self._start_process(upload=None)
@@ -106,7 +105,6 @@ class JobSession:
 
     def cancel(self) -> None:
         """Stop the job on the engine; variants finished before still arrive."""
-        self._cancel_requested = True
         if self.state == "preparing":  # nothing was sent: the files being built go
             self._end("cancelled")
             if self._folder is not None:

@@ -201,21 +201,14 @@ class JobMonitor(_BackgroundMonitor):
             raise _Detached()
 
 
-def wait_for_monitor(monitor: JobMonitor, timeout: float, handle: Optional[Callable] = None) -> list:
+def wait_for_monitor(monitor: JobMonitor, timeout: float) -> list:
     """Drain ``monitor`` until its thread ends (for scripts and tests without an event loop)."""
     deadline = time.monotonic() + timeout
     events = []
     while monitor.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-        for event in monitor.drain():
-            events.append(event)
-            if handle is not None:
-                handle(event)
-    for event in monitor.drain():
-        events.append(event)
-        if handle is not None:
-            handle(event)
-    return events
+        events += monitor.drain()
+    return events + monitor.drain()
 
 
 __all__ = ["FINAL_STATES", "JobGone", "JobMonitor", "JobResult", "VariantSlab", "wait_for_monitor"]

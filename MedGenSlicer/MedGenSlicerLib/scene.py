@@ -199,17 +199,13 @@ def _remove_with_display(scene, node) -> None:
     scene.RemoveNode(node)
 
 
-def dicom_templates(volume_node, k0: int, k1: int, lookup: Optional[DicomLookup]) -> List[str]:
-    """The DICOM files of slices [k0, k1) where the node came from the DICOM database, else [].
-
-    They serve only as header templates (study, patient, frame of reference): the voxels sent are the
-    node's, and the engine refuses the job if the files disagree with them outside the mask.
-    """
-    return dicom_slab(volume_node, k0, k1, lookup)[0]
-
-
 def dicom_slab(volume_node, k0: int, k1: int, lookup: Optional[DicomLookup]) -> Tuple[List[str], Optional[np.ndarray]]:
-    """`dicom_templates`, and the RAS position of the slab's first instance (None without templates)."""
+    """The DICOM files of slices [k0, k1) where the node came from the DICOM database (else []), and the
+    RAS position of the slab's first one (None without files).
+
+    The files serve only as header templates (study, patient, frame of reference): the voxels sent are
+    the node's, and the engine refuses the job if the files disagree with them outside the mask.
+    """
     uids = (volume_node.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
     if not uids or lookup is None:
         return [], None

@@ -2,7 +2,9 @@
 enhanced CT) and a real NIfTI brain (mricron's ch2bet), with the tiny random-weight model (its output
 is noise: these tests check the plumbing - folders, index, resume, failures).
 
-`build_dataset` and `assert_same_outputs` are used by test_batch_ray.py too.
+`build_dataset`, `assert_same_outputs` (runs under --batch-invariant: the same bytes) and
+`assert_close_outputs` (default batching: the same images within float rounding) are used by
+test_batch_batched.py and test_batch_ray.py too.
 """
 
 import json
@@ -23,6 +25,10 @@ BRAIN_NIFTI = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
 RUN_FIELDS = {"created_utc", "out"}
 """Provenance keys that name when and where a run wrote, not what it made."""
 INDEX_RUN_FIELDS = {"timings", "attempts", "series_instance_uid", "sop_instance_uids", "seg_series_instance_uid"}
+STORED_TOLERANCE = 1
+"""Default batching runs the model's layers batched, so a row's model-space image moves by float
+rounding (about 1e-6) with its batch size and thread count; where that moves a value across a rounding
+boundary, a written stored value (or a preview's 8-bit value) differs by one."""
 
 
 def disk_mask(volume, slices, radius=6):
@@ -125,6 +131,42 @@ def assert_same_outputs(a: Path, b: Path) -> None:
     assert index_a == index_b
 
 
+def _image_array(path: Path) -> np.ndarray:
+    """The pixels of an output image file, as written (stored values for DICOM)."""
+    if path.suffix == ".dcm":
+        return pydicom.dcmread(path).pixel_array
+    if path.suffix == ".png":
+        from PIL import Image
+
+        return np.asarray(Image.open(path))
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def assert_close_outputs(a: Path, b: Path, tolerance: int = STORED_TOLERANCE) -> None:
+    """Two batch output folders hold the same rows, files and settings, and every written image (DICOM,
+    NIfTI, PNG preview) is the same within ``tolerance`` stored values per pixel: what default batching
+    promises across batch sizes and between this process and Ray workers."""
+    files_a = sorted(p.relative_to(a) for p in (a / "rows").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in (b / "rows").rglob("*") if p.is_file())
+    assert files_a == files_b
+    images = 0
+    for relative in files_a:
+        if relative.name == "provenance.json":
+            settings_a, settings_b = (json.loads((d / relative).read_text()) for d in (a, b))
+            assert settings_a.get("parameters") == settings_b.get("parameters"), relative
+        elif relative.suffix in (".dcm", ".png") or relative.name.endswith((".nii.gz", ".nii", ".nrrd")):
+            pixels_a, pixels_b = _image_array(a / relative), _image_array(b / relative)
+            assert pixels_a.shape == pixels_b.shape, relative
+            difference = np.abs(pixels_a.astype(np.int64) - pixels_b.astype(np.int64)).max()
+            assert difference <= tolerance, f"{relative}: differs by {difference} stored values"
+            images += 1
+    assert images
+    rows_a, rows_b = ([json.loads(line)["row_id"] for line in (d / "index.jsonl").open()] for d in (a, b))
+    assert rows_a == rows_b
+
+
 def assert_complete(out: Path, manifest_ids: list[str]) -> None:
     """Every row once in the index (in manifest order), one folder per row, no staging folder left."""
     lines = [json.loads(line) for line in (out / "index.jsonl").open()]
@@ -148,9 +190,11 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_run(dataset, tiny_model_dir, tmp_path_factory) -> Path:
-    """The 12 rows through `medgen batch` in this process."""
+    """The 12 rows through `medgen batch --batch-invariant` in this process (8 rows per model call): the
+    bytes every batch size and every Ray run under --batch-invariant must give."""
     out = tmp_path_factory.mktemp("batch-local") / "out"
-    assert main(["batch", str(dataset), "--out", str(out), "--model", str(tiny_model_dir), "--device", "cpu"]) == 0
+    assert main(["batch", str(dataset), "--out", str(out), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--batch-invariant"]) == 0
     return out
 
 

@@ -1,7 +1,8 @@
 """`medgen batch --ray auto` with no cluster running: the command starts a local Ray instance of its own,
-runs the 12-row real DICOM and NIfTI manifest of test_batch.py with the tiny random-weight model, and
-leaves no Ray process behind. The driver runs as a separate process, as a user would start it, without
-RAY_ADDRESS and with a Ray temp folder of its own, so it cannot find another instance's address file.
+runs the 12-row real DICOM and NIfTI manifest of test_batch.py with the tiny random-weight model (under
+--batch-invariant: the local run's bytes), and leaves no Ray process behind. The driver runs as a
+separate process, as a user would start it, without RAY_ADDRESS and with a Ray temp folder of its own,
+so it cannot find another instance's address file.
 """
 
 import os
@@ -50,7 +51,7 @@ def test_tiny_random_weight_ray_auto_starts_a_local_instance_and_leaves_no_proce
     env["RAY_TMPDIR"] = ray_tmp
     out = tmp_path / "out"
     command = [sys.executable, "-m", "medgen.cli", "batch", str(dataset), "--out", str(out),
-               "--model", str(tiny_model_dir), "--device", "cpu", "--ray", "auto"]
+               "--model", str(tiny_model_dir), "--device", "cpu", "--ray", "auto", "--batch-invariant"]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: dict[int, tuple[psutil.Process, str]] = {}  # every process the driver started, by PID, and its name
     try:

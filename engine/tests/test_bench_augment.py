@@ -41,7 +41,8 @@ def test_phantom_sets_hold_real_held_out_and_inpainted_lesions(toy_sets):
     for sample in sets.real + sets.held_out + synthetic:
         assert sample.image.shape == sample.mask.shape == (32, 32)
         assert sample.image.dtype == np.float32 and -1.0 <= sample.image.min() <= sample.image.max() <= 1.0
-        assert sample.mask[16, 16] or sample.mask[14:18, 14:18].any()  # centred on the lesion
+        centred = sample.requested if sample.requested is not None else sample.mask
+        assert centred[16, 16] or centred[14:18, 14:18].any()  # centred on the lesion
     # each synthetic crop is the healthy twin with a lesion inpainted under its mask: read the twin's
     # own crop and check the inside changed while far outside stayed the same
     rows = [json.loads(line) for line in (folder / "synthetic.jsonl").read_text().splitlines()]
@@ -51,7 +52,9 @@ def test_phantom_sets_hold_real_held_out_and_inpainted_lesions(toy_sets):
             row["input"], {"mask": row["mask"], "slices": row["slice"], "window": "soft_tissue"},
             crop_px=32, label=row["prompt"], source=row["id"],
         )[0]
-        np.testing.assert_array_equal(twin.mask, sample.mask)
+        np.testing.assert_array_equal(twin.mask, sample.requested)  # the request's mask, kept beside the label
+        # the label is the lesion as drawn: where the output departs from the twin beyond the noise
+        assert sample.mask.any() and sample.drawn_dice is not None
         inside = np.abs(sample.image - twin.image)[sample.mask].mean()
         assert inside > 0.02, f"{row['id']}: nothing was inpainted under the mask"
         assert np.array_equal(sample.image[:2], twin.image[:2])  # the crop's top rows lie far outside the mask
@@ -76,6 +79,15 @@ def test_every_arm_trains_and_is_scored_on_the_held_out_crops(toy_sets, task, on
     rows = augment.summarize(records, sets, settings)
     assert len(rows) == 1 and rows[0]["real_only"]["n"] == 2
     assert rows[0]["gain"]["mean"] == pytest.approx(rows[0]["real_plus_synthetic"]["mean"] - rows[0]["real_only"]["mean"])
+    # the gain over the types the real set holds (the four base types), paired per seed
+    assert rows[0]["base_types"] == ["calcification", "cyst", "fat", "hyperdense"]
+
+    def base_mean(arm, seed):
+        record = next(r for r in records if r["arm"] == arm and r["seed"] == seed)
+        return np.mean([record["per_class"][t] for t in rows[0]["base_types"]])
+
+    expected = np.mean([base_mean("real+synthetic", s) - base_mean("real", s) for s in (0, 1)])
+    assert rows[0]["base_types_gain"]["mean"] == pytest.approx(expected)
 
 
 def test_interval_and_paired_p_against_hand_figures():

@@ -306,6 +306,17 @@ def test_frame_of_reference_kept(case):
             assert out.FrameOfReferenceUID == case.outputs[0].FrameOfReferenceUID
 
 
+def test_a_new_frame_of_reference_is_derived_from_the_source_series(tmp_path):
+    """693_UNCI has positions but no Frame of Reference UID: two writes of it (two runs, or a local run
+    and a batch worker) give it the same new UID, so their files can be the same bytes."""
+    volume = _load_volume(_testdata("693_UNCI.dcm"))
+    assert "FrameOfReferenceUID" not in volume.datasets[0] and "ImagePositionPatient" in volume.datasets[0]
+    pixels = _modify_block(volume, 0)
+    written = [_make_writer(volume).write(pixels, tmp_path / f"run-{i}", modified_slices=[0]) for i in range(2)]
+    uids = [pydicom.dcmread(paths[0]).FrameOfReferenceUID for paths in written]
+    assert uids[0] == uids[1] and uids[0].startswith("2.25.")
+
+
 def test_instance_number_kept(case):
     assert all(out.get("InstanceNumber") == src.get("InstanceNumber") for out, src in _pairs(case))
 

@@ -177,8 +177,17 @@ def test_make_command_is_deterministic(tmp_path):
     assert make_main(["--out", str(tmp_path / "b"), "--cases", "2", "--seed", "9", "--slices", "4"]) == 0
     index = json.loads((tmp_path / "a" / "cases.json").read_text())
     assert [c["lesion_type"] for c in index] == ["cyst", "hyperdense"]
-    for name in ["case-002/ct/0002.dcm", "case-002/lesion.seg.nrrd", "case-001/truth.json"]:
+    for name in ["case-002/ct/0002.dcm", "case-002/lesion.seg.nrrd", "case-001/truth.json", "cases.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_cases_json_names_folders_relative_to_itself(tmp_path):
+    assert make_main(["--out", str(tmp_path / "a"), "--cases", "2", "--seed", "9", "--slices", "4"]) == 0
+    (tmp_path / "a").rename(tmp_path / "moved")
+    index = json.loads((tmp_path / "moved" / "cases.json").read_text())
+    assert [c["folder"] for c in index] == ["case-001", "case-002"]
+    for case in index:
+        assert (tmp_path / "moved" / case["folder"] / "lesion.seg.nrrd").is_file()
 
 
 def test_vocabulary_words_are_single_tokens_and_the_held_out_type_is_not():

@@ -18,6 +18,7 @@ from medgen.errors import InputError, OutputError
 from medgen.generate.control import CONTROL_KINDS, control_image, load_controlnet, parse_controlnet_spec
 from medgen.generate.prompt_variations import check_prompt_variations, variant_prompts
 from medgen.imaging.crop import dilate_mask, feather_weights, mask_crop_box
+from medgen.imaging.texture import noise_std
 from medgen.imaging.crop import resize_image, resize_mask
 from medgen.imaging.intensity import IntensityMap, modality_family, resolve_window
 from medgen.imaging.masks import read_mask, select_slices
@@ -82,6 +83,15 @@ class InpaintRequest:
     match_noise: bool = True
     # Smooth the generated signal along the slice axis into one 3D object (generate.slice_consistency)
     slice_consistency: bool = True
+    # Make the generated signal meet the source's brightness at the mask's border (generate.seam);
+    # part of the noise matching, off with it
+    seam_harmonize: bool = True
+    # Blur the generated lesion's border to the source's measured edge spread and let it spill past
+    # the mask as a real lesion's does (generate.edge_spread)
+    edge_match: bool = True
+    # Calibrate the lesion's mean to what real lesions of the prompted type measure, where the model's
+    # medgen.json states it (generate.calibration)
+    calibrate_intensity: bool = True
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -207,6 +217,7 @@ class _SliceJob:
     dilated: np.ndarray
     weights: np.ndarray
     box: object
+    edge: object = None  # generate.edge_spread.EdgeSpread of the source around the mask, or None
 
 
 def with_model_defaults(request: InpaintRequest, recommended: dict) -> InpaintRequest:
@@ -410,10 +421,12 @@ class Inpainter:
         #    outside the dilated mask the source is kept as is
         from medgen.generate.compose import compose_variant
 
+        targets = self._calibration_targets(request, intensity, choice, prompts, seeds)
         composed = [
             compose_variant(
-                volume, intensity, jobs, generated[:, v], seed=seeds[v],
+                volume, intensity, jobs, generated[:, v], seed=seeds[v], calibration_target=targets[v],
                 match_noise=request.match_noise, slice_consistency=request.slice_consistency,
+                seam_harmonize=request.seam_harmonize, edge_match=request.edge_match,
                 trust_model_texture=not choice.forced and choice.adapter is None,
             )
             for v in range(request.num_variants)
@@ -428,11 +441,13 @@ class Inpainter:
         provenance = self._provenance(request, volume, window, slice_indices, seeds, adapters, prompts)
         provenance["parameters"]["intensity"] = choice.to_json()
         provenance["texture"] = [c.to_json() for c in composed]
+        provenance["label"] = [c.label_figures for c in composed]
         provenance["source_repairs"] = checked.repairs
         if unchanged:
             logger.warning("%s: %s", request.input, unchanged)
             provenance["warnings"] = [unchanged]
-        result = self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts)
+        result = self._write_outputs(request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts,
+                                     drawn=[c.drawn for c in composed])
         result.notes.append(choice.describe())
         result.texture = provenance["texture"]
         return result
@@ -484,14 +499,38 @@ class Inpainter:
             [control_image(c, resize_mask(job.mask[job.box.slices], size), request.control_from) for c, job in zip(crops, jobs)]
         )
 
+    def _calibration_targets(self, request, intensity, choice, prompts, seeds) -> list[float | None]:
+        """Per variant, the model-space mean its lesion is calibrated to (None: not calibrated)."""
+        from medgen.generate.calibration import match_prompt, read_model_table, variant_target
+
+        if not request.calibrate_intensity or not self.model_path.is_dir():
+            return [None] * len(seeds)
+        table = read_model_table(self.model_path)
+        modality = choice.to_json().get("source_modality")
+        window = intensity.window
+        targets = []
+        for prompt, seed in zip(prompts, seeds):
+            entry = match_prompt(prompt, table, modality)
+            targets.append(None if entry is None else
+                           (variant_target(entry, seed) - window.lower) / window.width * 2.0 - 1.0)
+        return targets
+
     def _prepare_slice(
         self, volume: Volume, intensity: IntensityMap, mask2d: np.ndarray, k: int, request: InpaintRequest
     ) -> _SliceJob:
+        from medgen.generate.edge_spread import SIGMA_RANGE_PX, EdgeSpread, has_room, measure_edge_spread
+
         pixel_spacing = (volume.spacing[1], volume.spacing[2])
         dilated = dilate_mask(mask2d, request.mask_dilate_mm, pixel_spacing)
         weights = feather_weights(mask2d, dilated, request.mask_blur_px)
         box = mask_crop_box(dilated, request.crop_padding_px)
-        return _SliceJob(k, intensity.to_model(k), mask2d, dilated, weights, box)
+        edge = None
+        # measured only where the region leaves the thinnest blur room to spill (the fits cost time)
+        if request.edge_match and has_room(mask2d, dilated, EdgeSpread(SIGMA_RANGE_PX[0], 0)):
+            unclipped = intensity.to_model_array(volume.pixels[k], k, clip=False)
+            ring = dilate_mask(mask2d, 12.0 * min(pixel_spacing), pixel_spacing) & ~dilated
+            edge = measure_edge_spread(unclipped, mask2d, noise_std(unclipped, ring))
+        return _SliceJob(k, intensity.to_model(k), mask2d, dilated, weights, box, edge)
 
     def _provenance(self, request, volume, window, slice_indices, seeds, adapters=(), prompts=None) -> dict:
         from medgen.dicom.provenance import build_provenance
@@ -525,7 +564,7 @@ class Inpainter:
         )
 
     def _write_outputs(
-        self, request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts
+        self, request, volume, intensity, jobs, variant_pixels, provenance, seeds, prompts, drawn=None
     ) -> InpaintResult:
         from medgen.dicom.provenance import write_provenance_json
         from medgen.dicom.writer import default_series_number
@@ -540,7 +579,8 @@ class Inpainter:
                 name = f"variant-{v + 1:02d}"
                 series_number = default_series_number(volume, v)
                 files += self._write_variant(
-                    request, volume, pixels, staging / name, provenance, seeds[v], prompts[v], jobs, series_number
+                    request, volume, pixels, staging / name, provenance, seeds[v], prompts[v], jobs, series_number,
+                    drawn=drawn[v] if drawn else None,
                 )
                 variant_dirs.append(out / name)
             write_provenance_json(staging / "provenance.json", provenance)
@@ -577,7 +617,7 @@ class Inpainter:
         )
 
     def _write_variant(
-        self, request, volume, pixels, variant_dir, provenance, seed, prompt, jobs, series_number
+        self, request, volume, pixels, variant_dir, provenance, seed, prompt, jobs, series_number, drawn=None
     ) -> list[Path]:
         from medgen.dicom.provenance import format_derivation_description
         from medgen.dicom.writer import SyntheticSeriesWriter, write_secondary_capture
@@ -613,6 +653,7 @@ class Inpainter:
                         {job.index: job.mask for job in jobs},
                         variant_dir.parent / f"{variant_dir.name}-seg" / "SEG.dcm",
                         prompt,
+                        drawn_per_slice=drawn,
                         source_volume=volume,
                         software_version=__version__,
                         model_name=self.model_path.name,
@@ -645,26 +686,32 @@ def unchanged_warning(volume: Volume, variant_pixels: list[np.ndarray]) -> str |
 # --- several requests through one Inpainter ---------------------------------------------------------
 # The model work itself (stacking crops into shared UNet calls, batch_invariant) is generate.batched's;
 # reading, cropping and writing each request is the Inpainter's. These drive the two together.
+# ``batch_invariant``: False (the default) runs the layers batched, so a request's images equal its
+# images alone within float rounding; True gives the same bytes however requests were batched.
 
 
-def generate_alone(inpainter: Inpainter, work) -> np.ndarray:
+def generate_alone(inpainter: Inpainter, work, *, batch_invariant: bool = False) -> np.ndarray:
     """One request's crops (a generate.batched.Generation) through Inpainter.generate, under
-    batch_invariant as in a shared call."""
-    from medgen.generate.batched import batch_invariant
+    generate.batched.batch_invariant when asked, as in a shared call."""
+    from medgen.generate.batched import model_calls
 
-    with batch_invariant(inpainter.model, guided=work.guidance_scale > 1.0):
+    with model_calls(inpainter.model, guided=work.guidance_scale > 1.0, invariant=batch_invariant):
         return inpainter.generate(work)
 
 
-def run_alone(inpainter: Inpainter, request: InpaintRequest) -> InpaintResult:
-    """One request through an Inpainter, its crops generated as run_together would (the same files)."""
-    return inpainter.run(request, lambda work: generate_alone(inpainter, work))
+def run_alone(inpainter: Inpainter, request: InpaintRequest, *, batch_invariant: bool = False) -> InpaintResult:
+    """One request through an Inpainter, its crops generated as run_together would (with
+    ``batch_invariant``, the same files)."""
+    return inpainter.run(request, lambda work: generate_alone(inpainter, work, batch_invariant=batch_invariant))
 
 
-def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[InpaintResult | Exception]:
+def run_together(
+    inpainter: Inpainter, requests: list[InpaintRequest], *, batch_invariant: bool = False
+) -> list[InpaintResult | Exception]:
     """Several requests through one Inpainter: each read and cropped, their crops generated in shared
-    model calls, each written; the same files as run_alone of each. One result or exception per
-    request, in order; an exception raised by a shared model call itself propagates."""
+    model calls, each written; run_alone of each within float rounding (with ``batch_invariant``, the
+    same files). One result or exception per request, in order; an exception raised by a shared model
+    call itself propagates."""
     from medgen.generate.batched import can_generate_together, generate_together
 
     results: list = [None] * len(requests)
@@ -686,9 +733,9 @@ def run_together(inpainter: Inpainter, requests: list[InpaintRequest]) -> list[I
         model = inpainter.model
         works = [work for _, _, work, _ in members]
         if can_generate_together(model):
-            generated = generate_together(model, works)
+            generated = generate_together(model, works, invariant=batch_invariant)
         else:
-            generated = [generate_alone(inpainter, work) for work in works]
+            generated = [generate_alone(inpainter, work, batch_invariant=batch_invariant) for work in works]
         for (i, steps, _, _), crops in zip(members, generated):
             results[i] = _finish(steps, crops)
     return results

@@ -115,6 +115,14 @@ def _add_inpaint_parser(subparsers) -> None:
     p.add_argument("--no-slice-consistency", action="store_false", dest="slice_consistency",
                    help="do not smooth the generated lesion along the slice axis "
                    "(default: smooth it, Gaussian sigma 2 mm, at least one slice)")
+    p.add_argument("--no-edge-match", action="store_false", dest="edge_match",
+                   help="keep the generated lesion's own border instead of blurring it to the source's measured "
+                   "edge spread so it spills past the mask as a real lesion's does (default: match it where "
+                   "--mask-dilate leaves room for 2.5 edge sigmas past the mask; the provenance records the "
+                   "measured sigma and whether it was matched)")
+    p.add_argument("--no-seam-harmonize", action="store_false", dest="seam_harmonize",
+                   help="do not shift the generated lesion's border to meet the source's brightness "
+                   "(default: meet it; part of the noise matching, so --no-noise-match turns it off too)")
     p.add_argument("--only-modified", action="store_true", help="write just the inpainted slices")
     p.add_argument("--seg", action="store_true", dest="write_seg", help="also write a DICOM SEG of the inpainted region")
     p.add_argument(
@@ -174,6 +182,8 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         source_modality=args.modality,
         match_noise=args.match_noise,
         slice_consistency=args.slice_consistency,
+        seam_harmonize=args.seam_harmonize,
+        edge_match=args.edge_match,
     )
     inpainter = Inpainter(
         args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config
@@ -243,6 +253,12 @@ def _add_bench_parser(subparsers) -> None:
     )
     augment.set_defaults(handler=_run_bench_augment, passes_arguments_on=True,
                          own_parser="medgen.bench.augment:build_parser")
+    detect = bench_commands.add_parser(
+        "detect", help="can a classifier tell the engine's lesions from real ones? (MONAI Classifier, AUC)",
+        add_help=False,
+    )
+    detect.set_defaults(handler=_run_bench_detect, passes_arguments_on=True,
+                        own_parser="medgen.bench.detect:build_parser")
     report = bench_commands.add_parser(
         "report", help="size and build time of the run report of a 300-slice, 4-variant run", add_help=False
     )
@@ -254,6 +270,12 @@ def _run_bench_report(args: argparse.Namespace) -> int:
     from medgen.bench.report import main as report_main
 
     return report_main(args.rest)
+
+
+def _run_bench_detect(args: argparse.Namespace) -> int:
+    from medgen.bench.detect import main as detect_main
+
+    return detect_main(args.rest)
 
 
 def _run_bench_augment(args: argparse.Namespace) -> int:

@@ -44,8 +44,19 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, metavar="N",
         help=f"rows whose crops go through the model together in a run in this process, in rows; rows share a "
-        f"call when their steps, guidance, strength, negative prompt and adapters match; the files are the same "
-        f"for every N (default: {DEFAULT_BATCH_SIZE}; 1: each row alone; Ray workers take one row at a time)",
+        f"call when their steps, guidance, strength, negative prompt and adapters match; the images are the same "
+        f"for every N within float rounding (a stored value may differ by one; --batch-invariant for the same "
+        f"bytes) (default: {DEFAULT_BATCH_SIZE}; 1: each row alone; Ray workers take one row at a time)",
+    )
+    p.add_argument(
+        "--batch-invariant", action="store_true",
+        help="make every row's files the same bytes whatever its batch size and wherever it runs (this process "
+        "or a Ray worker): the model's convolutions, linear layers and group norms run crop by crop inside "
+        "each shared call, and on the CPU on one torch thread. Costs most of batching's gain: on a 2-core "
+        "AVX2 CPU with the demo model (`medgen bench batch`), 8 rows per call gave 1.26-1.34x the rows per "
+        "minute of one row per call with layers batched and 1.10-1.12x with this option; on a GPU, where "
+        "batching is most of the speed, per-crop layers lose more (default: layers run batched, the same "
+        "images within float rounding)",
     )
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="run the valid rows and list the bad ones in DIR/failed.jsonl (default: refuse the manifest)")
@@ -76,6 +87,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         scheduler=args.scheduler,
         threads=args.threads,
+        batch_invariant=args.batch_invariant,
     )
     out = summary.out_dir
     print(

@@ -33,6 +33,7 @@ def describe_published_row(out_dir: Path, row_id: str, *, line: int | None) -> l
     parameters = provenance.get("parameters", {})
     seeds = {v["index"]: v["seed"] for v in provenance.get("variants", [])}
     prompts = parameters.get("variant_prompts") or []
+    labels = provenance.get("label") or []  # per variant: the drawn lesion against the request's mask
     lines = []
     variant_dirs = sorted(
         (p for p in row_dir.iterdir() if p.is_dir() and VARIANT_DIR.fullmatch(p.name)), key=lambda p: p.name
@@ -62,6 +63,7 @@ def describe_published_row(out_dir: Path, row_id: str, *, line: int | None) -> l
                 "preview": _relative(row_dir / "preview.png", out_dir),
                 "model": provenance.get("model", {}).get("name"),
                 "model_sha256": provenance.get("model", {}).get("sha256"),
+                "label": labels[v] if v < len(labels) else None,
                 "timings": None,
                 "attempts": None,
             }

@@ -51,6 +51,8 @@ class LocalRunner:
         self.worker: RowWorker | None = None
         if batch_size > 1:
             self.description = f"this process, up to {batch_size} rows per model call"
+        if worker_options.get("batch_invariant"):
+            self.description += ", batch-invariant"
 
     def start(self) -> None:
         self.worker = RowWorker(**self.worker_options)

@@ -4,6 +4,8 @@ loading the model once; rows handed out one at a time to whichever actor is free
 Outputs go straight to the run's folder, so on a multi-node cluster that folder must be on a path
 every node shares. A row whose actor died is handed out again (the actor is restarted by Ray and
 reloads the model); so is a row that failed with an unexpected error, up to --max-retries times.
+Every worker gets the run's worker options, --batch-invariant included, so a row's files are those of
+a local run in either mode (the same bytes with it, the same images within float rounding without).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class RayRunner:
         actor_class = ray.remote(RowWorker).options(max_restarts=-1, max_task_retries=0, **slot)
         self.actors = [actor_class.remote(**self.worker_options) for _ in range(count)]
         self.description = f"Ray cluster {self.address}: {count} workers of {kind} each"
+        if self.worker_options.get("batch_invariant"):
+            self.description += ", batch-invariant"
         errors = [e for e in ray.get([actor.load.remote() for actor in self.actors]) if e]
         if errors:
             raise InputError(None, errors[0])

@@ -78,6 +78,7 @@ def run_batch(
     dtype: str | None = None,
     scheduler: str | None = None,
     threads: int | None = None,
+    batch_invariant: bool = False,
     progress_stream: TextIO | None = None,
     progress_every_s: float = 5.0,
     on_row: RowCallback | None = None,
@@ -87,10 +88,12 @@ def run_batch(
     ``model``: a model folder or file, None or "demo" for the shipped demo model. ``ray``: None runs
     in this process; "auto" or a cluster address runs on Ray. ``batch_size``: rows whose crops go
     through the model together in a local run (None: DEFAULT_BATCH_SIZE; 1: each row alone); the
-    files are the same for every batch size. ``threads``: torch threads of each Ray worker (None:
-    $MEDGEN_THREADS, else 1, as the workers of a node share its cores); a local run takes the
-    process's own setting (``medgen --threads``). ``on_row`` is called with each
-    finished or failed row's last outcome (after its index lines are written).
+    images are the same within float rounding for every batch size, locally and on Ray.
+    ``batch_invariant``: the same bytes instead, for every batch size, locally and on Ray (layers run
+    crop by crop, on one torch thread on the CPU: most of batching's gain is lost). ``threads``: torch
+    threads of each Ray worker (None: $MEDGEN_THREADS, else 1, as the workers of a node share its
+    cores); a local run takes the process's own setting (``medgen --threads``). ``on_row`` is called
+    with each finished or failed row's last outcome (after its index lines are written).
     """
     # 1. Check the options, the model and every row before any work
     from medgen.dicom.provenance import sha256_model
@@ -130,6 +133,7 @@ def run_batch(
         # 4. Run the rest
         worker_options = {
             "model": model_path, "out_dir": output.dir, "device": device, "dtype": dtype, "scheduler": scheduler,
+            "batch_invariant": batch_invariant,
         }
         if ray is None:
             runner = LocalRunner(worker_options, max_retries=max_retries,

@@ -5,9 +5,10 @@ The same class runs in the local process and as a Ray actor. A row is written by
 one rename, so a folder under ``rows/`` is always complete. Two attempts at one row (a retry whose
 first try was not dead after all) cannot both publish: the second finds the folder and keeps it.
 
-Every row is generated under :func:`medgen.generate.batched.batch_invariant`, alone (``run``) or with
-others in shared model calls (``run_many``), so a row's files are the same however it was batched,
-locally or on Ray.
+A row is generated alone (``run``) or with others in shared model calls (``run_many``). By default
+the model's layers run batched: a row's images are the same within float rounding however it was
+batched, locally or on Ray. With ``batch_invariant`` (``--batch-invariant``) every row is generated
+under :func:`medgen.generate.batched.batch_invariant`, so its files are the same bytes.
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ class RowWorker:
         dtype: str | None = None,
         scheduler: str | None = None,
         threads: int | None = None,
+        batch_invariant: bool = False,
     ):
         from medgen.api import Inpainter
         from medgen.threads import set_threads
 
         set_threads(threads)  # a Ray worker's start-up; None (a local run): as the command set it
         self.out_dir = Path(out_dir)
+        self.batch_invariant = batch_invariant
         self.inpainter = Inpainter(model, device=device, dtype=dtype, scheduler=scheduler)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -93,15 +96,16 @@ class RowWorker:
             outcome.already_published = True
         else:
             try:
-                run_alone(self.inpainter, row.request(row_dir))
+                run_alone(self.inpainter, row.request(row_dir), batch_invariant=self.batch_invariant)
                 outcome.generate_s = time.perf_counter() - start
             except Exception as error:
                 self._failed(row, outcome, error)
         return self._described(row, outcome, start)
 
     def run_many(self, rows: list[BatchRow]) -> list[RowOutcome]:
-        """One attempt at several rows whose crops go through the model together (the same files as
-        ``run`` of each). Never raises. Each row's generate_s is its share of the time of the whole."""
+        """One attempt at several rows whose crops go through the model together (``run`` of each
+        within float rounding; with batch_invariant the same files). Never raises. Each row's
+        generate_s is its share of the time of the whole."""
         from medgen.api import run_together
 
         start = time.perf_counter()
@@ -114,7 +118,7 @@ class RowWorker:
                 todo.append((row, outcome))
         requests = [row.request(self.out_dir / ROWS_DIR / row.id) for row, _ in todo]
         try:
-            results = run_together(self.inpainter, requests)
+            results = run_together(self.inpainter, requests, batch_invariant=self.batch_invariant)
         except Exception as error:  # the shared model call failed: every row of it failed
             results = [error] * len(todo)
         share = (time.perf_counter() - start) / max(len(todo), 1)

@@ -316,12 +316,21 @@ def summarize(records: list[dict], sets: Sets, settings: AugmentSettings) -> lis
             return [r["score"] for r in chosen]
         return [r["per_class"].get(key, float("nan")) for r in chosen]
 
+    def pick_base(arm, n, name, m, base):
+        """Per seed, the mean per-class figure over the ``base`` classes."""
+        per_class = np.array([pick(arm, n, name, m, key) for key in sorted(base)], dtype=float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a seed whose held-out crops hold none of the types: NaN
+            return list(np.nanmean(per_class, axis=0))
+
     rows = []
     for n in sorted({r["real"] for r in records if r["arm"] == "real"}):
         real = pick("real", n, None, 0)
+        base = {s.label for s in sets.real[:n]}  # the types the real set already holds
         for name in sets.synthetic:
             for m in settings.synthetic:
                 mixed = pick("real+synthetic", n, name, m)
+                base_gain = np.subtract(pick_base("real+synthetic", n, name, m, base), pick_base("real", n, None, 0, base))
                 row = {
                     "real": n, "synthetic_set": name, "synthetic": m,
                     "real_only": interval(real),
@@ -329,6 +338,10 @@ def summarize(records: list[dict], sets: Sets, settings: AugmentSettings) -> lis
                     "synthetic_only": interval(pick("synthetic", 0, name, m)),
                     "gain": interval(list(np.subtract(mixed, real))),
                     "p_value": paired_p(mixed, real),
+                    # the paired gain over the types the real training set holds: where real examples
+                    # exist, synthetic ones must not make the model worse
+                    "base_types": sorted(base),
+                    "base_types_gain": interval(list(base_gain)),
                 }
                 if sets.phantom and any(s.label == HELD_OUT_TYPE for s in sets.held_out):
                     row["held_out_type"] = {
@@ -348,13 +361,14 @@ def _cell(figure: dict) -> str:
 def format_table(rows: list[dict], header: str) -> str:
     held = any("held_out_type" in r for r in rows)
     columns = ["N real", "synthetic set", "M", "real only", "real + synthetic", "synthetic only",
-               "gain (real+syn - real)", "p (paired t)"]
+               "gain (real+syn - real)", "p (paired t)", "gain on the real set's types"]
     if held:
         columns += [f"{HELD_OUT_TYPE}*: real only", f"{HELD_OUT_TYPE}*: real + synthetic"]
     lines = [[str(r["real"]), r["synthetic_set"], str(r["synthetic"]), _cell(r["real_only"]),
               _cell(r["real_plus_synthetic"]), _cell(r["synthetic_only"]),
               ("+" if r["gain"]["mean"] >= 0 else "") + _cell(r["gain"]),
-              "-" if np.isnan(r["p_value"]) else f"{r['p_value']:.3g}"]
+              "-" if np.isnan(r["p_value"]) else f"{r['p_value']:.3g}",
+              ("+" if r["base_types_gain"]["mean"] >= 0 else "") + _cell(r["base_types_gain"])]
              + ([_cell(r["held_out_type"]["real_only"]), _cell(r["held_out_type"]["real_plus_synthetic"])]
                 if held else [])
              for r in rows]

@@ -40,32 +40,52 @@ class Sample:
     """One lesion-centred crop: model-space image in [-1, 1], its lesion mask and its class."""
 
     image: np.ndarray  # (crop, crop) float32
-    mask: np.ndarray  # (crop, crop) bool
+    mask: np.ndarray  # (crop, crop) bool: the lesion's label (for a synthetic crop, the lesion as drawn)
     label: str
     source: str  # the manifest row (and variant) it came from
+    requested: np.ndarray | None = None  # a synthetic crop's request mask, kept beside the drawn label
+    lesion_mean: float | None = None  # mean modality value inside the label on the full slice (HU for CT)
+
+    @property
+    def drawn_dice(self) -> float | None:
+        """Dice of the drawn label against the request's mask (None for a real crop)."""
+        from medgen.generate.drawn_label import dice
+
+        return None if self.requested is None else dice(self.mask, self.requested)
 
 
 def lesion_crop(image: np.ndarray, mask: np.ndarray, crop_px: int) -> tuple[np.ndarray, np.ndarray]:
     """A ``crop_px`` square centred on the mask's centroid; edges are extended past the image border."""
-    rows, cols = np.nonzero(mask)
+    return (crop_around(image, mask, crop_px, mode="edge").astype(np.float32),
+            crop_around(mask, mask, crop_px, mode="constant").astype(bool))
+
+
+def crop_around(array: np.ndarray, centre_mask: np.ndarray, crop_px: int, *, mode: str) -> np.ndarray:
+    """The ``crop_px`` square of ``array`` centred on ``centre_mask``'s centroid, padded by ``mode``."""
+    rows, cols = np.nonzero(centre_mask)
     centre = (int(round(rows.mean())), int(round(cols.mean())))
     half = crop_px // 2
-    padded_image = np.pad(image, half, mode="edge")
-    padded_mask = np.pad(mask, half, mode="constant")
-    window = (slice(centre[0], centre[0] + crop_px), slice(centre[1], centre[1] + crop_px))
-    return padded_image[window].astype(np.float32), padded_mask[window].astype(bool)
+    padded = np.pad(array, half, mode=mode)
+    return padded[centre[0]: centre[0] + crop_px, centre[1]: centre[1] + crop_px]
 
 
 def read_row_samples(
-    image_path: Path, options: dict, *, crop_px: int, label: str, source: str
+    image_path: Path, options: dict, *, crop_px: int, label: str, source: str, drawn_from: Path | None = None
 ) -> list[Sample]:
     """The crops of one row: its scan (or an inpainted output on the same grid) under the row's mask,
-    one per selected slice, windowed as the row says (default: the engine's window for the modality)."""
-    from medgen.imaging.intensity import IntensityMap, choose_window
+    one per selected slice, windowed as the row says (default: the engine's window for the modality).
+
+    ``drawn_from`` (the scan an output was inpainted into) makes the label the lesion as drawn
+    (`generate.drawn_label`), the request's mask kept beside it: a training pair must not teach a
+    boundary the pixels do not show. The crop stays centred on the request's mask.
+    """
+    from medgen.generate.drawn_label import drawn_lesion_mask
+    from medgen.imaging.intensity import IntensityMap, choose_window, modality_gray
     from medgen.imaging.masks import read_mask
     from medgen.imaging.read import read_volume
 
     volume = read_volume(image_path)
+    before = read_volume(drawn_from) if drawn_from is not None else None
     mask = read_mask(
         options["mask"], volume, segment=options.get("segment"), label=options.get("label"),
         resample=bool(options.get("resample_mask", False)),
@@ -83,7 +103,16 @@ def read_row_samples(
     samples = []
     for k in slices:
         image, crop_mask = lesion_crop(intensity.to_model(k), mask[k], crop_px)
-        samples.append(Sample(image, crop_mask, label, f"{source}:slice-{k}"))
+        values = modality_gray(volume, k)
+        if before is None:
+            sample = Sample(image, crop_mask, label, f"{source}:slice-{k}")
+            region = mask[k]
+        else:
+            region = drawn_lesion_mask(modality_gray(before, k), values, mask[k])
+            drawn = crop_around(region, mask[k], crop_px, mode="constant").astype(bool)
+            sample = Sample(image, drawn, label, f"{source}:slice-{k}", requested=crop_mask)
+        sample.lesion_mean = float(values[region].mean()) if region.any() else None
+        samples.append(sample)
     return samples
 
 
@@ -107,7 +136,8 @@ def run_synthetic_manifest(
     path: Path, out: Path, *, crop_px: int, model: str | None, device: str, labels: dict[str, str] | None = None
 ) -> tuple[list[Sample], dict]:
     """Inpaint every row with `medgen batch` into ``out`` (resumable), then read each output variant on
-    the row's slices with the row's mask as its label; also returns the batch run's figures."""
+    the row's slices, labelled by the lesion as drawn (the row's mask kept beside it); also returns the
+    batch run's figures."""
     from medgen.batch.index import INDEX_JSONL
     from medgen.batch.manifest import read_manifest
     from medgen.batch.run import run_batch
@@ -126,10 +156,12 @@ def run_synthetic_manifest(
         label = (labels or {}).get(row.id, row.options["prompt"])
         samples += read_row_samples(
             Path(out) / line["series_dir"], row.options, crop_px=crop_px, label=label,
-            source=f"{row.id}:variant-{line['variant']}",
+            source=f"{row.id}:variant-{line['variant']}", drawn_from=Path(row.options["input"]),
         )
+    dice = [s.drawn_dice for s in samples]
     figures = {"rows": summary.rows, "made": summary.done, "generate_s": sum(summary.generate_s),
-               "start_s": summary.start_s, "workers": summary.workers}
+               "start_s": summary.start_s, "workers": summary.workers,
+               "drawn_vs_requested_dice": round(float(np.mean(dice)), 4) if dice else None}
     return samples, figures
 
 

@@ -5,7 +5,8 @@ benchmark needs nothing but the package. Three timings of the same rows:
 
 1. a plain loop of :class:`medgen.api.Inpainter` calls, model loaded and warm: a row's generation time;
 2. `medgen batch` in this process, each row alone (`--batch-size 1`) and N rows per model call
-   (`--batch-size N`), with the ratio of their rows per minute;
+   (`--batch-size N`), with the ratio of their rows per minute (layers batched, or crop by crop with
+   `--batch-invariant`);
 3. `medgen batch --ray` (one worker per GPU or CPU slot).
 
 For 2 and 3 the overhead per row is the worker time not spent inside Inpainter:
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster for the Ray run: 'auto' joins a running one or starts a local one (2 CPU slots)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help="rows per model call of the batched local run, in rows (default: %(default)s)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="time `medgen batch --batch-invariant` (the same bytes for every batch size; layers run "
+                   "crop by crop, on one torch thread on the CPU) instead of batched layers")
     p.add_argument("--no-ray", action="store_true", help="time only the plain loop and the local runner")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs; auto takes CUDA when there is one")
@@ -96,12 +100,12 @@ def plain_loop(manifest: Path, out: Path, model: str | None, device: str) -> dic
 
 
 def batch_run(manifest: Path, out: Path, model: str | None, device: str, ray: str | None,
-              batch_size: int | None = None) -> dict:
+              batch_size: int | None = None, batch_invariant: bool = False) -> dict:
     from medgen.batch.run import run_batch
 
     with open(os.devnull, "w") as quiet:
         summary = run_batch(manifest, out, model=model, device=device, ray=ray, batch_size=batch_size,
-                            progress_stream=quiet)
+                            batch_invariant=batch_invariant, progress_stream=quiet)
     if not summary.ok or summary.done != summary.rows:
         raise RuntimeError(f"the batch run did not finish every row: {summary}")
     return {
@@ -146,10 +150,13 @@ def format_table(results: list[dict], header: str) -> str:
             f"{r['generate_s_per_row_mean']:>10.3f} {overhead:>15} {share:>15}"
         )
     by_path = {r["path"]: r for r in results}
-    batched = [r for r in results if r["path"].startswith("local, batch ") and r["path"] != "local, batch 1"]
-    if batched and "local, batch 1" in by_path:
-        ratio = batched[0]["rows_per_min"] / by_path["local, batch 1"]["rows_per_min"]
-        lines.append(f"{batched[0]['path']} / local, batch 1 rows per minute: {ratio:.2f}")
+    ratio = batch_ratio(results)
+    if ratio:
+        lines.append(
+            f"rows per minute: local, batch 1 {ratio['rows_per_min_batch_1']:.1f}; local, batch "
+            f"{ratio['batch_size']} {ratio['rows_per_min_batch_n']:.1f}"
+        )
+        lines.append(f"local, batch {ratio['batch_size']} / local, batch 1 rows per minute: {ratio['ratio']:.2f}")
     if "ray" in by_path and "local, batch 1" in by_path:
         ray_ratio = by_path["ray"]["rows_per_min"] / by_path["local, batch 1"]["rows_per_min"]
         lines.append(f"ray / local, batch 1 rows per minute: {ray_ratio:.2f}")
@@ -157,8 +164,25 @@ def format_table(results: list[dict], header: str) -> str:
     return "\n".join(lines)
 
 
+def batch_ratio(results: list[dict]) -> dict | None:
+    """Rows per minute of the local runs at batch 1 and at the batched size, and their ratio (the gain
+    of batching), from run_bench's results; None without both runs."""
+    by_path = {r["path"]: r for r in results}
+    batched = [r for r in results if r["path"].startswith("local, batch ") and r["path"] != "local, batch 1"]
+    if not batched or "local, batch 1" not in by_path:
+        return None
+    one, many = by_path["local, batch 1"]["rows_per_min"], batched[0]["rows_per_min"]
+    return {
+        "batch_size": int(batched[0]["path"].rsplit(" ", 1)[1]),
+        "rows_per_min_batch_1": one,
+        "rows_per_min_batch_n": many,
+        "ratio": many / one,
+    }
+
+
 def run_bench(rows: int, *, steps: int | None, model: str | None, ray: str | None, device: str,
-              work_dir: Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[dict], str]:
+              work_dir: Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+              batch_invariant: bool = False) -> tuple[list[dict], str]:
     if rows < 2:
         raise InputError(None, f"--rows must be at least 2, got {rows}")
     if batch_size < 2:
@@ -169,18 +193,20 @@ def run_bench(rows: int, *, steps: int | None, model: str | None, ray: str | Non
         manifest = make_manifest(folder, rows, steps)
         results = [figures("plain loop", plain_loop(manifest, folder / "plain", model, device))]
         for size in (1, batch_size):
-            timing = batch_run(manifest, folder / f"local-{size}", model, device, None, batch_size=size)
+            timing = batch_run(manifest, folder / f"local-{size}", model, device, None, batch_size=size,
+                               batch_invariant=batch_invariant)
             results.append(figures(f"local, batch {size}", timing))
         ray_description = ""
         if ray is not None:
-            timing = batch_run(manifest, folder / "ray", model, device, ray)
+            timing = batch_run(manifest, folder / "ray", model, device, ray, batch_invariant=batch_invariant)
             results.append(figures("ray", timing))
             ray_description = f"; Ray: {timing['description']}"
     import torch
 
     header = (
         f"medgen bench batch: {rows} rows (one 128x128 phantom CT slice each), model {model or 'demo'}, "
-        f"steps {steps or 'from the model'}, torch threads in this process {torch.get_num_threads()}{ray_description}"
+        f"steps {steps or 'from the model'}, torch threads in this process {torch.get_num_threads()}, "
+        f"{'batch-invariant (layers crop by crop)' if batch_invariant else 'layers batched'}{ray_description}"
     )
     return results, format_table(results, header)
 
@@ -189,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     results, table = run_bench(
         args.rows, steps=args.steps, model=args.model, ray=None if args.no_ray else args.ray, device=args.device,
-        work_dir=args.work_dir, batch_size=args.batch_size,
+        work_dir=args.work_dir, batch_size=args.batch_size, batch_invariant=args.batch_invariant,
     )
     print(table)
     if args.json:
-        args.json.write_text(json.dumps({"rows": args.rows, "results": results}, indent=2) + "\n", encoding="utf-8")
+        written = {"rows": args.rows, "batch_invariant": args.batch_invariant, **(batch_ratio(results) or {}),
+                   "results": results}
+        args.json.write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
     return 0

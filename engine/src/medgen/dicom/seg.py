@@ -87,8 +87,12 @@ def write_inpaint_seg(
     software_version: str,
     model_name: str,
     series_number: int | None = None,
+    drawn_per_slice: Mapping[int, np.ndarray] | None = None,
 ) -> Path:
     """Write one binary SEG of ``masks_per_slice`` over the synthetic instances; return its path.
+
+    With ``drawn_per_slice`` (the lesion as drawn, `generate.drawn_label`) the SEG holds two segments:
+    1, the lesion as drawn, the label of a training pair; 2, the request's mask, kept as it was asked.
 
     ``masks_per_slice`` maps a slice index of ``source_volume`` (the scan that was inpainted) to
     that slice's 2D mask; the masks reach the right synthetic frames through the Source Image
@@ -104,7 +108,7 @@ def write_inpaint_seg(
     with captured_library_messages() as messages:
         seg = build_inpaint_seg(images, masks_per_slice, segment_label, source_volume=source_volume,
                                 software_version=software_version, model_name=model_name,
-                                series_number=series_number)
+                                series_number=series_number, drawn_per_slice=drawn_per_slice)
     for message in messages:
         logger.debug("SEG: %s", message)
     # Write atomically: a reader never sees half a SEG
@@ -120,8 +124,10 @@ def build_inpaint_seg(
     software_version: str,
     model_name: str,
     series_number: int | None = None,
+    drawn_per_slice: Mapping[int, np.ndarray] | None = None,
 ) -> Dataset:
-    """The SEG dataset of ``masks_per_slice`` over the synthetic ``images`` (the pre-flight builds it too)."""
+    """The SEG dataset of ``masks_per_slice`` over the synthetic ``images`` (the pre-flight builds it too);
+    with ``drawn_per_slice``, the drawn lesion is segment 1 and the request's mask segment 2."""
     source_name = source_volume.source_paths[0] if source_volume.source_paths else None
     if not isinstance(segment_label, str) or not segment_label.strip():
         raise ValueError(f"segment_label must be a non-empty string, got {segment_label!r}")
@@ -131,6 +137,13 @@ def build_inpaint_seg(
     if not masks_per_slice or not any(np.asarray(m).any() for m in masks_per_slice.values()):
         raise ValueError("masks_per_slice holds no masked pixel: there is no region to segment")
     keyed = masks_by_source_frame(source_volume, masks_per_slice)
+    if drawn_per_slice is not None:  # one channel per segment: the drawn lesion, then the request's mask
+        drawn_keyed = masks_by_source_frame(
+            source_volume, {k: np.asarray(drawn_per_slice.get(k, np.zeros_like(m)), dtype=bool)
+                            for k, m in masks_per_slice.items()})
+        keyed = {key: np.stack([drawn_keyed[key], np.asarray(mask, dtype=bool)], axis=-1)
+                 for key, mask in keyed.items()}
+    channels = () if drawn_per_slice is None else (2,)
 
     # 2. Give every frame of the synthetic instances its mask (empty where nothing was inpainted)
     if len({str(ds.SeriesInstanceUID) for ds in images}) != 1:
@@ -142,7 +155,7 @@ def build_inpaint_seg(
     for ds in images:
         for key in _source_frames(ds):
             mask = keyed.get(key)
-            frames.append(mask if mask is not None else np.zeros((ds.Rows, ds.Columns), dtype=bool))
+            frames.append(mask if mask is not None else np.zeros((ds.Rows, ds.Columns, *channels), dtype=bool))
     pixel_array = np.stack(frames).astype(np.uint8)
     images = [_as_highdicom_reads(ds, source_volume) for ds in images]
     if not pixel_array.any():
@@ -151,13 +164,17 @@ def build_inpaint_seg(
     # 3. Describe the segment and build the SEG with highdicom
     label = _single_line(segment_label)[:SEGMENT_LABEL_MAX]
     now = creation_time().astimezone()
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=label,
-        segmented_property_category=MORPHOLOGICALLY_ALTERED_STRUCTURE,
-        segmented_property_type=LESION,
-        algorithm_type=ALGORITHM_TYPE,
-    )
+    segment_labels = [label] if drawn_per_slice is None else [label, f"requested mask: {label}"]
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=text[:SEGMENT_LABEL_MAX],
+            segmented_property_category=MORPHOLOGICALLY_ALTERED_STRUCTURE,
+            segmented_property_type=LESION,
+            algorithm_type=ALGORITHM_TYPE,
+        )
+        for number, text in enumerate(segment_labels, start=1)
+    ]
     equipment = hd.ContributingEquipment(
         manufacturer=codes.MANUFACTURER,
         purpose_of_reference=MedgenCode.SYNTHESIZING_EQUIPMENT.code,
@@ -173,7 +190,7 @@ def build_inpaint_seg(
             source_images=images,
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
+            segment_descriptions=descriptions,
             series_instance_uid=content_uid("seg-series", segments_digest, label, *referenced_uids),
             series_number=series_number if series_number is not None else _series_number(images[0]),
             sop_instance_uid=content_uid("seg-instance", segments_digest, label, *referenced_uids),

@@ -341,11 +341,17 @@ class SyntheticSeriesWriter:
     def _add_missing_frame_of_reference(self, ds: Dataset) -> list[str]:
         """A source with patient positions but no Frame of Reference UID (Type 1 in CT/MR/PET images, yet
         missing in some exports) gets one new UID for the whole synthetic series, so the positions it
-        carries can be used (a SEG needs it); the source is left unchanged."""
+        carries can be used (a SEG needs it); the source is left unchanged. The UID is derived from the
+        source series, not drawn at random: every variant and every run of the same source (in this
+        process or a batch worker) has the same one, and so the same bytes."""
         if "FrameOfReferenceUID" in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             return []
         if getattr(self, "_new_frame_of_reference", None) is None:
-            self._new_frame_of_reference = codes.new_uid()
+            first = self.source.datasets[0]
+            self._new_frame_of_reference = content_uid(
+                "frame-of-reference", first.get("StudyInstanceUID", ""), first.get("SeriesInstanceUID", ""),
+                first.get("SOPInstanceUID", ""),
+            )
         ds.FrameOfReferenceUID = self._new_frame_of_reference
         if "PositionReferenceIndicator" not in ds:
             ds.PositionReferenceIndicator = ""

@@ -1,18 +1,25 @@
 """Several requests through the model together: their crops stacked into shared UNet calls.
 
 A batch run gains when the model sees more than one crop per call (one walk through the UNet's modules
-for several crops). It must not change a single output byte: a row run with others has to equal the
-same row run alone. Two things make that hold:
+for several crops). By default the layers run batched, as the kernels like best: a row run with others
+equals the same row run alone only within float rounding (a stored value may differ by one).
+Every (crop, variant) pair keeps its own CPU generator seeded with its variant's seed, so its noise is
+drawn as when it runs alone, whatever else is in the call.
 
-- Every (crop, variant) pair keeps its own CPU generator seeded with its variant's seed, so its noise
-  is drawn as when it runs alone, whatever else is in the call.
+:func:`batch_invariant` (``medgen batch --batch-invariant``) makes a row's bytes the same however it
+was batched and wherever it ran, at the cost of most of batching's gain:
+
 - Convolutions, linear layers and group norms pick their kernels by batch size and memory layout
   (oneDNN and MKL on the CPU, cuDNN and cuBLAS on CUDA), so the same crop rounds differently in a batch
-  of 1 and of 8. Under :func:`batch_invariant` these layers of the model run unit by unit inside the
-  batched call, each unit contiguous: a crop, or inside a UNet call with classifier-free guidance the
-  crop's unconditional and conditional halves together (as a one-crop request gives them to the UNet).
-  Everything else (attention, layer norms, element-wise work, the sampler) is computed per item by
-  construction and stays batched. A batch run computes every row so, however many rows share a call.
+  of 1 and of 8. These layers of the model run unit by unit inside the batched call, each unit
+  contiguous: a crop, or inside a UNet call with classifier-free guidance the crop's unconditional and
+  conditional halves together (as a one-crop request gives them to the UNet). Everything else
+  (attention, layer norms, element-wise work, the sampler) is computed per item by construction and
+  stays batched.
+- On the CPU the rounding of oneDNN's convolutions (and of a few other kernels) also depends on
+  torch's thread count, which differs between a local run (torch's default: a thread per core) and a
+  Ray worker (one thread): the model runs on :data:`INVARIANT_THREADS` thread while a batch-invariant
+  generation lasts.
 """
 
 from __future__ import annotations
@@ -88,13 +95,21 @@ def _has_batch(module):
     return lambda x: isinstance(x, torch.Tensor) and x.dim() >= 2
 
 
+INVARIANT_THREADS = 1
+"""torch threads of a batch-invariant generation on the CPU: what a Ray worker runs by default, so a
+row's bytes do not depend on ``--threads`` or on the process that ran it."""
+
+
 @contextlib.contextmanager
 def batch_invariant(model: InpaintModel, *, guided: bool):
-    """Run the model's convolutions, linear layers and group norms unit by unit (see the module's
-    docstring), so an item's result does not depend on the batch it is in. ``guided``: the UNet calls
-    of this generation carry classifier-free guidance (guidance scale > 1), unconditional half first.
-    Not re-entrant: one at a time per model."""
+    """Run the model's convolutions, linear layers and group norms unit by unit, and on the CPU on
+    INVARIANT_THREADS thread (see the module's docstring), so an item's result does not depend on the
+    batch it is in nor on the process's thread count. ``guided``: the UNet calls of this generation
+    carry classifier-free guidance (guidance scale > 1), unconditional half first. Not re-entrant: one
+    at a time per model."""
     units = _Units()
+    threads = torch.get_num_threads()
+    on_cpu = torch.device(model.device).type == "cpu"
 
     def enter_unet(module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
@@ -110,13 +125,23 @@ def batch_invariant(model: InpaintModel, *, guided: bool):
         layer.forward = units.wrap(layer.forward, _has_batch(layer))
     hooks = [pipe.unet.register_forward_pre_hook(enter_unet, with_kwargs=True),
              pipe.unet.register_forward_hook(leave_unet)]
+    if on_cpu and threads != INVARIANT_THREADS:
+        torch.set_num_threads(INVARIANT_THREADS)
     try:
         yield
     finally:
+        if on_cpu and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         for hook in hooks:
             hook.remove()
         for layer in layers:
             del layer.forward
+
+
+def model_calls(model: InpaintModel, *, guided: bool, invariant: bool):
+    """The context a generation's model calls run in: :func:`batch_invariant` when ``invariant``, else
+    none (layers batched: the same images within float rounding, at batching's full speed)."""
+    return batch_invariant(model, guided=guided) if invariant else contextlib.nullcontext()
 
 
 def can_generate_together(model: InpaintModel) -> bool:
@@ -124,11 +149,11 @@ def can_generate_together(model: InpaintModel) -> bool:
     return model.control is None and model.fast_runner is not None
 
 
-def generate_together(model: InpaintModel, works: list[Generation]) -> list[np.ndarray]:
+def generate_together(model: InpaintModel, works: list[Generation], *, invariant: bool = False) -> list[np.ndarray]:
     """Every variant of every crop of several requests, pairs of the same call settings stacked into
     UNet calls of up to ``model.max_batch_size`` pairs. Returns one float32 (slices, variants, H, W)
-    array per request, equal to ``medgen.api.generate_alone`` of that request (both run under
-    :func:`batch_invariant`)."""
+    array per request: ``medgen.api.generate_alone`` of that request within float rounding, or bit for
+    bit when both run ``invariant`` (under :func:`batch_invariant`)."""
     runner = model.fast_runner
     resolution = model.resolution
     outputs, images, masks = [], [], []
@@ -148,7 +173,7 @@ def generate_together(model: InpaintModel, works: list[Generation]) -> list[np.n
 
     for (negative_prompt, steps, guidance_scale, strength), pairs in pairs_by_settings.items():
         cfg = guidance_scale > 1.0
-        with batch_invariant(model, guided=cfg):
+        with model_calls(model, guided=cfg, invariant=invariant):
             positive = {}
             for i, _, v in pairs:
                 prompt = works[i].prompts[v]

@@ -5,12 +5,16 @@ Steps per variant:
 1. each crop is resized back to its box and reduced to its low-pass signal (`noise.generated_signal`);
 2. with ``slice_consistency``, the signals are smoothed along the slice axis (`slice_consistency`);
 3. with ``match_noise``, the signal is made to meet the source's brightness at the border
-   (`seam.harmonize_border`), the source's noise std and NPS around the mask are measured and the
-   region gets noise of that texture (`noise.retexture`), shared between adjacent slices as much as
-   the source's own noise is (an AR(1) chain along the slice axis); without it, the crop is blended
-   as is;
+   (`seam.harmonize_border`, unless ``seam_harmonize`` is False), the source's noise std and NPS
+   around the mask are measured and the region gets noise of that texture (`noise.retexture`), shared
+   between adjacent slices as much as the source's own noise is (an AR(1) chain along the slice
+   axis); without it, the crop is blended as is; with ``edge_match`` (between the border and the
+   noise), the lesion's border is blurred to the source's measured edge spread (`edge_spread`),
+   after, with a ``calibration_target``, its contrast was scaled to the prompted type's measured mean
+   (`calibration`);
 4. model space → stored values (`IntensityMap.from_model`), and the outside is re-checked unchanged;
-5. the noise and seam figures (`imaging.texture.measure_texture`) of every slice, on the output.
+5. the noise and seam figures (`imaging.texture.measure_texture`) of every slice, on the output, and
+   the lesion as drawn (`drawn_label`): where the output departs from the source beyond the noise.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medgen.generate.calibration import calibrate_lesion
+from medgen.generate.drawn_label import drawn_lesion_mask, drawn_label_figures
+from medgen.generate.edge_spread import has_room, match_edge_spread
 from medgen.generate.noise import (
     generated_signal,
     measure_noise_texture,
@@ -41,6 +48,13 @@ class ComposedVariant:
     pixels: np.ndarray
     slice_figures: list[TextureFigures]
     noise: list[dict]
+    drawn: dict[int, np.ndarray]  # slice index -> the lesion as drawn (the label of a training pair)
+    requested: dict[int, np.ndarray]  # slice index -> the request's mask on that slice
+
+    @property
+    def label_figures(self) -> dict:
+        """Drawn and requested voxels and their Dice (provenance, batch index)."""
+        return drawn_label_figures(self.drawn, self.requested)
 
     @property
     def figures(self) -> TextureFigures:
@@ -63,6 +77,9 @@ def compose_variant(
     seed: int,
     match_noise: bool = True,
     slice_consistency: bool = True,
+    seam_harmonize: bool = True,
+    edge_match: bool = True,
+    calibration_target: float | None = None,
     trust_model_texture: bool = True,
 ) -> ComposedVariant:
     """Stored values of one variant; ``jobs`` carry index, source_model, mask, dilated, weights, box;
@@ -90,16 +107,22 @@ def compose_variant(
 
     # 3. Blend, with the source's noise texture; the noise of adjacent slices correlated like the source's
     pixels = volume.pixels.copy()
-    slice_figures, noise_records = [], []
+    slice_figures, noise_records, drawn = [], [], {}
     union = _union_box(jobs)
     rho = _slice_correlation(volume, intensity, jobs) if match_noise else 0.0
     previous_index, previous_noise = None, None
     for job, signal in zip(jobs, signals):
         if match_noise:
-            if trust_model_texture:
+            if seam_harmonize and trust_model_texture:
                 signal = harmonize_border(job.source_model, signal, job.mask, job.dilated, job.box.slices)
-            else:
+            elif seam_harmonize:
                 signal = harmonize_membrane(job.source_model, signal, job.mask, job.dilated)
+        background = generated_signal(job.source_model) if edge_match or calibration_target is not None else None
+        if calibration_target is not None:
+            signal = calibrate_lesion(signal, background, job.mask, job.weights > 0, calibration_target)
+        if edge_match and job.edge is not None:
+            signal = match_edge_spread(signal, background, job.mask, job.edge, job.weights > 0)
+        if match_noise:
             unclipped = intensity.to_model_array(volume.pixels[job.index], job.index, clip=False)
             texture = measure_noise_texture(unclipped, job.mask, job.dilated)
             rng = np.random.default_rng([int(seed), int(job.index)])
@@ -111,11 +134,15 @@ def compose_variant(
                 slice(job.box.row0 - union[0].start, job.box.row1 - union[0].start),
                 slice(job.box.col0 - union[1].start, job.box.col1 - union[1].start),
             )
+            # a lesion calibrated beyond the window (a calcification above soft tissue) keeps its values
+            reach = np.where(np.abs(signal) > 1.0, signal + np.sign(signal) * 6.0 * texture.std, unclipped)
             blended = retexture(
-                job.source_model, signal[job.box.slices], job.weights, texture, rng, job.box.slices, unclipped,
+                job.source_model, signal[job.box.slices], job.weights, texture, rng, job.box.slices, reach,
                 noise=field[inner],
             )
-            noise_records.append({"slice": job.index, **texture.describe(), "slice_correlation": round(rho, 4)})
+            noise_records.append({"slice": job.index, **texture.describe(), "slice_correlation": round(rho, 4),
+                                  **(job.edge.describe() if job.edge is not None else {}),
+                                  "edge_matched": bool(edge_match and has_room(job.mask, job.weights > 0, job.edge))})
         else:
             blended = paste_generated(job.source_model, signal[job.box.slices], job.box, job.weights)
 
@@ -133,7 +160,8 @@ def compose_variant(
         # 5. The figures a reader's eye would judge, in modality units
         output = modality_gray(volume, job.index, pixels[job.index])
         slice_figures.append(measure_texture(output, job.mask, job.dilated))
-    return ComposedVariant(pixels, slice_figures, noise_records)
+        drawn[job.index] = drawn_lesion_mask(modality_gray(volume, job.index), output, job.mask, job.dilated)
+    return ComposedVariant(pixels, slice_figures, noise_records, drawn, {job.index: job.mask for job in jobs})
 
 
 def _union_box(jobs: list) -> tuple[slice, slice]:

@@ -11,7 +11,7 @@ from medgen.imaging.intensity import IntensityContract, ModelContracts, modality
 
 MODEL_SETTINGS_FILE = "medgen.json"
 RECOMMENDABLE = ("num_inference_steps", "guidance_scale", "crop_padding_px")
-CONTRACT_KEYS = ("modality", "intensity", "modalities")
+CONTRACT_KEYS = ("modality", "intensity", "modalities", "lesion_intensity")
 
 
 def _read_model_settings_file(model_path: str | Path) -> tuple[Path, dict]:
@@ -31,6 +31,11 @@ def _read_model_settings_file(model_path: str | Path) -> tuple[Path, dict]:
             f"unknown settings {unknown}; a model can recommend {list(RECOMMENDABLE)} and state {list(CONTRACT_KEYS)}",
         )
     return settings_file, settings
+
+
+def read_model_settings_object(model_path: str | Path) -> tuple[Path, dict]:
+    """The medgen.json path and its checked object (empty when the model has none)."""
+    return _read_model_settings_file(model_path)
 
 
 def read_recommended_settings(model_path: str | Path) -> dict:
@@ -84,9 +89,11 @@ def read_model_contracts(model_path: str | Path) -> ModelContracts | None:
 
 
 def write_model_settings(
-    model_dir: str | Path, recommended: dict | None = None, contract: IntensityContract | ModelContracts | None = None
+    model_dir: str | Path, recommended: dict | None = None, contract: IntensityContract | ModelContracts | None = None,
+    lesion_intensity: dict | None = None,
 ) -> Path:
-    """Write medgen.json: recommended settings and the intensity contract, checked like a read."""
+    """Write medgen.json: recommended settings, the intensity contract and the lesion intensity table
+    (`generate.calibration`), checked like a read."""
     recommended = dict(recommended or {})
     unknown = sorted(set(recommended) - set(RECOMMENDABLE))
     if unknown:
@@ -96,6 +103,11 @@ def write_model_settings(
         record = {**recommended, **contract.main.to_json(), **({"modalities": others} if others else {})}
     else:
         record = {**recommended, **(contract.to_json() if contract is not None else {})}
+    if lesion_intensity:
+        from medgen.generate.calibration import TABLE_KEY, read_table
+
+        read_table({TABLE_KEY: lesion_intensity}, MODEL_SETTINGS_FILE)
+        record[TABLE_KEY] = lesion_intensity
     path = Path(model_dir) / MODEL_SETTINGS_FILE
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return path

@@ -67,7 +67,10 @@ def make_main(argv: list[str] | None = None) -> int:
         lesion_type = args.types[i % len(args.types)]
         case = make_case((args.seed, i), lesion_type, case_id=f"case-{i + 1:03d}", num_slices=args.num_slices)
         files = write_case(case, args.out / case.case_id)
-        index.append({"case": case.case_id, "lesion_type": lesion_type, "folder": str(files.folder)})
+        # relative to cases.json itself, so two runs into two folders write the same index and a moved
+        # folder still resolves
+        folder = Path(files.folder).relative_to(args.out).as_posix()
+        index.append({"case": case.case_id, "lesion_type": lesion_type, "folder": folder})
         print(f"{files.folder}: {case.lesion.spec.label} in the {case.organ.name.lower()}, slices {case.lesion_slices}")
     (args.out / "cases.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.cases} phantom case(s) to {args.out}")

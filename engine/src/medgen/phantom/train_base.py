@@ -450,4 +450,17 @@ def write_recommended_settings(model_dir: Path) -> Path:
         for modality, folder in MODALITY_ADAPTERS.items()
         if (Path(model_dir) / folder / "adapter.json").is_file()
     )
-    return write_model_settings(model_dir, settings, ModelContracts(main, others))
+    return write_model_settings(model_dir, settings, ModelContracts(main, others), lesion_intensity_table())
+
+
+def lesion_intensity_table() -> dict:
+    """What the base types the model was trained on measure (`generate.calibration`): their nominal HU
+    and the spread of a uniform draw of ±hu_spread (std = spread / sqrt 3). The held-out type is not
+    in it: the base model never saw one."""
+    from medgen.phantom.lesions import BASE_TYPES, LESION_SPECS
+
+    return {
+        t.value: {"phrases": list(LESION_SPECS[t].phrases), "modality": "CT", "mean": LESION_SPECS[t].hu,
+                  "std": round(LESION_SPECS[t].hu_spread / np.sqrt(3.0), 3)}
+        for t in BASE_TYPES
+    }

@@ -31,10 +31,22 @@ def report_main(argv: list[str]) -> int:
                         "(default: the input named in RUN_DIR/provenance.json)")
     parser.add_argument("--mask", type=Path, help="the mask, where it moved (default: the one in provenance.json)")
     parser.add_argument("--out", type=Path, help="HTML file to write (default: RUN_DIR/report.html)")
+    parser.add_argument("--real-manifest", type=Path, metavar="CSV|JSONL",
+                        help="real lesions to compare against (the `medgen batch` manifest format): the report "
+                        "then gives the AUC of a classifier telling them from this run's lesions, as "
+                        "`medgen bench detect` does (default: no detectability figure)")
+    parser.add_argument("--detect-seeds", type=int, default=5, metavar="K",
+                        help="splits and trainings of that classifier, in runs")
     args = parser.parse_args(argv)
+    if args.detect_seeds < 1:
+        parser.error(f"--detect-seeds must be at least 1, got {args.detect_seeds}")
+    if args.real_manifest is not None and not args.real_manifest.is_file():
+        parser.error(f"--real-manifest {args.real_manifest}: no such file")
     from medgen.qa.report import write_report
 
-    print(f"wrote {write_report(args.run_dir, args.out, source=args.source, mask=args.mask)}")
+    written = write_report(args.run_dir, args.out, source=args.source, mask=args.mask,
+                           real_manifest=args.real_manifest, detect_seeds=args.detect_seeds)
+    print(f"wrote {written}")
     return 0
 
 

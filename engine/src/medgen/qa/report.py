@@ -66,10 +66,17 @@ class MemorizationRow:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, source: str | Path | None = None,
-                 mask: str | Path | None = None) -> Path:
-    """Read the run, build the page, write it atomically (``out`` defaults to RUN_DIR/report.html)."""
+                 mask: str | Path | None = None, real_manifest: str | Path | None = None,
+                 detect_seeds: int = 5) -> Path:
+    """Read the run, build the page, write it atomically (``out`` defaults to RUN_DIR/report.html);
+    with ``real_manifest``, the page gives the run's detectability against those real lesions."""
     run = load_run(run_dir, source=source, mask=mask)
-    page = build_report_html(run)
+    detectability = None
+    if real_manifest is not None:
+        from medgen.qa.detectability import run_detectability
+
+        detectability = run_detectability(run, real_manifest, seeds=detect_seeds)
+    page = build_report_html(run, detectability)
     return _write_atomically(Path(out) if out is not None else Path(run_dir) / REPORT_FILENAME, page)
 
 
@@ -97,7 +104,7 @@ def _write_atomically(out: Path, page: str) -> Path:
     return out
 
 
-def build_report_html(run: RunData) -> str:
+def build_report_html(run: RunData, detectability: dict | None = None) -> str:
     # 1. The slices as windowable images, in radiological orientation
     view = radiological_view(run.source.ijk_to_lps)
     slice_data, coding, grid = _slice_images(run, view)
@@ -124,7 +131,7 @@ def build_report_html(run: RunData) -> str:
     parameters = run.parameters
     replacements = {
         "TITLE": html.escape(f"MedGenSlicer run report: {run.run_dir.name}"),
-        "SUMMARY": _summary_html(run),
+        "SUMMARY": _summary_html(run, detectability),
         "FIGURES": _figures_html(figures, data["unit"]),
         "MARKS": _marks_html(figures[1:]),
         "MEMORIZATION": _memorization_html(memorization, indexes),
@@ -242,7 +249,7 @@ def _number(value: float, digits: int = 1) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _summary_html(run: RunData) -> str:
+def _summary_html(run: RunData, detectability: dict | None = None) -> str:
     p, model = run.parameters, run.engine_record.get("model", {})
     rows = [
         ("prompt", p.get("prompt")),
@@ -260,6 +267,12 @@ def _summary_html(run: RunData) -> str:
         ("window of the run", f"center {run.window.center:g}, width {run.window.width:g}"),
         ("written", run.engine_record.get("created_utc", "")),
     ]
+    if detectability is not None:
+        d = detectability
+        rows.append(("detectability", f"classifier AUC {_number(d['auc'], 3)} [{_number(d['low'], 3)}, "
+                     f"{_number(d['high'], 3)}], real vs these variants ({d['synthetic_crops']} crops) against "
+                     f"{d['real_crops']} real crops of {Path(d['manifest']).name}, {d['seeds']} seeds; 0.5: no "
+                     "learnable cue, 1.0: every lesion obvious"))
     return "\n".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
 
 

@@ -127,3 +127,22 @@ def test_run_report_gives_detectability_against_real_lesions(tmp_path, phantom_m
     assert main(["report", str(tmp_path / "run"), "--real-manifest", str(manifest), "--detect-seeds", "2"]) == 0
     page = (tmp_path / "run" / "report.html").read_text()
     assert "detectability" in page and "classifier AUC" in page and "real.jsonl" in page
+
+
+def test_your_own_manifests_run_the_same_bench(tmp_path, one_torch_thread):
+    """Real lesions and synthetic requests as `medgen batch` manifests: rows with the same id are one case."""
+    settings = detect.DetectSettings(cases=4, types=("fat",), seeds=2, steps=2, train_steps=20)
+    real, requests, _ = detect.write_phantom_manifests(tmp_path / "mine", settings)
+    manifest_settings = detect.DetectSettings(seeds=2, steps=2, train_steps=20, ablations=False,
+                                              real_manifest=str(real), synthetic_manifest=str(requests))
+    report = detect.run_detect_bench(manifest_settings, work_dir=tmp_path / "work")
+    assert set(report["types"]) == {"fat", "all"}  # the prompt names the type (a phantom prompt: its type)
+    assert report["ablations"] == {}
+    # an ablation copies the request manifest with its column set, every other column kept
+    switched = detect._with_switches(requests, {"match_noise": False, "mask_dilate_mm": 6.0}, tmp_path / "s.jsonl")
+    rows = [json.loads(line) for line in switched.read_text().splitlines()]
+    original = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in original]
+    for row, before in zip(rows, original):
+        assert row["match-noise"] is False and row["mask-dilate"] == 6.0
+        assert row["slice"] == before["slice"] and row["seed"] == before["seed"] and row["prompt"] == before["prompt"]

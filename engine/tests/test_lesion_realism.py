@@ -89,11 +89,15 @@ def test_calibration_scales_the_lesion_to_its_target_and_keeps_its_shape():
     background = np.full(mask.shape, 0.1)
     profile = ndimage.gaussian_filter(mask.astype(float), 1.0)
     signal = background - 0.3 * profile
-    calibrated = calibrate_lesion(signal, background, mask, allowed, target_model=-0.5)
+    tip = background - 0.1 * profile  # the lesion's fainter end, on the next slice
+    calibrated, calibrated_tip = calibrate_lesion([signal, tip], [background, background], [mask, mask],
+                                                  [allowed, allowed], target_model=-0.5)
     core = ndimage.binary_erosion(mask)
-    assert calibrated[core].mean() == pytest.approx(-0.5, abs=1e-9)
+    assert np.concatenate([calibrated[core], calibrated_tip[core]]).mean() == pytest.approx(-0.5, abs=1e-9)
     ratio = (calibrated - background)[allowed] / (signal - background)[allowed]
     assert np.allclose(ratio, ratio[0])  # scaled, so the border profile keeps its shape
+    tip_ratio = (calibrated_tip - background)[allowed] / (tip - background)[allowed]
+    assert np.allclose(tip_ratio, ratio[0])  # one factor for the lesion: the tip stays fainter
     assert np.array_equal(calibrated[~allowed], signal[~allowed])
 
 
@@ -120,3 +124,15 @@ def test_a_calcification_reaches_its_attenuation_beyond_the_window(tmp_path, pha
         assert json.loads(result.provenance_path.read_text())["parameters"]["calibrate_intensity"] is calibrate
     assert means[False] < 250  # the model alone stops at the soft-tissue window's top
     assert means[True] > 400  # a calcification measures hundreds of HU
+
+
+def test_the_blend_region_leaves_the_edge_at_least_two_pixels_of_room():
+    from medgen.imaging.crop import MIN_BLEND_PX, blend_region, dilate_mask
+
+    mask = _disc((40, 40), (20, 20), 5)
+    coarse = blend_region(mask, 2.0, (2.8, 2.8))  # 2 mm is under one pixel here
+    assert np.array_equal(coarse, dilate_mask(mask, MIN_BLEND_PX * 2.8, (2.8, 2.8)))
+    assert coarse.sum() > dilate_mask(mask, 2.0, (2.8, 2.8)).sum()
+    fine = blend_region(mask, 2.0, (0.5, 0.5))  # four pixels: the millimetres rule
+    assert np.array_equal(fine, dilate_mask(mask, 2.0, (0.5, 0.5)))
+    assert np.array_equal(blend_region(mask, 0.0, (2.8, 2.8)), mask)  # no dilation asked: none given

@@ -83,10 +83,15 @@ def _add_inpaint_parser(subparsers) -> None:
                    "(default: the model's medgen.json, else 7.5; the demo model: 1.4)")
     p.add_argument("--strength", type=float, default=1.0,
                    help="0-1: how far the masked region is re-noised; 1 replaces it entirely")
+    p.add_argument("--cache-interval", type=int, default=1, dest="cache_interval", metavar="N",
+                   help="run the whole UNet every N-th denoising step only and reuse its deep features in the steps "
+                   "between (DeepCache; 1-10; quality cost measured by `medgen bench cache`) (default: 1, off)")
     p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "unipc"],
                    help="sampler (default: the one in the model folder's scheduler/scheduler_config.json)")
     p.add_argument("--mask-dilate", type=float, default=2.0, dest="mask_dilate_mm", metavar="MM",
-                   help="grow the mask by this many millimetres before inpainting, so the lesion's rim is generated too")
+                   help="grow the mask by this many millimetres before inpainting, so the lesion's rim is generated "
+                   "too; at least 2 pixels when above 0, room for the lesion's edge to spread as the scanner's "
+                   "blur spreads a real one's; nothing outside the grown mask changes (default: 2 mm)")
     hidden_alias(p, "--mask-dilate-mm", dest="mask_dilate_mm", type=float)
     p.add_argument("--mask-blur", type=float, default=4.0, dest="mask_blur_px", metavar="PX",
                    help="width of the feathered edge, in pixels of the slice, over which generated and source blend")
@@ -120,6 +125,10 @@ def _add_inpaint_parser(subparsers) -> None:
                    "edge spread so it spills past the mask as a real lesion's does (default: match it where "
                    "--mask-dilate leaves room for 2.5 edge sigmas past the mask; the provenance records the "
                    "measured sigma and whether it was matched)")
+    p.add_argument("--no-calibrate-intensity", action="store_false", dest="calibrate_intensity",
+                   help="keep the lesion's brightness as the model drew it instead of scaling it to what real "
+                   "lesions of the prompted type measure, where the model's medgen.json states it "
+                   "(lesion_intensity) (default: calibrate)")
     p.add_argument("--no-seam-harmonize", action="store_false", dest="seam_harmonize",
                    help="do not shift the generated lesion's border to meet the source's brightness "
                    "(default: meet it; part of the noise matching, so --no-noise-match turns it off too)")
@@ -184,6 +193,8 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         slice_consistency=args.slice_consistency,
         seam_harmonize=args.seam_harmonize,
         edge_match=args.edge_match,
+        calibrate_intensity=args.calibrate_intensity,
+        cache_interval=args.cache_interval,
     )
     inpainter = Inpainter(
         args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler, config=args.model_config
@@ -259,11 +270,22 @@ def _add_bench_parser(subparsers) -> None:
     )
     detect.set_defaults(handler=_run_bench_detect, passes_arguments_on=True,
                         own_parser="medgen.bench.detect:build_parser")
+    cache = bench_commands.add_parser(
+        "cache", help="fewer UNet evaluations (--cache-interval): seconds per image and quality cost against every "
+        "step in full", add_help=False,
+    )
+    cache.set_defaults(handler=_run_bench_cache, passes_arguments_on=True, own_parser="medgen.bench.cache:build_parser")
     report = bench_commands.add_parser(
         "report", help="size and build time of the run report of a 300-slice, 4-variant run", add_help=False
     )
     report.set_defaults(handler=_run_bench_report, passes_arguments_on=True,
                         own_parser="medgen.bench.report:build_parser")
+
+
+def _run_bench_cache(args: argparse.Namespace) -> int:
+    from medgen.bench.cache import main as cache_main
+
+    return cache_main(args.rest)
 
 
 def _run_bench_report(args: argparse.Namespace) -> int:

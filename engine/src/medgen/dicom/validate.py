@@ -565,7 +565,7 @@ def _first_int(value) -> int | None:
 
 def _allowed_region(record: dict, src: _Source, mask_override: Path | None) -> tuple[np.ndarray | None, list[int], str]:
     """(allowed-change mask per source slice or None, inpainted slices, note) from the provenance."""
-    from medgen.imaging.crop import dilate_mask
+    from medgen.imaging.crop import blend_region
     from medgen.imaging.masks import read_mask
 
     parameters = record.get("parameters", {}) if record else {}
@@ -582,7 +582,7 @@ def _allowed_region(record: dict, src: _Source, mask_override: Path | None) -> t
         spacing = (volume.spacing[1], volume.spacing[2])
         allowed = np.zeros(mask.shape, dtype=bool)
         for k in slices:
-            allowed[k] = dilate_mask(mask[k], radius, spacing)
+            allowed[k] = blend_region(mask[k], radius, spacing)
         src.masks[key] = allowed
     return src.masks[key], slices, ""
 

@@ -54,10 +54,12 @@ class Generation:
     num_inference_steps: int
     guidance_scale: float
     strength: float
+    cache_interval: int = 1  # generate.feature_cache: the whole UNet every N-th step only
 
     def call_settings(self) -> tuple:
         """What every pair of one model call must share (prompts may differ: one embedding per pair)."""
-        return (self.negative_prompt, self.num_inference_steps, self.guidance_scale, self.strength)
+        return (self.negative_prompt, self.num_inference_steps, self.guidance_scale, self.strength,
+                self.cache_interval)
 
 
 _PER_UNIT = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm)
@@ -171,7 +173,7 @@ def generate_together(model: InpaintModel, works: list[Generation], *, invariant
         pairs = pairs_by_settings.setdefault(work.call_settings(), [])
         pairs += [(i, n, v) for n in range(len(crops)) for v in range(len(work.seeds))]
 
-    for (negative_prompt, steps, guidance_scale, strength), pairs in pairs_by_settings.items():
+    for (negative_prompt, steps, guidance_scale, strength, cache_interval), pairs in pairs_by_settings.items():
         cfg = guidance_scale > 1.0
         with model_calls(model, guided=cfg, invariant=invariant):
             positive = {}
@@ -192,6 +194,7 @@ def generate_together(model: InpaintModel, works: list[Generation], *, invariant
                     guidance_scale=guidance_scale,
                     strength=strength,
                     generator=[torch.Generator("cpu").manual_seed(works[i].seeds[v]) for i, _, v in batch],
+                    cache_interval=cache_interval,
                 )
                 gray = result.float().mean(dim=1).clamp(-1.0, 1.0).cpu().numpy()
                 for (i, n, v), slice_out in zip(batch, gray):

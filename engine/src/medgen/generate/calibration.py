@@ -11,8 +11,8 @@ phrases that prompt it, the modality, and the mean and spread of real lesions of
 units (HU for CT). `medgen phantom train-base` writes it for the demo model from the lesions it was
 trained on; for other weights it can be written by hand or measured from real lesions.
 
-Per slice, the lesion's contrast (generated signal less the source's low-pass) is scaled so that its
-mean over the mask's core reaches the target: the type's mean plus a per-variant draw of its spread,
+The lesion's contrast (generated signal less the source's low-pass) is scaled, by one factor for all
+its slices, so that its mean over the masks' cores reaches the target: the type's mean plus a per-variant draw of its spread,
 so synthetic lesions vary as real ones do. Scaling (not shifting) keeps the lesion's shape and
 border profile; a contrast of the wrong sign or too weak to scale is shifted instead.
 """
@@ -102,18 +102,22 @@ def variant_target(entry: LesionIntensity, seed: int) -> float:
     return entry.mean + entry.std * draw
 
 
-def calibrate_lesion(signal: np.ndarray, background: np.ndarray, mask: np.ndarray, allowed: np.ndarray,
-                     target_model: float) -> np.ndarray:
-    """``signal`` whose lesion contrast reaches ``target_model`` (model space) over the mask's core."""
-    mask = np.asarray(mask, dtype=bool)
-    core = ndimage.binary_erosion(mask)
-    core = core if core.any() else mask
-    signal = np.asarray(signal, dtype=np.float64)
-    contrast = np.where(allowed, signal - background, 0.0)
-    have = float(contrast[core].mean())
-    want = float(target_model - background[core].mean())
+def calibrate_lesion(signals: list[np.ndarray], backgrounds: list[np.ndarray], masks: list[np.ndarray],
+                     allowed: list[np.ndarray], target_model: float) -> list[np.ndarray]:
+    """``signals`` (one per slice) whose lesion contrast reaches ``target_model`` (model space) over the
+    masks' cores of all slices together: one lesion, one attenuation, so its change from slice to slice
+    (a fainter tip where it ends) is kept."""
+    cores = []
+    for mask in masks:
+        mask = np.asarray(mask, dtype=bool)
+        core = ndimage.binary_erosion(mask)
+        cores.append(core if core.any() else mask)
+    contrasts = [np.where(a, np.asarray(s, dtype=np.float64) - b, 0.0) for s, b, a in zip(signals, backgrounds, allowed)]
+    voxels = sum(int(c.sum()) for c in cores)
+    have = sum(float(c[core].sum()) for c, core in zip(contrasts, cores)) / voxels
+    want = target_model - sum(float(b[core].sum()) for b, core in zip(backgrounds, cores)) / voxels
     if np.sign(have) == np.sign(want) and abs(have) >= MIN_SCALABLE_CONTRAST:
-        contrast = contrast * (want / have)
+        contrasts = [c * (want / have) for c in contrasts]
     else:
-        contrast = contrast + (want - have) * mask
-    return np.where(allowed, background + contrast, signal)
+        contrasts = [c + (want - have) * np.asarray(m, dtype=bool) for c, m in zip(contrasts, masks)]
+    return [np.where(a, b + c, s) for s, b, c, a in zip(signals, backgrounds, contrasts, allowed)]

@@ -9,9 +9,9 @@ Steps per variant:
    around the mask are measured and the region gets noise of that texture (`noise.retexture`), shared
    between adjacent slices as much as the source's own noise is (an AR(1) chain along the slice
    axis); without it, the crop is blended as is; with ``edge_match`` (between the border and the
-   noise), the lesion's border is blurred to the source's measured edge spread (`edge_spread`),
-   after, with a ``calibration_target``, its contrast was scaled to the prompted type's measured mean
-   (`calibration`);
+   noise), the lesion's border is blurred to the source's measured edge spread (`edge_spread`);
+   before step 3, with a ``calibration_target``, the lesion's contrast is scaled, one factor for all
+   slices, to the prompted type's measured mean (`calibration`);
 4. model space → stored values (`IntensityMap.from_model`), and the outside is re-checked unchanged;
 5. the noise and seam figures (`imaging.texture.measure_texture`) of every slice, on the output, and
    the lesion as drawn (`drawn_label`): where the output departs from the source beyond the noise.
@@ -105,23 +105,27 @@ def compose_variant(
             [job.index for job in jobs], signals, [job.weights for job in jobs], float(volume.spacing[0])
         )
 
+    # 2b. One attenuation for the lesion: its contrast scaled to the prompted type's measured mean
+    needs_background = edge_match or calibration_target is not None
+    backgrounds = [generated_signal(job.source_model) for job in jobs] if needs_background else None
+    if calibration_target is not None:
+        signals = calibrate_lesion(signals, backgrounds, [job.mask for job in jobs],
+                                   [job.weights > 0 for job in jobs], calibration_target)
+
     # 3. Blend, with the source's noise texture; the noise of adjacent slices correlated like the source's
     pixels = volume.pixels.copy()
     slice_figures, noise_records, drawn = [], [], {}
     union = _union_box(jobs)
     rho = _slice_correlation(volume, intensity, jobs) if match_noise else 0.0
     previous_index, previous_noise = None, None
-    for job, signal in zip(jobs, signals):
+    for n, (job, signal) in enumerate(zip(jobs, signals)):
         if match_noise:
             if seam_harmonize and trust_model_texture:
                 signal = harmonize_border(job.source_model, signal, job.mask, job.dilated, job.box.slices)
             elif seam_harmonize:
                 signal = harmonize_membrane(job.source_model, signal, job.mask, job.dilated)
-        background = generated_signal(job.source_model) if edge_match or calibration_target is not None else None
-        if calibration_target is not None:
-            signal = calibrate_lesion(signal, background, job.mask, job.weights > 0, calibration_target)
         if edge_match and job.edge is not None:
-            signal = match_edge_spread(signal, background, job.mask, job.edge, job.weights > 0)
+            signal = match_edge_spread(signal, backgrounds[n], job.mask, job.edge, job.weights > 0)
         if match_noise:
             unclipped = intensity.to_model_array(volume.pixels[job.index], job.index, clip=False)
             texture = measure_noise_texture(unclipped, job.mask, job.dilated)

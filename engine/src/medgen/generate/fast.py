@@ -6,6 +6,9 @@ tables with device tensors). This loop keeps every per-step number on the host, 
 guidance as one UNet call of 2B, encodes the prompt once per prompt, and replays the UNet and the VAE
 as CUDA graphs (of a torch.compile'd UNet where compile works). On the CPU it is the same loop with
 neither, and for the same generators it reproduces the plain pipeline to float rounding.
+
+``cache_interval`` N > 1 spends fewer UNet evaluations: every N-th step runs the whole UNet, the steps
+between reuse its deep features and run only its shallow layers (generate.feature_cache, DeepCache).
 """
 
 from __future__ import annotations
@@ -363,6 +366,7 @@ class FastInpaintRunner:
         on_cuda = self.device.type == "cuda"
         self.compile = _compile_supported(self.device) if compile is None else bool(compile)
         self.cuda_graphs = on_cuda if cuda_graphs is None else bool(cuda_graphs) and on_cuda
+        self._compile_backend = compile_backend
 
         self._prepare_modules(on_cuda)
         unet, vae = pipe.unet, pipe.vae
@@ -386,7 +390,12 @@ class FastInpaintRunner:
             return vae.decode(latents, return_dict=False)[0]
 
         pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._pool = pool
         self._unet = _GraphCache("UNet", self._unet_fn, self.cuda_graphs, pool)
+        # generate.feature_cache's full and shallow UNet calls, built on the first request that caches
+        self.feature_cache = None
+        self._unet_full: _GraphCache | None = None
+        self._unet_shallow: _GraphCache | None = None
         self._encode = _GraphCache("VAE encoder", vae_moments, self.cuda_graphs, pool)
         self._decode = _GraphCache("VAE decoder", vae_decode, self.cuda_graphs, pool)
         self._prompt_cache: OrderedDict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = OrderedDict()
@@ -420,6 +429,27 @@ class FastInpaintRunner:
             except (ValueError, AttributeError) as exc:
                 log.info("QKV projections not fused: %s", exc)
 
+    def _feature_cache_calls(self) -> tuple[_GraphCache, _GraphCache]:
+        """The full (output and kept deep state) and shallow UNet calls of generate.feature_cache, each
+        compiled and graph-captured like the plain UNet call. Refuses a UNet it cannot split (InputError)."""
+        if self.feature_cache is None:
+            from medgen.generate.feature_cache import FeatureCache
+
+            cache = FeatureCache(self.pipe.unet)
+            calls = []
+            for name, fn in (("UNet (full, keeping deep features)", cache.full), ("UNet (shallow)", cache.shallow)):
+                compiled = None
+                if self.compile:
+                    try:
+                        compiled = torch.compile(fn, backend=self._compile_backend)
+                    except Exception as exc:  # torch.compile itself refuses
+                        log.warning("torch.compile is unavailable (%s: %s); running the %s eagerly",
+                                    type(exc).__name__, exc, name)
+                calls.append(_GraphCache(name, _CompiledOrEager(name, fn, compiled), self.cuda_graphs, self._pool))
+            self._unet_full, self._unet_shallow = calls
+            self.feature_cache = cache
+        return self._unet_full, self._unet_shallow
+
     def clear_caches(self) -> None:
         """Forget cached prompt embeddings (call after changing the tokenizer or text encoder)."""
         with self._lock:
@@ -427,7 +457,8 @@ class FastInpaintRunner:
 
     # ----------------------------------------------------------------------------------------------
 
-    def check_inputs(self, image, mask, prompt, num_inference_steps, guidance_scale, strength, generator) -> None:
+    def check_inputs(self, image, mask, prompt, num_inference_steps, guidance_scale, strength, generator,
+                     cache_interval: int = 1) -> None:
         if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be a (B, 3, H, W) tensor, got {getattr(image, 'shape', type(image))}")
         batch, _, height, width = image.shape
@@ -450,6 +481,8 @@ class FastInpaintRunner:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if not isinstance(generator, (list, tuple)) or len(generator) != batch:
             raise ValueError(f"generator must be a list of {batch} torch.Generator, got {generator!r}")
+        if isinstance(cache_interval, bool) or not isinstance(cache_interval, int) or cache_interval < 1:
+            raise ValueError(f"cache_interval must be an integer >= 1, got {cache_interval!r}")
 
     def _prompt_embeds(self, prompt: str, negative_prompt: str | None, cfg: bool):
         key = (prompt, negative_prompt, cfg)
@@ -506,6 +539,7 @@ class FastInpaintRunner:
         strength: float = 1.0,
         generator: list[torch.Generator],
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """Inpaint `image` where `mask` is 1; returns (B, 3, H, W) in [-1, 1] on the pipeline's device.
 
@@ -513,16 +547,22 @@ class FastInpaintRunner:
         for that generator, whatever else is in the batch. `prompt_embeds` (1, tokens, width), when
         given, replaces the encoded `prompt` (a blended prompt); the negative side is encoded as usual. `callback(step, timestep, latents)` runs
         after each step; reading values from `latents` there makes the host wait for the device.
+        `cache_interval` N > 1 runs the whole UNet on steps 0, N, 2N, ... only and its shallow layers on
+        the deep features of the last full step otherwise (generate.feature_cache): an item then still
+        depends only on its inputs and generator, not on the rest of the batch.
         """
         with self._lock, _on_device(self.device):
             return self._run(image, mask, prompt, negative_prompt, num_inference_steps, guidance_scale,
-                             strength, generator, callback, prompt_embeds)
+                             strength, generator, callback, prompt_embeds, cache_interval)
 
     def _run(self, image, mask, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
-             generator, callback, prompt_embeds=None):
+             generator, callback, prompt_embeds=None, cache_interval=1):
         pipe = self.pipe
         # 1. Check inputs
-        self.check_inputs(image, mask, prompt, num_inference_steps, guidance_scale, strength, generator)
+        self.check_inputs(image, mask, prompt, num_inference_steps, guidance_scale, strength, generator,
+                          cache_interval)
+        if cache_interval > 1:
+            unet_full, unet_shallow = self._feature_cache_calls()
         batch, _, height, width = image.shape
         factor = pipe.vae_scale_factor
         latent_shape = (pipe.vae.config.latent_channels, height // factor, width // factor)
@@ -561,15 +601,25 @@ class FastInpaintRunner:
         else:
             latents = noise.float() * sampler.init_noise_sigma
 
-        # 7. Denoising loop: one UNet call of 2B per step, no host syncs
+        # 7. Denoising loop: one UNet call of 2B per step, no host syncs; with cache_interval N, the
+        #    steps between full ones run the shallow layers on the kept deep features
+        deep = None
         for i, t in enumerate(timesteps_host):
             model_input = torch.cat([latents, latents]) if cfg else latents
             model_input = sampler.scale_model_input(model_input, i)
             model_input = torch.cat([model_input.to(self.dtype), mask_latent, masked_latents], dim=1)
             timestep = timesteps_device[i].expand(model_input.shape[0])
+            if cache_interval == 1:
+                raw = self._unet(model_input, timestep, embeds)
+            elif i % cache_interval == 0:
+                # the kept features live in the full call's graph buffer until its next replay, which
+                # replaces them anyway
+                raw, deep = unet_full(model_input, timestep, embeds)
+            else:
+                raw = unet_shallow(model_input, timestep, embeds, deep)
             # Always a copy: a graph's output buffer is rewritten by the next step, and a scheduler may
             # keep the model output it was given (PNDM does).
-            noise_pred = self._unet(model_input, timestep, embeds).to(torch.float32, copy=True)
+            noise_pred = raw.to(torch.float32, copy=True)
             if cfg:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (text - uncond)
@@ -591,8 +641,10 @@ class FastInpaintRunner:
         *,
         guidance_scale: float = 7.5,
         prompt: str = "warm-up",
+        cache_interval: int = 1,
     ) -> dict[int, float]:
-        """Compile and capture every shape a server will see, before the first request.
+        """Compile and capture every shape a server will see, before the first request (with
+        ``cache_interval`` > 1, the full and shallow UNet calls of generate.feature_cache).
 
         Returns the seconds spent per batch size (the first one includes the compile).
         """
@@ -605,7 +657,7 @@ class FastInpaintRunner:
             mask = (torch.rand(batch, 1, height, width, generator=g) > 0.5).float()
             generators = [torch.Generator().manual_seed(i) for i in range(batch)]
             self(image, mask, prompt=prompt, num_inference_steps=2, guidance_scale=guidance_scale,
-                 generator=generators)
+                 generator=generators, cache_interval=min(cache_interval, 2))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds[batch] = time.perf_counter() - start

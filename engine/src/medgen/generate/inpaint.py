@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from medgen.errors import InputError
+from medgen.generate.feature_cache import cached_unet_calls, check_cache_interval, check_model
 from medgen.generate.prompt_blend import encode_blended_prompt, has_blend
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def inpaint(
     strength: float = 1.0,
     callback: Callable[[int, int], None] | None = None,
     control_images: np.ndarray | None = None,
+    cache_interval: int = 1,
 ) -> np.ndarray:
     """Inpaint `masks` (N, H, W; >= 0.5 means inpaint) into `images` (N, H, W; model space [-1, 1]).
 
@@ -57,6 +59,8 @@ def inpaint(
     however the pairs happen to be batched. `callback(steps_done, total_steps)` is called after every
     denoising step of every batch; an exception raised in it stops the run (use that to cancel).
     With a ControlNet loaded (`model.control`), `control_images` (N, H, W) in [0, 1] steer each slice.
+    `cache_interval` N > 1 runs the whole UNet every N-th step only, reusing its deep features in the
+    steps between (generate.feature_cache); a model it cannot split (a ControlNet) is refused.
     """
     pipe = model.pipe
 
@@ -73,6 +77,8 @@ def inpaint(
         guidance_scale=guidance_scale,
         strength=strength,
     )
+    check_cache_interval(cache_interval)
+    check_model(model, cache_interval)
     num_slices, height, width = images.shape
     if model.control is not None:
         if control_images is None or np.shape(control_images) != images.shape:
@@ -149,6 +155,7 @@ def inpaint(
                 strength=strength,
                 generator=generators,
                 callback=on_runner_step,
+                cache_interval=cache_interval,
             )
             gray = result.float().mean(dim=1).clamp(-1.0, 1.0).cpu().numpy()
             for (n, v), slice_out in zip(batch, gray):
@@ -159,24 +166,25 @@ def inpaint(
                 "control_image": control_tensor[slice_index].contiguous(),
                 "controlnet_conditioning_scale": control_scale,
             }
-        result = pipe(
-            image=image_tensor[slice_index].contiguous(),
-            mask_image=mask_tensor[slice_index],
-            prompt_embeds=prompt_embeds.expand(len(batch), -1, -1),
-            negative_prompt_embeds=(
-                negative_prompt_embeds.expand(len(batch), -1, -1) if do_classifier_free_guidance else None
-            ),
-            height=height,
-            width=width,
-            strength=strength,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generators,
-            output_type="pt",
-            callback_on_step_end=on_step_end,
-            return_dict=False,
-            **control_kwargs,
-        )[0]
+        with cached_unet_calls(pipe.unet, cache_interval):  # 4-channel UNets: the same split inside diffusers
+            result = pipe(
+                image=image_tensor[slice_index].contiguous(),
+                mask_image=mask_tensor[slice_index],
+                prompt_embeds=prompt_embeds.expand(len(batch), -1, -1),
+                negative_prompt_embeds=(
+                    negative_prompt_embeds.expand(len(batch), -1, -1) if do_classifier_free_guidance else None
+                ),
+                height=height,
+                width=width,
+                strength=strength,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generators,
+                output_type="pt",
+                callback_on_step_end=on_step_end,
+                return_dict=False,
+                **control_kwargs,
+            )[0]
 
         # 7. Back to grayscale model space: [0, 1] RGB → mean of the channels → [-1, 1]
         gray = result.float().mean(dim=1).mul(2.0).sub(1.0).clamp(-1.0, 1.0).cpu().numpy()

@@ -46,6 +46,20 @@ def dilate_mask(mask: np.ndarray, radius_mm: float, pixel_spacing: tuple[float, 
     return ndimage.binary_dilation(mask, structure=ellipse)
 
 
+MIN_BLEND_PX = 2
+"""The blend region reaches at least this many pixels past the mask (when any dilation is asked for):
+room for the lesion's edge to spread as the scanner's blur spreads a real one's (`generate.edge_spread`),
+which 2 mm leaves on fine grids but not on coarse ones (under one pixel at 2.8 mm)."""
+
+
+def blend_region(mask: np.ndarray, radius_mm: float, pixel_spacing: tuple[float, float]) -> np.ndarray:
+    """The region a run may change: the mask grown by ``radius_mm``, and by at least ``MIN_BLEND_PX``
+    pixels when ``radius_mm`` > 0. Everything outside it stays bit-identical to the source."""
+    if radius_mm > 0:
+        radius_mm = max(float(radius_mm), MIN_BLEND_PX * max(float(pixel_spacing[0]), float(pixel_spacing[1])))
+    return dilate_mask(mask, radius_mm, pixel_spacing)
+
+
 def feather_weights(mask: np.ndarray, dilated: np.ndarray, blur_px: float) -> np.ndarray:
     """Blend weight of the generated image: 1 inside the mask, ramping to 0 at the dilated edge.
 

@@ -55,7 +55,7 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
-from medgen.imaging.crop import dilate_mask
+from medgen.imaging.crop import blend_region
 from medgen.phantom.cases import make_case, reference_hu
 from medgen.phantom.lesions import (
     BASE_TYPES,
@@ -109,6 +109,7 @@ class QualitySettings:
     match_noise: bool = True  # the engine's noise texture matching (generate.noise)
     slice_consistency: bool = True  # the engine's smoothing along the slice axis (generate.slice_consistency)
     compare_slice_consistency: bool = True  # one more run per case with slice consistency off
+    cache_interval: int = 1  # the whole UNet every N-th step only (generate.feature_cache; 1: every step)
 
 
 @dataclass
@@ -343,7 +344,7 @@ def generated_irregularity(
 
 def _dilated(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
     """The engine's dilated mask, slice by slice: outside it nothing may change."""
-    return np.stack([dilate_mask(m, radius_mm, spacing[1:]) if m.any() else m for m in mask])
+    return np.stack([blend_region(m, radius_mm, spacing[1:]) if m.any() else m for m in mask])
 
 
 def _windowed_hu(stored: np.ndarray) -> np.ndarray:
@@ -378,6 +379,7 @@ def _run_engine(inpainter, files, mask_path, prompt, prompt_type, folder, seeds,
         window="soft_tissue",
         match_noise=settings.match_noise,
         slice_consistency=settings.slice_consistency,
+        cache_interval=settings.cache_interval,
         adapters=list(settings.adapters),
         token=settings.token,
         controlnet=settings.controlnet,
@@ -432,6 +434,7 @@ def _run_unprompted(inpainter, files, mask_path, seeds, settings) -> list[np.nda
         num_inference_steps=settings.num_inference_steps,
         guidance_scale=settings.guidance_scale,
         control_images=inpainter._control_images(request, crops, jobs),
+        cache_interval=settings.cache_interval,
     )
     from medgen.generate.compose import compose_variant
 
@@ -571,6 +574,7 @@ def format_report(report: QualityReport) -> str:
             + (f", token {s.token}" if s.token else "")
             + (", disk masks" if s.mask_shape == "disk" else "")
             + (f", ControlNet {s.controlnet} from {s.control_from}" if s.controlnet else "")
+            + (f", cache interval {s.cache_interval}" if s.cache_interval != 1 else "")
             + (f", mask dilated {s.mask_dilate_mm:g} mm, blur {s.mask_blur_px:g} px" if (s.mask_dilate_mm, s.mask_blur_px) != (2.0, 4.0) else "")
         ),
         (

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medgen.errors import InputError
-from medgen.imaging.crop import dilate_mask
+from medgen.imaging.crop import blend_region
 from medgen.imaging.intensity import Window, modality_gray
 from medgen.imaging.masks import read_mask
 from medgen.imaging.read import read_volume
@@ -150,7 +150,7 @@ def _run_without_variants(folder: Path, shown: dict, provenance: dict, source, m
     radius = float(parameters.get("mask_dilate_mm", 0.0))
     allowed = np.zeros(mask3d.shape, dtype=bool)
     for k in slices:
-        allowed[k] = dilate_mask(mask3d[k], radius, (volume.spacing[1], volume.spacing[2]))
+        allowed[k] = blend_region(mask3d[k], radius, (volume.spacing[1], volume.spacing[2]))
     window = Window(float(parameters["window_center"]), float(parameters["window_width"]))
     return RunData(folder, shown, source_path, volume, mask_path, mask3d, allowed, slices, window, [],
                    engine_provenance=provenance)

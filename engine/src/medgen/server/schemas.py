@@ -22,6 +22,7 @@ MAX_MASK_BLUR_PX = 256.0
 MAX_CROP_PADDING_PX = 4096
 MAX_WINDOW_VALUE = 1e7  # modality units (HU and the like); windows beyond this describe no image
 MAX_SLICE_INDEX = 1 << 16
+MAX_CACHE_INTERVAL = 10  # generate.feature_cache.MAX_CACHE_INTERVAL (not imported: it brings torch)
 
 
 class JobState(str, Enum):
@@ -77,6 +78,9 @@ class JobParameters(BaseModel):
     num_inference_steps: int = Field(default=30, ge=1, le=10_000)
     guidance_scale: float = Field(default=7.5, ge=0, le=MAX_GUIDANCE_SCALE)
     strength: float = Field(default=1.0, gt=0, le=1)
+    cache_interval: int = Field(default=1, ge=1, le=MAX_CACHE_INTERVAL,
+                                description="run the whole UNet every N-th step only, reusing its deep features "
+                                            "in between, as `medgen inpaint --cache-interval` (1: off)")
     mask_dilate_mm: float = Field(default=2.0, ge=0, le=MAX_MASK_DILATE_MM)
     mask_blur_px: float = Field(default=4.0, ge=0, le=MAX_MASK_BLUR_PX)
     crop_padding_px: int = Field(default=32, ge=0, le=MAX_CROP_PADDING_PX)

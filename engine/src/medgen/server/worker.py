@@ -135,6 +135,7 @@ def engine_request(
         num_inference_steps=parameters.num_inference_steps,
         guidance_scale=parameters.guidance_scale,
         strength=parameters.strength,
+        cache_interval=parameters.cache_interval,
         mask_dilate_mm=parameters.mask_dilate_mm,
         mask_blur_px=parameters.mask_blur_px,
         crop_padding_px=parameters.crop_padding_px,

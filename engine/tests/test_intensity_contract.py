@@ -106,8 +106,11 @@ def test_the_shipped_demo_model_states_ct_mr_and_cr_and_train_base_writes_the_sa
         assert manifest["kind"] == "lora" and manifest["modality"] == modality
         assert manifest["intensity"] == {"percentiles": [0.5, 99.5]}
         assert manifest["fixed_batch_loss"]["after"] < manifest["fixed_batch_loss"]["before"]
+    from medgen.phantom.train_base import lesion_intensity_table
+
     assert json.loads(write_recommended_settings(tmp_path).read_text()) == {  # no adapters in tmp_path: CT only
-        **read_recommended_settings(phantom_model_dir), **CT_CONTRACT.to_json()}
+        **read_recommended_settings(phantom_model_dir), **CT_CONTRACT.to_json(),
+        "lesion_intensity": lesion_intensity_table()}
     for folder in MODALITY_ADAPTERS.values():
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "adapter.json").write_text("{}")

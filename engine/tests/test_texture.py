@@ -150,7 +150,7 @@ def test_generated_noise_is_shared_between_adjacent_slices_as_much_as_the_source
         dilated = dilate_mask(mask, 2.0, (1.0, 1.0))
         box = mask_crop_box(dilated, 16)
         jobs = [SimpleNamespace(index=k, source_model=intensity.to_model(k), mask=mask, dilated=dilated,
-                                weights=feather_weights(mask, dilated, 4.0), box=box) for k in range(3)]
+                                weights=feather_weights(mask, dilated, 4.0), box=box, edge=None) for k in range(3)]
         flat = np.zeros((3, 64, 64), np.float32)
         out = compose_variant(volume, intensity, jobs, flat, seed=0, slice_consistency=False).pixels
         a, b = highpass(out[0].astype(float))[disk(10)], highpass(out[1].astype(float))[disk(10)]

@@ -185,7 +185,7 @@ def test_help_documents_force_modality():
     parser = build_parser()
     inpaint = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("inpaint"))
     text = inpaint.format_help()
-    assert "--force-modality" in text and "--no-noise-match" in text and "--no-slice-consistency" in text
+    assert "--force-modality" in text and "--no-noise-match" in text and "--slice-consistency" in text
 
 
 def test_adapter_training_crops_and_manifest_follow_the_base_models_contract(tmp_path, phantom_model_dir):

@@ -82,8 +82,10 @@ class InpaintRequest:
     source_modality: str | None = None
     # Give the generated region the source's noise texture (generate.noise)
     match_noise: bool = True
-    # Smooth the generated signal along the slice axis into one 3D object (generate.slice_consistency)
-    slice_consistency: bool = True
+    # Smooth the generated signal along the slice axis into one 3D object (generate.slice_consistency).
+    # Off by default: the slices of a variant already share their starting noise, and without the
+    # smoothing a lesion changes from slice to slice as a real one does (bench quality, bench detect)
+    slice_consistency: bool = False
     # Make the generated signal meet the source's brightness at the mask's border (generate.seam);
     # part of the noise matching, off with it
     seam_harmonize: bool = True

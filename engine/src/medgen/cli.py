@@ -117,9 +117,11 @@ def _add_inpaint_parser(subparsers) -> None:
     p.add_argument("--no-noise-match", action="store_false", dest="match_noise",
                    help="keep the model's own texture instead of the source's measured noise std and spectrum "
                    "(default: match the source's noise)")
-    p.add_argument("--no-slice-consistency", action="store_false", dest="slice_consistency",
-                   help="do not smooth the generated lesion along the slice axis "
-                   "(default: smooth it, Gaussian sigma 2 mm, at least one slice)")
+    p.add_argument("--slice-consistency", action="store_true", dest="slice_consistency",
+                   help="also smooth the generated lesion along the slice axis, Gaussian sigma 2 mm, at least one "
+                   "slice (default: off; the slices of a variant share their starting noise, which keeps them "
+                   "consistent as a real lesion's are)")
+    hidden_alias(p, "--no-slice-consistency", dest="slice_consistency", action="store_false")  # now the default
     p.add_argument("--no-edge-match", action="store_false", dest="edge_match",
                    help="keep the generated lesion's own border instead of blurring it to the source's measured "
                    "edge spread so it spills past the mask as a real lesion's does (default: match it where "

@@ -314,7 +314,7 @@ def quality_figures(report) -> dict:
     rows = report.base_rows
     weights = [r.n for r in rows]
     hu_error = sum(abs(r.mean_hu - r.truth_hu) * w for r, w in zip(rows, weights)) / sum(weights)
-    consistency = report.consistency()["on"]
+    consistency = report.consistency()["on" if report.settings.slice_consistency else "off"]
     return {
         "fidelity": summary["fidelity"],
         "dice": summary["dice"],

@@ -39,7 +39,7 @@ DETECT_STREAM = 1003
 PHANTOM_SLICES = 5
 ABLATIONS = {
     "no noise matching": {"match_noise": False},
-    "no slice consistency": {"slice_consistency": False},
+    "slice smoothing on": {"slice_consistency": True},
     "no seam handling": {"seam_harmonize": False},
     "no edge matching": {"edge_match": False},
     "no intensity calibration": {"calibrate_intensity": False},

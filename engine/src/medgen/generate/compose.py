@@ -76,7 +76,7 @@ def compose_variant(
     *,
     seed: int,
     match_noise: bool = True,
-    slice_consistency: bool = True,
+    slice_consistency: bool = False,
     seam_harmonize: bool = True,
     edge_match: bool = True,
     calibration_target: float | None = None,

@@ -210,10 +210,11 @@ def build_bench_quality_parser() -> argparse.ArgumentParser:
                         help="what the ControlNet's control image is made from")
     parser.add_argument("--no-noise-match", action="store_false", dest="match_noise",
                         help="keep the model's own texture in every run (default: the source's noise texture)")
-    parser.add_argument("--no-slice-consistency", action="store_false", dest="slice_consistency",
-                        help="every run without smoothing along the slice axis (default: with it)")
+    parser.add_argument("--slice-consistency", action="store_true", dest="slice_consistency",
+                        help="every run with smoothing along the slice axis (default: without, as the engine)")
+    hidden_alias(parser, "--no-slice-consistency", dest="slice_consistency", action="store_false")  # the default
     parser.add_argument("--no-consistency-compare", action="store_false", dest="compare_slice_consistency",
-                        help="skip the extra run per case with slice consistency off (default: run it and "
+                        help="skip the extra run per case with the other slice consistency setting (default: run it and "
                         "print the 3D figures both ways)")
     return parser
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -227,7 +228,7 @@ def _run_synthetic(manifest: Path, out: Path, settings: DetectSettings, read_sli
     from medgen.batch.run import run_batch
     from medgen.bench.augment_data import read_row_samples
 
-    with open("/dev/null", "w") as quiet:
+    with open(os.devnull, "w") as quiet:
         summary = run_batch(manifest, out, model=settings.model, device=settings.device, progress_stream=quiet)
     if not summary.ok:
         raise InputError(manifest, f"{summary.failed} row(s) failed to inpaint; see {out / 'failed.jsonl'}")

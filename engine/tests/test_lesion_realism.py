@@ -77,6 +77,9 @@ def test_the_longest_phrase_of_the_sources_modality_picks_the_type(phantom_model
     assert match_prompt("hypodense fatty nodule in the liver, 2 cm", table, "CT").name == "fat"
     assert match_prompt("Calcified granuloma", table, "CT").name == "calcification"
     assert match_prompt("spiculated mass", table, "CT") is None
+    assert match_prompt("hypodense liver lesion, 2 cm", table, "CT").name == "cyst"  # an organ word inside
+    assert match_prompt("fat containing mass in the spleen", table, "CT").name == "fat"
+    assert match_prompt("hypodense area near a large old lesion", table, "CT") is None  # too far apart
     assert match_prompt("hypodense cyst", table, "MR") is None
     assert variant_target(table["cyst"], 3) == variant_target(table["cyst"], 3)
     spread = [variant_target(table["hyperdense"], seed) for seed in range(200)]

@@ -82,17 +82,37 @@ def read_model_table(model_path: str | Path) -> dict[str, LesionIntensity]:
     return read_table(settings, settings_file)
 
 
+MAX_INSERTED_WORDS = 2
+"""Words a prompt may put inside a phrase ("hypodense liver lesion" for "hypodense lesion")."""
+
+
 def match_prompt(prompt: str, table: dict[str, LesionIntensity], modality: str | None) -> LesionIntensity | None:
-    """The entry whose longest phrase occurs in ``prompt`` (for the source's modality), or None."""
-    text = " ".join(str(prompt).lower().replace(",", " ").split())
+    """The entry with the longest phrase whose words occur in order in ``prompt``, at most
+    ``MAX_INSERTED_WORDS`` others between two of them (for the source's modality), or None."""
+    words = str(prompt).lower().replace(",", " ").replace("-", " ").split()
     best, best_length = None, 0
     for entry in table.values():
         if modality is not None and entry.modality != str(modality).upper():
             continue
         for phrase in entry.phrases:
-            if f" {phrase} " in f" {text} " and len(phrase) > best_length:
+            if _occurs(phrase.replace("-", " ").split(), words) and len(phrase) > best_length:
                 best, best_length = entry, len(phrase)
     return best
+
+
+def _occurs(phrase: list[str], words: list[str]) -> bool:
+    for start, word in enumerate(words):
+        if word != phrase[0]:
+            continue
+        position = start
+        for wanted in phrase[1:]:
+            window = words[position + 1: position + 2 + MAX_INSERTED_WORDS]
+            if wanted not in window:
+                break
+            position += 1 + window.index(wanted)
+        else:
+            return True
+    return False
 
 
 def variant_target(entry: LesionIntensity, seed: int) -> float:

@@ -516,7 +516,7 @@ class Inpainter:
         if not request.calibrate_intensity or not self.model_path.is_dir():
             return [None] * len(seeds)
         table = read_model_table(self.model_path)
-        modality = choice.to_json().get("source_modality")
+        modality = choice.source_modality
         window = intensity.window
         targets = []
         for prompt, seed in zip(prompts, seeds):

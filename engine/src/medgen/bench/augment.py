@@ -137,8 +137,21 @@ def check_settings(settings: AugmentSettings) -> None:
             raise InputError(None, f"{name} values must be at least 1, got {list(values)}")
     if not settings.synthetic:
         raise InputError(None, "--synthetic needs at least one value")
-    for name, value, low in (("--seeds", settings.seeds, 1), ("--held-out", settings.held_out, 2),
-                             ("--steps", settings.steps, 1), ("--train-steps", settings.train_steps, 1),
+    check_crop_training(
+        settings, (("--seeds", settings.seeds, 1), ("--held-out", settings.held_out, 2)), settings.test_manifest
+    )
+    if settings.test_manifest and not settings.real_manifest:
+        raise InputError(None, "--test-manifest needs --real-manifest")
+    if settings.real_manifest and settings.adapters:
+        raise InputError(None, "--adapter makes a phantom synthetic set; put adapters in the manifest's "
+                         "adapter column instead")
+
+
+def check_crop_training(settings, minimums: tuple = (), *more_manifests: str | None) -> None:
+    """What `bench augment` and `bench detect` check alike: each ``minimums`` (option, value, lowest) and
+    the steps, batch size and threads at least 1, the crop side, the held-out share, the real and
+    synthetic manifests given together, and every manifest named an existing file."""
+    for name, value, low in (*minimums, ("--steps", settings.steps, 1), ("--train-steps", settings.train_steps, 1),
                              ("--batch-size", settings.batch_size, 1), ("--threads", settings.threads, 1)):
         if value < low:
             raise InputError(None, f"{name} must be at least {low}, got {value}")
@@ -148,12 +161,7 @@ def check_settings(settings: AugmentSettings) -> None:
         raise InputError(None, f"--test-fraction must be between 0 and 1, got {settings.test_fraction}")
     if bool(settings.real_manifest) != bool(settings.synthetic_manifest):
         raise InputError(None, "--real-manifest and --synthetic-manifest go together: give both or neither")
-    if settings.test_manifest and not settings.real_manifest:
-        raise InputError(None, "--test-manifest needs --real-manifest")
-    if settings.real_manifest and settings.adapters:
-        raise InputError(None, "--adapter makes a phantom synthetic set; put adapters in the manifest's "
-                         "adapter column instead")
-    for path in (settings.real_manifest, settings.synthetic_manifest, settings.test_manifest):
+    for path in (settings.real_manifest, settings.synthetic_manifest, *more_manifests):
         if path and not Path(path).is_file():
             raise InputError(path, "no such manifest file")
 
@@ -376,7 +384,7 @@ def format_table(rows: list[dict], header: str) -> str:
     out = [header, "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     out += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in lines]
     if held:
-        out.append(f"* held out: no real training crop has this type; the figure is over its held-out crops only")
+        out.append("* held out: no real training crop has this type; the figure is over its held-out crops only")
     return "\n".join(out)
 
 

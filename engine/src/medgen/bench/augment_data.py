@@ -133,11 +133,12 @@ def read_real_manifest(path: Path, *, crop_px: int, labels: dict[str, str] | Non
 
 
 def run_synthetic_manifest(
-    path: Path, out: Path, *, crop_px: int, model: str | None, device: str, labels: dict[str, str] | None = None
+    path: Path, out: Path, *, crop_px: int, model: str | None, device: str, labels: dict[str, str] | None = None,
+    read_slices: dict[str, list[int]] | None = None,
 ) -> tuple[list[Sample], dict]:
     """Inpaint every row with `medgen batch` into ``out`` (resumable), then read each output variant on
-    the row's slices, labelled by the lesion as drawn (the row's mask kept beside it); also returns the
-    batch run's figures."""
+    the row's slices (or those ``read_slices`` names for its id), labelled by the lesion as drawn (the
+    row's mask kept beside it); also returns the batch run's figures."""
     from medgen.batch.index import INDEX_JSONL
     from medgen.batch.manifest import read_manifest
     from medgen.batch.run import run_batch
@@ -154,8 +155,9 @@ def run_synthetic_manifest(
         if row is None:  # a row of an earlier manifest in the same folder
             continue
         label = (labels or {}).get(row.id, row.options["prompt"])
+        options = row.options if read_slices is None else {**row.options, "slices": read_slices[row.id]}
         samples += read_row_samples(
-            Path(out) / line["series_dir"], row.options, crop_px=crop_px, label=label,
+            Path(out) / line["series_dir"], options, crop_px=crop_px, label=label,
             source=f"{row.id}:variant-{line['variant']}", drawn_from=Path(row.options["input"]),
         )
     dice = [s.drawn_dice for s in samples]
@@ -209,7 +211,7 @@ def write_phantom_manifests(
         row = _case_row(folder, "twin", SYNTHETIC_STREAM, j, ALL_TYPES[j % len(ALL_TYPES)], types, healthy=True)
         row.update({"seed": SYNTHETIC_STREAM * 1000 + j, "steps": steps, "window": "soft_tissue"})
         synthetic_rows.append(row)
-    synthetic = {"synthetic": _write_jsonl(folder / "synthetic.jsonl", synthetic_rows)}
+    synthetic = {"synthetic": write_jsonl(folder / "synthetic.jsonl", synthetic_rows)}
     if adapters:
         adapted = []
         for row in synthetic_rows:
@@ -219,10 +221,10 @@ def write_phantom_manifests(
                 row["prompt"] = f"{token} mass"
                 row["token"] = token
             adapted.append(row)
-        synthetic["synthetic+adapter"] = _write_jsonl(folder / "synthetic-adapter.jsonl", adapted)
+        synthetic["synthetic+adapter"] = write_jsonl(folder / "synthetic-adapter.jsonl", adapted)
     return PhantomManifests(
-        real=_write_jsonl(folder / "real.jsonl", real_rows),
-        held_out=_write_jsonl(folder / "held-out.jsonl", held_out_rows),
+        real=write_jsonl(folder / "real.jsonl", real_rows),
+        held_out=write_jsonl(folder / "held-out.jsonl", held_out_rows),
         synthetic=synthetic,
         types=types,
     )
@@ -254,7 +256,8 @@ def _case_row(folder: Path, kind: str, stream: int, i: int, lesion_type, types: 
     }
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """One JSON object per row, a manifest `medgen batch` reads."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path

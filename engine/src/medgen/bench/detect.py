@@ -21,8 +21,6 @@ drawn lesion departs from the mask); the factor whose replacement lowers the AUC
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -31,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medgen.bench.augment import hardware_text, interval, write_json
+from medgen.bench.augment import check_crop_training, hardware_text, interval, write_json
+from medgen.bench.augment_data import read_real_manifest, run_synthetic_manifest, write_jsonl
 from medgen.cli_help import new_parser
+from medgen.generate.drawn_label import dice
 from medgen.errors import InputError, OutputError
 
 DETECT_STREAM = 1003
@@ -142,20 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_settings(settings: DetectSettings) -> None:
     """Every number and combination, before any case is written or model loaded."""
-    for name, value, low in (("--cases", settings.cases, 4), ("--seeds", settings.seeds, 1),
-                             ("--steps", settings.steps, 1), ("--train-steps", settings.train_steps, 1),
-                             ("--batch-size", settings.batch_size, 1), ("--threads", settings.threads, 1)):
-        if value < low:
-            raise InputError(None, f"{name} must be at least {low}, got {value}")
-    if settings.crop_px < 16 or settings.crop_px % 8:
-        raise InputError(None, f"--crop must be a multiple of 8 of at least 16 pixels, got {settings.crop_px}")
-    if not 0.0 < settings.test_fraction < 1.0:
-        raise InputError(None, f"--test-fraction must be between 0 and 1, got {settings.test_fraction}")
-    if bool(settings.real_manifest) != bool(settings.synthetic_manifest):
-        raise InputError(None, "--real-manifest and --synthetic-manifest go together: give both or neither")
-    for path in (settings.real_manifest, settings.synthetic_manifest):
-        if path and not Path(path).is_file():
-            raise InputError(path, "no such manifest file")
+    check_crop_training(settings, (("--cases", settings.cases, 4), ("--seeds", settings.seeds, 1)))
     if not settings.types:
         raise InputError(None, "--types needs at least one lesion type")
 
@@ -170,7 +157,7 @@ def build_sets(settings: DetectSettings, folder: Path) -> DetectSets:
         read_slices = None
     else:
         real_path, request_path, read_slices = write_phantom_manifests(folder, settings)
-    real = [_as_crop(s) for s in _read_real(real_path, settings.crop_px)]
+    real = [_as_crop(s) for s in read_real_manifest(real_path, crop_px=settings.crop_px)]
     variants = {"engine": {}}
     if settings.ablations:
         variants.update(ABLATIONS)
@@ -178,7 +165,10 @@ def build_sets(settings: DetectSettings, folder: Path) -> DetectSets:
     for name, switches in variants.items():
         manifest = _with_switches(request_path, switches, folder / f"requests-{_slug(name)}.jsonl")
         _say(f"inpainting the synthetic set '{name}' with `medgen batch`")
-        samples, batch[name] = _run_synthetic(manifest, folder / f"batch-{_slug(name)}", settings, read_slices)
+        samples, batch[name] = run_synthetic_manifest(
+            manifest, folder / f"batch-{_slug(name)}", crop_px=settings.crop_px, model=settings.model,
+            device=settings.device, read_slices=read_slices,
+        )
         synthetic[name] = [_as_crop(s) for s in samples]
     return DetectSets(real, synthetic, batch)
 
@@ -212,42 +202,7 @@ def write_phantom_manifests(folder: Path, settings: DetectSettings) -> tuple[Pat
             real_rows.append({**common, "input": str(case_dir / "ct"), "slice": [largest]})
             requests.append({**common, "input": str(case_dir / "healthy"), "slice": case.lesion_slices,
                              "seed": DETECT_STREAM * 1000 + t * 100 + i, "steps": settings.steps})
-    return _write_jsonl(folder / "real.jsonl", real_rows), _write_jsonl(folder / "requests.jsonl", requests), read_slices
-
-
-def _read_real(path: Path, crop_px: int) -> list:
-    from medgen.bench.augment_data import read_real_manifest
-
-    return read_real_manifest(path, crop_px=crop_px)
-
-
-def _run_synthetic(manifest: Path, out: Path, settings: DetectSettings, read_slices: dict | None):
-    """`medgen batch` over the requests; each output read on the crop's slice with its drawn label."""
-    from medgen.batch.index import INDEX_JSONL
-    from medgen.batch.manifest import read_manifest
-    from medgen.batch.run import run_batch
-    from medgen.bench.augment_data import read_row_samples
-
-    with open(os.devnull, "w") as quiet:
-        summary = run_batch(manifest, out, model=settings.model, device=settings.device, progress_stream=quiet)
-    if not summary.ok:
-        raise InputError(manifest, f"{summary.failed} row(s) failed to inpaint; see {out / 'failed.jsonl'}")
-    rows = {row.id: row for row in read_manifest(manifest).rows}
-    samples = []
-    for text in (out / INDEX_JSONL).read_text(encoding="utf-8").splitlines():
-        line = json.loads(text)
-        row = rows.get(line["row_id"])
-        if row is None:
-            continue
-        options = dict(row.options)
-        if read_slices is not None:
-            options["slices"] = read_slices[row.id]
-        samples += read_row_samples(out / line["series_dir"], options, crop_px=settings.crop_px,
-                                    label=row.options["prompt"], source=row.id,
-                                    drawn_from=Path(row.options["input"]))
-    figures = {"rows": summary.rows, "generate_s": round(sum(summary.generate_s), 1),
-               "drawn_vs_requested_dice": round(float(np.mean([s.drawn_dice for s in samples])), 4)}
-    return samples, figures
+    return write_jsonl(folder / "real.jsonl", real_rows), write_jsonl(folder / "requests.jsonl", requests), read_slices
 
 
 def _as_crop(sample) -> Crop:
@@ -276,7 +231,7 @@ def _with_switches(path: Path, switches: dict, out: Path) -> Path:
                 str(value) if isinstance(value, Path) else value)
         plain.update({_column(k): v for k, v in switches.items()})
         rows.append(plain)
-    return _write_jsonl(out, rows)
+    return write_jsonl(out, rows)
 
 
 def _column(field_name: str) -> str:
@@ -394,12 +349,11 @@ def diagnose(sets: DetectSets, settings: DetectSettings) -> dict:
         pairs = [(c, real_by_case[c.case]) for c in engine if c.lesion_type == lesion_type]
         shifts = [c.lesion_mean - r.lesion_mean for c, r in pairs
                   if c.lesion_mean is not None and r.lesion_mean is not None]
-        dice = [float(2 * (c.drawn & c.mask).sum() / max(1, c.drawn.sum() + c.mask.sum())) for c, _ in pairs
-                if c.drawn is not None]
+        drawn_dice = [dice(c.drawn, c.mask) for c, _ in pairs if c.drawn is not None]
         gaps[lesion_type] = {
             "mean_value_shift": round(float(np.mean(shifts)), 2) if shifts else None,
             "real_mean_value": round(float(np.mean([r.lesion_mean for _, r in pairs if r.lesion_mean is not None])), 2),
-            "drawn_vs_requested_dice": round(float(np.mean(dice)), 4) if dice else None,
+            "drawn_vs_requested_dice": round(float(np.mean(drawn_dice)), 4) if drawn_dice else None,
         }
     return {"factors": factors, "gaps": gaps}
 
@@ -475,12 +429,6 @@ def format_table(report: dict) -> str:
 
 def _slug(name: str) -> str:
     return name.replace(" ", "-")
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def _say(text: str) -> None:
